@@ -1,0 +1,158 @@
+"""`argentd.toml`: the daemon's optional config, and the cooldown policy table.
+
+Every key has a default and unknown keys are an error. The defaults of
+DESIGN's failure-kind table are defined here, once (`DEFAULT_COOLDOWNS`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+import msgspec.toml
+
+from argent_client.protocol import FAILURE_KINDS, FailureKind
+
+from .model import normalise_provider
+
+HOUR: Final = 3600.0
+DAY: Final = 24 * HOUR
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; the message names the path."""
+
+
+class Backoff(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Cooldown `base × factor^(n−1)`, at most `cap` seconds, for the n-th failure in a row."""
+
+    base: float
+    factor: float = 1.0
+    cap: float = DAY
+
+    def __post_init__(self) -> None:
+        if self.base <= 0 or self.factor < 1 or self.cap < self.base:
+            raise ValueError("need base > 0, factor >= 1 and cap >= base")
+
+    def duration(self, n: int) -> float:
+        """The cooldown for the `n`-th failure in a row (n >= 1)."""
+        exp = max(0, n - 1)
+        if self.factor > 1 and exp > 64:
+            return self.cap
+        return min(self.base * self.factor**exp, self.cap)
+
+
+Effect = Literal["cooldown", "invalid", "count"]
+
+EFFECTS: Final[dict[FailureKind, Effect]] = {
+    "rate_limit": "cooldown",
+    "quota": "cooldown",
+    "auth": "invalid",
+    "overloaded": "count",
+    "timeout": "count",
+    "server_error": "count",
+}
+"""What each failure kind does to a profile (DESIGN, failure-kind table)."""
+
+assert set(EFFECTS) == set(FAILURE_KINDS)
+
+
+class CooldownConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    rate_limit: Backoff = Backoff(base=60.0, factor=5.0, cap=HOUR)
+    quota: Backoff = Backoff(base=5 * HOUR, factor=2.0, cap=DAY)
+    retry_after_cap: float = 7 * DAY
+    """A reported `retry_after` wins over the backoff, up to this many seconds."""
+
+    def backoff(self, kind: FailureKind) -> Backoff | None:
+        """The backoff of `kind`, or None when the kind sets no cooldown."""
+        if kind == "rate_limit":
+            return self.rate_limit
+        if kind == "quota":
+            return self.quota
+        return None
+
+
+DEFAULT_COOLDOWNS: Final = CooldownConfig()
+
+
+class LeaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    ttl: float = 600.0
+    """Lease lifetime when a request names none."""
+    max_ttl: float = DAY
+    """Longest lifetime a request may ask for; longer ones are cut to this."""
+    affinity_idle: float = HOUR
+    """A session's profile affinity is forgotten after this long unused."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl <= self.max_ttl:
+            raise ValueError("need 0 < ttl <= max_ttl")
+        if self.affinity_idle <= 0:
+            raise ValueError("affinity_idle must be > 0")
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    profiles: str | None = None
+    """Path of the profiles file (overridden by --profiles / ARGENT_PROFILES)."""
+    socket: str | None = None
+    """Socket path (overridden by --socket / ARGENT_SOCKET)."""
+    cooldown: CooldownConfig = CooldownConfig()
+    lease: LeaseConfig = LeaseConfig()
+    routes: dict[str, list[str]] = {}
+    """Route name -> ordered `provider/model` targets."""
+
+    def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
+        """The (provider, model) targets of route `name`, or None if unknown."""
+        targets = self.routes.get(name)
+        if targets is None:
+            return None
+        return [split_target(t) for t in targets]
+
+
+DEFAULT_CONFIG: Final = Config()
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """`"openrouter/anthropic/claude"` -> `("openrouter", "anthropic/claude")`."""
+    provider, _, model = target.partition("/")
+    return normalise_provider(provider), (model or None)
+
+
+
+
+def parse_config(data: bytes, path: Path | str = "argentd.toml") -> Config:
+    """Parse `argentd.toml` text.
+
+    Raises `ConfigError` naming the file and the key path of the fault.
+    """
+    try:
+        config = msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for name, targets in config.routes.items():
+        for i, target in enumerate(targets):
+            provider, _ = split_target(target)
+            if not provider:
+                raise ConfigError(
+                    f"{path}: route {name!r} target {target!r} has no provider"
+                    f" - at `$.routes.{name}[{i}]`"
+                )
+    return config
+
+
+def load_config(path: Path, *, required: bool = False) -> Config:
+    """Load `path`; a missing file gives the defaults unless `required`.
+
+    Raises `ConfigError` for an unreadable or invalid file.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such file") from None
+        return DEFAULT_CONFIG
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(data, path)

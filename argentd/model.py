@@ -1,0 +1,162 @@
+"""The in-memory shape of auth profiles, and the one place a secret is held.
+
+A `Secret` never shows its value in `repr`, `str` or an f-string; code that
+needs the value calls `reveal()`, which only the lease reply does. Everything
+else (logs, status, state, errors) uses `fingerprint` or `key`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Final
+
+from argent_client.protocol import ProfileType, Source
+
+PROVIDERS: Final = ("anthropic", "openai", "openrouter", "minimax", "zai", "google")
+"""Providers argentd knows headers and environment variables for.
+
+Other lower-case provider names are accepted and get OpenAI-style headers.
+"""
+
+PROVIDER_ALIASES: Final = {"z.ai": "zai", "z-ai": "zai", "z_ai": "zai", "gemini": "google"}
+
+TYPE_ALIASES: Final[dict[str, ProfileType]] = {
+    "setup-token": "setup-token",
+    "setup_token": "setup-token",
+    "token": "setup-token",
+    "api-key": "api-key",
+    "api_key": "api-key",
+    "oauth": "oauth",
+}
+
+TYPE_RANK: Final[dict[ProfileType, int]] = {"setup-token": 0, "oauth": 0, "api-key": 1}
+"""Tier inside a priority: subscription tokens before per-token API keys."""
+ENV_RANK: Final = 2
+"""Environment fallback profiles come after every file profile."""
+
+# Known secret shapes: the fingerprint shows this prefix, never more.
+_KNOWN_PREFIXES: Final = (
+    "sk-ant-oat01-",
+    "sk-ant-api03-",
+    "sk-ant-ort01-",
+    "sk-or-v1-",
+    "sk-proj-",
+    "sk-cp-",
+    "sk-",
+    "AIza",
+)
+
+
+def normalise_provider(name: str) -> str:
+    """Lower-case `name` and map aliases (`z.ai`, `z-ai` -> `zai`)."""
+    low = name.strip().lower()
+    return PROVIDER_ALIASES.get(low, low)
+
+
+def fingerprint(secret: str) -> str:
+    """A display fingerprint: a short known prefix plus a hash suffix.
+
+    The prefix is at most the token shape (`sk-ant-oat01-`) and never more
+    than a quarter of the secret, so it cannot help rebuild it.
+    """
+    digest = hashlib.sha256(secret.encode()).hexdigest()[:6]
+    prefix = ""
+    for known in _KNOWN_PREFIXES:
+        if secret.startswith(known) and len(known) * 4 <= len(secret):
+            prefix = known
+            break
+    return f"{prefix}…{digest}"
+
+
+def secret_key(secret: str) -> str:
+    """A stable id of a secret for state files: a truncated SHA-256.
+
+    Same secret, same key, so two profiles that hold one secret share its
+    cooldown, and a changed secret starts clean.
+    """
+    return hashlib.sha256(b"argentd-state\0" + secret.encode()).hexdigest()[:24]
+
+
+class Secret:
+    """A credential value that refuses to print itself."""
+
+    __slots__ = ("_value", "fingerprint", "key")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self.fingerprint = fingerprint(value)
+        self.key = secret_key(value)
+
+    def reveal(self) -> str:
+        """The secret itself: only for the lease reply and the child of `exec`."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret {self.fingerprint}>"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret is not picklable")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One credential as loaded from the profiles file or the environment."""
+
+    id: str
+    provider: str
+    type: ProfileType
+    secret: Secret
+    label: str = ""
+    priority: int = 0
+    max_concurrent: int | None = None
+    disabled: bool = False
+    models: frozenset[str] | None = None
+    expires: float | None = None
+    """Unix seconds after which the secret is no longer valid."""
+    source: Source = "profile"
+
+    @property
+    def rank(self) -> int:
+        """The type tier: 0 subscription, 1 API key, 2 environment fallback."""
+        return ENV_RANK if self.source == "env" else TYPE_RANK[self.type]
+
+    def serves(self, model: str | None) -> bool:
+        """Whether this profile may serve `model` (any model when unrestricted)."""
+        return model is None or self.models is None or model in self.models
+
+
+@dataclass(slots=True)
+class ProfileSet:
+    """What one load of the profiles file (plus the environment) produced."""
+
+    profiles: list[Profile] = field(default_factory=list)
+    order: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    """One message per skipped profile (file faults raise instead)."""
+
+
+def auth_headers(profile: Profile) -> dict[str, str]:
+    """The HTTP headers `profile`'s provider expects for its secret."""
+    token = profile.secret.reveal()
+    if profile.provider == "anthropic":
+        if profile.type == "api-key":
+            return {"x-api-key": token}
+        return {"Authorization": f"Bearer {token}", "anthropic-beta": "oauth-2025-04-20"}
+    if profile.provider == "google" and profile.type == "api-key":
+        return {"x-goog-api-key": token}
+    return {"Authorization": f"Bearer {token}"}

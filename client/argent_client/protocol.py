@@ -1,0 +1,534 @@
+"""The argentd wire protocol: JSON-RPC 2.0, one JSON object per line.
+
+Every request, result, event and error of DESIGN's wire-protocol table is
+defined here once; the daemon and the client both import this module. It
+imports no I/O library, so an agent that only leases loads nothing heavy.
+
+Theory of operation: a line is decoded into a `Request` whose `params` stay
+raw; the method name picks the params Struct (`PARAMS`), and a second,
+typed decode turns the raw params into it. A failure of the first decode is
+a parse error (-32700) or an invalid request (-32600); of the second, invalid
+params (-32602). Application errors are `ArgentError` subclasses, each with a
+JSON-RPC code in -32000..-32099 and a stable `data.code` string; the client
+raises the same class again from that string (`error_from_wire`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+MAX_LINE: Final = 1024 * 1024
+"""A line longer than this (without its newline) ends the connection."""
+
+FailureKind: TypeAlias = Literal[
+    "rate_limit", "quota", "auth", "overloaded", "timeout", "server_error"
+]
+FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
+PROFILE_FAULTS: Final = frozenset({"rate_limit", "quota", "auth"})
+"""Kinds that blame the profile: failover stays with the same provider."""
+PROVIDER_FAULTS: Final = frozenset({"overloaded", "timeout", "server_error"})
+"""Kinds that blame the provider: failover moves to the next route target."""
+
+ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
+ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid"]
+Source: TypeAlias = Literal["profile", "env"]
+EventType: TypeAlias = Literal[
+    "lease",
+    "release",
+    "expire",
+    "failure",
+    "cooldown_start",
+    "cooldown_end",
+    "reload",
+    "reload_error",
+]
+
+RequestId: TypeAlias = int | str | None
+
+
+# ---------------------------------------------------------------- envelopes
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """A JSON-RPC request; `id` UNSET makes it a notification."""
+
+    jsonrpc: str = "2.0"
+    method: str
+    params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    id: RequestId | msgspec.UnsetType = msgspec.UNSET
+
+
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class Response(msgspec.Struct, kw_only=True):
+    """A reply: exactly one of `result` and `error` is set."""
+
+    jsonrpc: str = "2.0"
+    id: RequestId
+    result: Any = msgspec.UNSET
+    error: ErrorObject | msgspec.UnsetType = msgspec.UNSET
+
+
+class Notification(msgspec.Struct, kw_only=True):
+    jsonrpc: str = "2.0"
+    method: str
+    params: Any
+
+
+class Incoming(msgspec.Struct):
+    """What a client reads: a response (has `id`) or a notification (has `method`)."""
+
+    jsonrpc: str = "2.0"
+    id: RequestId | msgspec.UnsetType = msgspec.UNSET
+    method: str | msgspec.UnsetType = msgspec.UNSET
+    params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    result: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    error: ErrorObject | msgspec.UnsetType = msgspec.UNSET
+
+
+# ---------------------------------------------------------------- payloads
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    """Tokens a request used, as the provider reported them."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class Limits(msgspec.Struct, omit_defaults=True):
+    """What the provider's last response said about a profile's budget.
+
+    Resets are Unix seconds; utilisations are fractions (0.0-1.0).
+    """
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float | None = None
+    unified_status: str | None = None
+    unified_5h_utilization: float | None = None
+    unified_7d_utilization: float | None = None
+    unified_reset: float | None = None
+
+
+# ---------------------------------------------------------------- params
+
+
+class NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class LeaseParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    provider: str | None = None
+    route: str | None = None
+    model: str | None = None
+    session: str | None = None
+    ttl: float | None = None
+    wait: float = 0.0
+    detached: bool = False
+    client: str | None = None
+
+
+class RenewParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    lease_id: str
+    ttl: float | None = None
+
+
+class ReleaseParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    lease_id: str
+    usage: Usage | None = None
+    limits: Limits | None = None
+
+
+class ReportParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    kind: FailureKind
+    lease_id: str | None = None
+    profile: str | None = None
+    retry_after: float | None = None
+    status: int | None = None
+    message: str | None = None
+    model: str | None = None
+    limits: Limits | None = None
+    failover: bool = False
+
+
+class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: str
+
+
+# ---------------------------------------------------------------- results
+
+
+class HelloResult(msgspec.Struct):
+    server: str
+    version: str
+    protocol: int
+    pid: int
+
+
+class LeaseResult(msgspec.Struct, omit_defaults=True):
+    lease_id: str
+    profile: str
+    provider: str
+    type: ProfileType
+    token: str
+    label: str
+    headers: dict[str, str]
+    expires_at: float
+    source: Source
+    model: str | None = None
+
+    def __repr__(self) -> str:
+        # A lease carries the secret; its repr must not.
+        return (
+            f"LeaseResult(lease_id={self.lease_id!r}, profile={self.profile!r}, "
+            f"provider={self.provider!r}, model={self.model!r}, token=<redacted>)"
+        )
+
+    __str__ = __repr__
+
+
+class RenewResult(msgspec.Struct):
+    expires_at: float
+
+
+class ReleaseResult(msgspec.Struct):
+    released: bool = True
+
+
+class ReportResult(msgspec.Struct):
+    profile_state: ProfileState
+    cooldown_until: float | None = None
+    next: LeaseResult | None = None
+
+
+class Budget(msgspec.Struct, omit_defaults=True):
+    """A profile's predicted request/token budget (rate budgets)."""
+
+    requests: float | None = None
+    requests_limit: int | None = None
+    tokens: float | None = None
+    tokens_limit: int | None = None
+    refill_at: float | None = None
+    unified_status: str | None = None
+
+
+class ProfileStatus(msgspec.Struct):
+    id: str
+    provider: str
+    type: ProfileType
+    label: str
+    state: ProfileState
+    cooldown_until: float | None
+    error_count: int
+    active_leases: int
+    fingerprint: str
+    source: Source
+    last_used: float | None = None
+    last_error: str | None = None
+    priority: int = 0
+    max_concurrent: int | None = None
+    model_cooldowns: dict[str, float] = {}
+    budget: Budget | None = None
+    removed: bool = False
+
+
+class LeaseStatus(msgspec.Struct):
+    lease_id: str
+    profile: str
+    client: str | None
+    expires_at: float
+    detached: bool = False
+    model: str | None = None
+
+
+class ConfigStatus(msgspec.Struct):
+    profiles_path: str
+    loaded_at: float | None
+    error: str | None = None
+    config_path: str | None = None
+
+
+class StatusResult(msgspec.Struct):
+    profiles: list[ProfileStatus]
+    leases: list[LeaseStatus]
+    config: ConfigStatus
+    routes: dict[str, list[str]]
+
+
+class ProfileStateResult(msgspec.Struct):
+    profile_state: ProfileState
+
+
+class ReloadResult(msgspec.Struct, omit_defaults=True):
+    profiles: int
+    error: str | None = None
+
+
+class SubscribeResult(msgspec.Struct):
+    subscribed: bool = True
+
+
+class MetricsResult(msgspec.Struct):
+    """`metrics`: Prometheus text exposition of the daemon's counters."""
+
+    text: str
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """An `event` notification's params; never carries a secret."""
+
+    type: EventType
+    at: float
+    profile: str | None = None
+    lease_id: str | None = None
+    provider: str | None = None
+    kind: str | None = None
+    until: float | None = None
+    model: str | None = None
+    client: str | None = None
+    message: str | None = None
+    profiles: int | None = None
+
+
+METHODS: Final[dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]]] = {
+    "hello": (NoParams, HelloResult),
+    "lease": (LeaseParams, LeaseResult),
+    "renew": (RenewParams, RenewResult),
+    "release": (ReleaseParams, ReleaseResult),
+    "report_failure": (ReportParams, ReportResult),
+    "status": (NoParams, StatusResult),
+    "reset": (ProfileParams, ProfileStateResult),
+    "disable": (ProfileParams, ProfileStateResult),
+    "enable": (ProfileParams, ProfileStateResult),
+    "reload": (NoParams, ReloadResult),
+    "subscribe": (NoParams, SubscribeResult),
+    "metrics": (NoParams, MetricsResult),
+}
+"""Method name -> (params Struct, result Struct)."""
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ArgentError(Exception):
+    """Base of every error the protocol carries.
+
+    `code` is the stable string sent as `data.code`; `rpc_code` the JSON-RPC
+    error code. `data` holds extra machine-readable fields (never a secret).
+    """
+
+    code: ClassVar[str] = "internal_error"
+    rpc_code: ClassVar[int] = -32603
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_wire(self) -> ErrorObject:
+        return ErrorObject(self.rpc_code, self.message, {"code": self.code, **self.data})
+
+
+class ParseError(ArgentError):
+    code = "parse_error"
+    rpc_code = -32700
+
+
+class InvalidRequest(ArgentError):
+    code = "invalid_request"
+    rpc_code = -32600
+
+
+class MethodNotFound(ArgentError):
+    code = "method_not_found"
+    rpc_code = -32601
+
+
+class InvalidParams(ArgentError):
+    code = "invalid_params"
+    rpc_code = -32602
+
+
+class InternalError(ArgentError):
+    code = "internal_error"
+    rpc_code = -32603
+
+
+class NoProfileAvailable(ArgentError):
+    """Profiles exist but none is ready; `data.retry_after` says when one may be."""
+
+    code = "no_profile_available"
+    rpc_code = -32001
+
+
+class UnknownProvider(ArgentError):
+    code = "unknown_provider"
+    rpc_code = -32002
+
+
+class UnknownRoute(ArgentError):
+    code = "unknown_route"
+    rpc_code = -32003
+
+
+class LeaseNotFound(ArgentError):
+    code = "lease_not_found"
+    rpc_code = -32004
+
+
+class UnknownProfile(ArgentError):
+    code = "unknown_profile"
+    rpc_code = -32005
+
+
+class PermissionDenied(ArgentError):
+    code = "permission_denied"
+    rpc_code = -32006
+
+
+class DaemonUnavailable(ArgentError):
+    """Client side only: the socket could not be reached."""
+
+    code = "daemon_unavailable"
+    rpc_code = -32099
+
+
+ERRORS: Final[dict[str, type[ArgentError]]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        NoProfileAvailable,
+        UnknownProvider,
+        UnknownRoute,
+        LeaseNotFound,
+        UnknownProfile,
+        PermissionDenied,
+        DaemonUnavailable,
+    )
+}
+_BY_RPC_CODE: Final = {cls.rpc_code: cls for cls in ERRORS.values()}
+
+
+def error_from_wire(error: ErrorObject) -> ArgentError:
+    """Rebuild the `ArgentError` subclass a daemon sent."""
+    data = dict(error.data or {})
+    code = data.pop("code", None)
+    cls = ERRORS.get(code) if isinstance(code, str) else None
+    if cls is None:
+        cls = _BY_RPC_CODE.get(error.code, ArgentError)
+    return cls(error.message, **data)
+
+
+# ---------------------------------------------------------------- framing
+
+_encoder: Final = msgspec.json.Encoder()
+_request_decoder: Final = msgspec.json.Decoder(Request)
+_incoming_decoder: Final = msgspec.json.Decoder(Incoming)
+_params_decoders: Final = {
+    name: msgspec.json.Decoder(params) for name, (params, _) in METHODS.items()
+}
+_result_decoders: Final = {
+    name: msgspec.json.Decoder(result) for name, (_, result) in METHODS.items()
+}
+_event_decoder: Final = msgspec.json.Decoder(Event)
+
+
+def encode_line(message: msgspec.Struct | dict[str, Any]) -> bytes:
+    """Encode one message as a JSON line (with its trailing newline)."""
+    buf = bytearray()
+    _encoder.encode_into(message, buf)
+    buf += b"\n"
+    return bytes(buf)
+
+
+def encode_request(method: str, params: msgspec.Struct | None, id: RequestId) -> bytes:
+    """Encode a request line; `params` None sends no params member."""
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id}
+    if params is not None:
+        msg["params"] = params
+    return encode_line(msg)
+
+
+def encode_result(id: RequestId, result: msgspec.Struct) -> bytes:
+    return encode_line(Response(id=id, result=result))
+
+
+def encode_error(id: RequestId, error: ArgentError) -> bytes:
+    return encode_line(Response(id=id, error=error.to_wire()))
+
+
+def encode_event(event: Event) -> bytes:
+    return encode_line(Notification(method="event", params=event))
+
+
+def decode_request(line: bytes) -> Request:
+    """Decode one request line.
+
+    Raises `ParseError` for bad JSON and `InvalidRequest` for JSON that is
+    not a request object (a batch array, a missing `method`, a wrong
+    `jsonrpc`).
+    """
+    try:
+        req = _request_decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        if line.lstrip().startswith(b"["):
+            raise InvalidRequest("batch requests are not supported") from None
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"parse error: {exc}") from None
+    if req.jsonrpc != "2.0":
+        raise InvalidRequest('invalid request: "jsonrpc" must be "2.0"')
+    return req
+
+
+def decode_params(req: Request) -> msgspec.Struct:
+    """The typed params of `req`.
+
+    Raises `MethodNotFound` or `InvalidParams` (naming the JSON path).
+    """
+    decoder = _params_decoders.get(req.method)
+    if decoder is None:
+        raise MethodNotFound(f"unknown method {req.method!r}")
+    raw = req.params
+    if bytes(raw).strip() == b"null":
+        raw = msgspec.Raw(b"{}")
+    try:
+        return decoder.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"invalid params: {exc}".replace("`$", "`$.params")) from None
+    except msgspec.DecodeError as exc:  # pragma: no cover - Raw is already valid JSON
+        raise InvalidParams(f"invalid params: {exc}") from None
+
+
+def decode_incoming(line: bytes) -> Incoming:
+    """Decode a line a client reads (raises `ParseError`)."""
+    try:
+        return _incoming_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"bad line from daemon: {exc}") from None
+
+
+def decode_result(method: str, raw: msgspec.Raw) -> Any:
+    """Decode the raw `result` of `method` into its result Struct."""
+    return _result_decoders[method].decode(raw)
+
+
+def decode_event(raw: msgspec.Raw) -> Event:
+    return _event_decoder.decode(raw)
