@@ -31,8 +31,12 @@ class Backoff(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cap: float = DAY
 
     def __post_init__(self) -> None:
-        if self.base <= 0 or self.factor < 1 or self.cap < self.base:
-            raise ValueError("need base > 0, factor >= 1 and cap >= base")
+        if not self.base > 0:
+            raise ValueError("base must be > 0")
+        if not self.factor >= 1:
+            raise ValueError("factor must be >= 1")
+        if not self.cap >= self.base:
+            raise ValueError("cap must be >= base")
 
     def duration(self, n: int) -> float:
         """The cooldown for the `n`-th failure in a row (n >= 1)."""
@@ -112,30 +116,58 @@ DEFAULT_CONFIG: Final = Config()
 
 
 def split_target(target: str) -> tuple[str, str | None]:
-    """`"openrouter/anthropic/claude"` -> `("openrouter", "anthropic/claude")`."""
+    """`"openrouter/anthropic/claude"` -> `("openrouter", "anthropic/claude")`.
+
+    The provider is everything up to the first `/` (normalised), the model
+    the rest; a target without `/` names the provider only (model None).
+    """
     provider, _, model = target.partition("/")
     return normalise_provider(provider), (model or None)
 
 
+def _with_default_backoffs(raw: object) -> object:
+    """`raw` with each given `[cooldown.<kind>]` table completed from that kind's defaults.
+
+    Without this a table giving only `base` would get `Backoff`'s generic
+    factor and cap instead of the defaults of its own kind.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    cooldown = raw.get("cooldown")
+    if not isinstance(cooldown, dict):
+        return raw
+    merged = dict(cooldown)
+    for name in CooldownConfig.__struct_fields__:
+        default = getattr(DEFAULT_COOLDOWNS, name)
+        table = merged.get(name)
+        if isinstance(default, Backoff) and isinstance(table, dict):
+            merged[name] = {**msgspec.structs.asdict(default), **table}
+    return {**raw, "cooldown": merged}
 
 
 def parse_config(data: bytes, path: Path | str = "argentd.toml") -> Config:
     """Parse `argentd.toml` text.
 
+    Keys left out keep their defaults, also inside a partly given
+    `[cooldown.rate_limit]` or `[cooldown.quota]` table.
     Raises `ConfigError` naming the file and the key path of the fault.
     """
     try:
-        config = msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(_with_default_backoffs(raw), Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     for name, targets in config.routes.items():
+        if not targets:
+            raise ConfigError(f"{path}: route {name!r} has no targets - at `$.routes.{name}`")
         for i, target in enumerate(targets):
-            provider, _ = split_target(target)
-            if not provider:
+            provider, model = split_target(target)
+            if not provider or ("/" in target and model is None):
                 raise ConfigError(
-                    f"{path}: route {name!r} target {target!r} has no provider"
+                    f"{path}: route {name!r} target {target!r} is not `provider/model`"
                     f" - at `$.routes.{name}[{i}]`"
                 )
     return config

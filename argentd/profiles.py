@@ -146,7 +146,8 @@ def _rewrite(exc: msgspec.ValidationError, root: str) -> str:
     missing = re.fullmatch(r"Object missing required field `(.+)`", text)
     if missing:
         return f"{missing[1]} is required - at {path}.{missing[1]}"
-    text = text.replace("`", "")
+    # Every optional field admits null; saying so would only add noise.
+    text = text.replace("`", "").replace(" | null", "")
     return f"{text[:1].lower()}{text[1:]} - at {path}"
 
 
