@@ -532,13 +532,14 @@ class Engine:
         """End a lease with success: the profile's error counts reset."""
         self._tick(now)
         lease = self._lease(lease_id)
-        slot = self._end_lease(lease)
-        ks = self._keys[slot.profile.secret.key]
+        # Before _end_lease: ending the last lease of a removed profile drops its key state.
+        ks = self._keys[self._slots[lease.profile_id].profile.secret.key]
         ks.streak.clear()
         ks.error_count = 0
         if usage is not None:
             ks.input_tokens += usage.input_tokens or 0
             ks.output_tokens += usage.output_tokens or 0
+        self._end_lease(lease)
         self._outbox.changed = True
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
