@@ -61,6 +61,8 @@ _MS_THRESHOLD: Final = 1e11
 
 _PROVIDER_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SHOWN_KEY: Final = re.compile(r"[^\x00-\x1f]{1,24}|[^:\x00-\x1f]{1,32}:[^\x00-\x1f]{1,64}")
+"""Keys shown in messages: short names, or `provider:name` ids. Secrets are longer."""
 _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
 """Printable ASCII without spaces: anything else would corrupt an HTTP header."""
 _STORE_SECRET_FIELD: Final[dict[ProfileType, str]] = {
@@ -127,9 +129,17 @@ class _Fault(Exception):
         self.at = at
 
 
-def _key(name: str) -> str:
-    """A JSON-path step for the map key `name`: `["anthropic:a"]`."""
-    return "[" + json.dumps(name) + "]"
+def _key(name: str, index: int) -> tuple[str, str]:
+    """How map key `name`, the `index`-th (from 0), shows in a message: (name, path step).
+
+    A key shaped like a profile id or a short name shows as itself
+    (`"anthropic:a"`, `["anthropic:a"]`); anything else might be a secret
+    pasted in the wrong place and shows as its position (`#3`, `[#3]`).
+    """
+    if _SHOWN_KEY.fullmatch(name):
+        quoted = json.dumps(name)
+        return quoted, f"[{quoted}]"
+    return f"#{index + 1}", f"[#{index + 1}]"
 
 
 def _rewrite(exc: msgspec.ValidationError, root: str) -> str:
@@ -241,12 +251,13 @@ def env_profiles(
 def _read(path: Path, check_mode: bool) -> bytes | None:
     """The file's bytes, or None when it does not exist. Raises `ProfilesError`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted at the path must not hang the load.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ProfilesError(f"{path}: cannot open: {exc.strerror}") from None
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ProfilesError(f"{path}: not a regular file")
@@ -257,10 +268,12 @@ def _read(path: Path, check_mode: bool) -> bytes | None:
                 f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others"
                 f" access this file of secrets; refusing it. Fix: chmod 600 {fix}"
             )
-        try:
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ProfilesError(f"{path}: cannot read: {exc.strerror}") from None
+    except OSError as exc:
+        raise ProfilesError(f"{path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise ProfilesError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     return data
@@ -305,19 +318,18 @@ class _Loader:
         else:
             entries, root, is_store = top, "$", False
             order = {}
-        for pid, raw in entries.items():
+        for index, (pid, raw) in enumerate(entries.items()):
             file_ids.add(pid)
-            where = root + _key(pid)
+            shown, step = _key(pid, index)
+            where = root + step
             try:
                 out.append(self.profile(pid, raw, where, is_store))
             except _Fault as fault:
                 self.errors.append(
-                    f"{self.path}: profile {json.dumps(pid)}: {fault.text} - at {where}{fault.at}"
+                    f"{self.path}: profile {shown}: {fault.text} - at {where}{fault.at}"
                 )
             except msgspec.ValidationError as exc:
-                self.errors.append(
-                    f"{self.path}: profile {json.dumps(pid)}: {_rewrite(exc, where)}"
-                )
+                self.errors.append(f"{self.path}: profile {shown}: {_rewrite(exc, where)}")
         return order
 
     def profile(self, pid: str, raw: msgspec.Raw, where: str, is_store: bool) -> Profile:
@@ -538,9 +550,10 @@ def _order(
     """
     by_id = {p.id: p for p in result.profiles}
     order: dict[str, list[str]] = {}
-    for key, raw in raw_order.items():
-        where = "$.order" + _key(key)
-        head = f"{path}: order {json.dumps(key)}"
+    for index, (key, raw) in enumerate(raw_order.items()):
+        shown, step = _key(key, index)
+        where = "$.order" + step
+        head = f"{path}: order {shown}"
         try:
             ids = _ID_LIST.decode(raw)
         except msgspec.ValidationError as exc:
@@ -552,9 +565,8 @@ def _order(
             profile = by_id.get(pid)
             if profile is None:
                 if pid not in file_ids:
-                    result.errors.append(
-                        f"{head}: unknown profile {json.dumps(pid)}, ignored - at {where}[{i}]"
-                    )
+                    what = f"profile {json.dumps(pid)}" if _SHOWN_KEY.fullmatch(pid) else "entry"
+                    result.errors.append(f"{head}: unknown {what}, ignored - at {where}[{i}]")
             elif profile.provider != provider:
                 result.errors.append(
                     f"{head}: profile {json.dumps(pid)} belongs to provider"
