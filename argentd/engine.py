@@ -490,9 +490,11 @@ class Engine:
         """Queue a lease request until `now + params.wait`; returns the waiter id.
 
         Its result comes through the outbox. Raises as `lease` does for a
-        request that can never be served (unknown provider or route).
+        request that can never be served (unknown provider or route, `ttl` <= 0).
         """
         self._tick(now)
+        if params.ttl is not None and params.ttl <= 0:
+            raise InvalidParams("invalid params: `ttl` must be > 0")
         self._targets(params)
         wid = next(self._waiter_ids)
         deadline = now + max(0.0, params.wait)
