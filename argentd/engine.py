@@ -322,15 +322,18 @@ class Engine:
             held = self._sessions.get(session)
             if held is not None:
                 slot = self._slots.get(held[0])
-                if (
+                fresh = now - held[1] < self.config.lease.affinity_idle
+                if slot is not None and fresh and slot.profile.provider != provider:
+                    pass  # held on another target of a route: asking this one must not forget it
+                elif (
                     slot is not None
-                    and slot.profile.provider == provider
+                    and fresh
                     and held[0] != exclude
-                    and now - held[1] < self.config.lease.affinity_idle
                     and self._ready(slot, model, now)
                 ):
                     return slot
-                del self._sessions[session]
+                else:
+                    del self._sessions[session]
         explicit = provider in self._order
         best: Slot | None = None
         best_tier: tuple[int, int] | None = None
