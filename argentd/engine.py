@@ -768,7 +768,12 @@ class Engine:
     # ------------------------------------------------------------ state
 
     def snapshot(self) -> Snapshot:
-        """The persistent state, keyed by profile id and secret key; no secret."""
+        """The persistent state, keyed by profile id and secret key; no secret.
+
+        Profiles removed by a reload (kept only while their leases finish) are
+        left out: a restart would not load them.
+        """
+        loaded = {s.profile.secret.key for s in self._slots.values() if not s.removed}
         keys = {
             key: KeySnapshot(
                 cooldown_until=ks.cooldown_until,
@@ -785,6 +790,7 @@ class Engine:
                 output_tokens=ks.output_tokens,
             )
             for key, ks in self._keys.items()
+            if key in loaded
         }
         profiles = {
             pid: ProfileSnapshot(key=s.profile.secret.key, user_disabled=s.user_disabled)
