@@ -590,7 +590,11 @@ class Engine:
         else:
             raise InvalidParams("invalid params: report_failure needs `lease_id` or `profile`")
         slot = self._slots[profile_id]
-        model = params.model if params.model is not None else (lease.model if lease else None)
+        # The cooldown is model-scoped only when the report names the model: a
+        # lease's model says what was asked, not that the limit hit was per model
+        # (a subscription's 5-hour cap is account-wide), and route leases always
+        # carry one.
+        model = params.model
         self._apply_failure(slot.profile, params, model, now)
         result = ReportResult(
             profile_state=self.state_of(profile_id, now),
