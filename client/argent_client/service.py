@@ -670,6 +670,8 @@ def _change(
             _print_json({**head, "steps": [step_to_json(s) for s in steps]}, out)
         else:
             out.write(f"# argentctl service {action} ({_manager_name(host)}), dry run:\n")
+            if head.get("sandbox_skipped_because"):
+                out.write(f"# sandbox drop-in left out: {host.userns_blocked}\n")
             for s in steps:
                 out.write(step_to_shell(s) + "\n")
         return EXIT_OK
