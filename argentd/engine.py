@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
 from argent_client.protocol import (
     PROFILE_FAULTS,
     ArgentError,
@@ -114,6 +115,8 @@ class Lease:
     route: str | None
     target: int
     """Index into the route's targets this lease was granted for."""
+    params: LeaseParams
+    """The request it answered: a failover asks again with the same ttl and model."""
 
 
 @dataclass(slots=True)
@@ -410,6 +413,7 @@ class Engine:
             session=params.session,
             route=route,
             target=target,
+            params=params,
         )
         self._leases[lease.id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_at, lease.id))
@@ -649,14 +653,7 @@ class Engine:
         now: float,
     ) -> LeaseResult | None:
         if lease is not None:
-            params = LeaseParams(
-                provider=failed.provider if lease.route is None else None,
-                route=lease.route,
-                model=lease.model if lease.route is None else None,
-                session=lease.session,
-                detached=lease.detached,
-                client=lease.client,
-            )
+            params = msgspec.structs.replace(lease.params, wait=0.0)
             conn = lease.conn if not lease.detached else conn
             target = lease.target
         else:
