@@ -972,6 +972,19 @@ def test_failover_without_route_same_provider() -> None:
     assert e.leases()[0].session == "s"
 
 
+def test_failover_keeps_the_requested_ttl_and_model() -> None:
+    e = route_engine()
+    got = lease(e, route="default", model="claude-opus-4", ttl=3000)
+    nxt = failover(e, got.lease_id, "rate_limit", T0 + 10)
+    assert nxt is not None
+    assert (nxt.profile, nxt.model, nxt.expires_at) == ("anthropic:b", "claude-opus-4",
+                                                        T0 + 3010)
+    last = failover(e, nxt.lease_id, "overloaded", T0 + 20)
+    assert last is not None
+    assert (last.provider, last.model, last.expires_at) == ("openrouter", "claude-opus-4",
+                                                            T0 + 3020)
+
+
 def test_failover_by_profile_without_lease() -> None:
     e = route_engine()
     r = e.report(ReportParams(kind="quota", profile="anthropic:a", failover=True),
