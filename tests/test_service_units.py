@@ -524,7 +524,7 @@ def test_service_status_reports_silent_socket(short_tmp: Path) -> None:
         ("systemctl",): [Completed(1, "", "Failed to connect to bus: No medium found")] * 2,
     })
     code, out, _ = run_main("status", host, runner)
-    assert code == 1
+    assert code == 3
     assert "error: Failed to connect to bus: No medium found" in out
     assert f"socket {host.socket_path}: no answer (FileNotFoundError" in out
 
@@ -541,3 +541,13 @@ def test_service_status_darwin_parses_launchctl_print(short_tmp: Path) -> None:
     assert json.loads(out)["manager"] == {"label": LABEL, "loaded": True, "state": "running",
                                           "pid": "812", "last_exit_code": "0"}
     assert runner.calls == [("launchctl", "print", f"gui/501/{LABEL}")]
+
+
+def test_service_main_writes_to_current_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argentctl calls service_main without `out`: it must find sys.stdout at call time.
+    code = service_main("uninstall", dry_run=True, json_output=True,
+                        host=make_host(tmp_path, "darwin"))
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["action"] == "uninstall"

@@ -46,7 +46,9 @@ REPO_EXEC_START: Final = "%h/.argentd/bin/argentd"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-"""A command failed, argentd was not found, or (status) the socket does not answer."""
+"""A command failed or argentd was not found (argentctl's "failure")."""
+EXIT_UNREACHABLE: Final = 3
+"""`status`: the socket does not answer (argentctl's "daemon not reachable")."""
 
 # ---------------------------------------------------------------- unit texts
 
@@ -727,7 +729,7 @@ def _status(
         _print_json({"action": "status", "platform": host.platform, "manager": manager,
                      "files": files, "socket": msgspec.to_builtins(probe), "ok": probe.answers},
                     out)
-        return EXIT_OK if probe.answers else EXIT_FAILED
+        return EXIT_OK if probe.answers else EXIT_UNREACHABLE
     out.write(f"service manager: {_manager_name(host)}\n")
     for path, present in files.items():
         out.write(f"  {'installed' if present else 'missing  '}  {path}\n")
@@ -740,7 +742,7 @@ def _status(
                   f"pid {probe.pid})\n")
     else:
         out.write(f"socket {probe.path}: no answer ({probe.error})\n")
-    return EXIT_OK if probe.answers else EXIT_FAILED
+    return EXIT_OK if probe.answers else EXIT_UNREACHABLE
 
 
 def service_main(
@@ -748,8 +750,8 @@ def service_main(
     *,
     dry_run: bool,
     json_output: bool,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
     host: Host | None = None,
     platform: Platform | None = None,
     runner: Runner = subprocess_runner,
@@ -757,10 +759,14 @@ def service_main(
 ) -> int:
     """`argentctl service ACTION`: print (or with `json_output`, a JSON object) to `out`.
 
+    `out` and `err` default to the current `sys.stdout` / `sys.stderr`;
     `host`, `platform`, `runner` and `sleep` exist for tests. Returns the exit
-    code: 0 done (status: the socket answers), 1 otherwise. Never raises for
-    an expected failure: it is reported on `err` (or in the JSON object).
+    code: 0 done (status: the socket answers), 3 (status) the socket does not
+    answer, 1 anything else failed. Never raises for an expected failure: it
+    is reported on `err` (or in the JSON object on `out`).
     """
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         host = host or Host.detect(platform)
         if action == "status":
