@@ -1,0 +1,219 @@
+"""The daemon's lifetime: load, bind, serve, reload, persist, stop.
+
+`run_daemon` owns one nursery with every task of the daemon (server, file
+watcher, state saver, watchdog, signals). Readiness (`READY=1`) is sent once
+the socket is bound and the profiles are loaded; SIGTERM/SIGINT cancel the
+nursery after `STOPPING=1`, and the state is saved on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from argent_client import protocol as P
+from argent_client.paths import default_config_path, default_profiles_path, state_dir
+
+from . import log as logmod
+from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from .engine import Engine
+from .model import ProfileSet
+from .profiles import ProfilesError, env_profiles, load_profiles
+from .reload import watch_files
+from .server import Server
+from .service import Notifier, adopt_systemd_socket, bind_unix_socket, peer_uid
+from .snapshot import decode_snapshot
+from .state import Saver, StateStore
+
+log = logging.getLogger("argentd")
+
+
+@dataclass
+class Options:
+    profiles: Path | None = None
+    socket: Path | None = None
+    config: Path | None = None
+    state: Path | None = None
+    save_delay: float = 0.5
+
+
+@dataclass
+class Loaded:
+    config: Config
+    profiles: ProfileSet
+    error: str | None
+
+
+def load_all(opts: Options, last: Loaded | None) -> Loaded:
+    """Read argentd.toml and the profiles file (blocking; run in a thread).
+
+    A file-level fault keeps `last` (or, with none, the defaults and the
+    environment fallback) and returns the fault as `error`.
+    """
+    config_path = opts.config or default_config_path()
+    errors: list[str] = []
+    try:
+        config = load_config(config_path, required=opts.config is not None)
+    except ConfigError as exc:
+        errors.append(str(exc))
+        config = last.config if last else DEFAULT_CONFIG
+    path = profiles_path(opts, config)
+    try:
+        profiles = load_profiles(path, os.environ)
+    except ProfilesError as exc:
+        errors.append(str(exc))
+        profiles = last.profiles if last else ProfileSet(env_profiles(os.environ))
+    else:
+        errors.extend(profiles.errors)
+    return Loaded(config, profiles, "; ".join(errors) or None)
+
+
+def profiles_path(opts: Options, config: Config) -> Path:
+    if opts.profiles is not None:
+        return opts.profiles
+    if os.environ.get("ARGENT_PROFILES") or config.profiles is None:
+        return default_profiles_path()
+    return Path(config.profiles).expanduser()
+
+
+def socket_path(opts: Options, config: Config) -> Path:
+    if opts.socket is not None:
+        return opts.socket
+    from argent_client.paths import default_socket_path
+
+    if os.environ.get("ARGENT_SOCKET") or config.socket is None:
+        return default_socket_path()
+    return Path(config.socket).expanduser()
+
+
+class Daemon:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.loaded = load_all(opts, None)
+        self._log_load(self.loaded)
+        self.loaded_at: float | None = time.time()
+        now = time.time()
+        self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
+        self.store = StateStore((opts.state or state_dir()) / "state.json")
+        raw = self.store.load()
+        if raw is not None:
+            try:
+                self.engine.restore(decode_snapshot(raw), now=now)
+            except Exception as exc:  # a well-formed file of the wrong shape
+                log.warning("state file %s ignored: %s", self.store.path, exc)
+        self.engine.take_outbox()
+        self.saver = Saver(self.store, self.engine.snapshot, delay=opts.save_delay)
+        self.notifier = Notifier()
+        self.server = Server(
+            self.engine,
+            reload=self.reload,
+            config_status=self.config_status,
+            on_change=self._changed,
+            peer_uid=peer_uid,
+        )
+        self._reload_lock = trio.Lock()
+
+    def _log_load(self, loaded: Loaded) -> None:
+        logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
+        n = len(loaded.profiles.profiles)
+        log.info("loaded %d profile(s) from %s", n, profiles_path(self.opts, loaded.config))
+        if loaded.error:
+            log.error("profiles/config problem: %s", loaded.error)
+
+    def config_status(self) -> P.ConfigStatus:
+        return P.ConfigStatus(
+            profiles_path=str(profiles_path(self.opts, self.loaded.config)),
+            loaded_at=self.loaded_at,
+            error=self.loaded.error,
+            config_path=str(self.opts.config or default_config_path()),
+        )
+
+    def _changed(self) -> None:
+        self.saver.mark_dirty()
+
+    def status_line(self) -> str:
+        now = time.time()
+        states = [self.engine.state_of(p.id, now) for p in self.engine.profiles()]
+        return (
+            f"{states.count('ready')} ready, {states.count('cooldown')} cooling, "
+            f"{len(self.engine.leases())} leases"
+        )
+
+    async def reload(self, reason: str) -> P.ReloadResult:
+        """Reload both files; a bad file keeps the last good profiles."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            last = self.loaded
+            loaded = await trio.to_thread.run_sync(load_all, self.opts, last)
+            self.loaded = loaded
+            self._log_load(loaded)
+            now = time.time()
+            self.engine.load(loaded.profiles, loaded.config, now=now)
+            if loaded.error:
+                self.engine._emit("reload_error", now, message=loaded.error)
+            else:
+                self.loaded_at = now
+            self.engine._emit("reload", now, profiles=len(loaded.profiles.profiles))
+            self.server.after_change()
+            log.info("reloaded (%s): %d profile(s)", reason, len(loaded.profiles.profiles))
+            self.notifier.ready()
+            self.notifier.status(self.status_line())
+            return P.ReloadResult(len(self.engine.profiles()), loaded.error)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock_path = socket_path(self.opts, self.loaded.config)
+        adopted = adopt_systemd_socket()
+        bound = None
+        if adopted is not None:
+            listener = trio.socket.from_stdlib_socket(adopted)
+            log.info("serving on a socket passed by systemd")
+        else:
+            bound = bind_unix_socket(sock_path)
+            listener = trio.socket.from_stdlib_socket(bound.sock)
+            log.info("serving on %s", sock_path)
+        stop = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.server.serve, listener)
+                await nursery.start(self.saver.run)
+                watched = [
+                    profiles_path(self.opts, self.loaded.config),
+                    self.opts.config or default_config_path(),
+                ]
+                nursery.start_soon(self._watch, watched, stop)
+                if self.notifier.watchdog_interval() is not None:
+                    nursery.start_soon(self.notifier.run_watchdog)
+                nursery.start_soon(self._signals, nursery.cancel_scope, stop)
+                self.notifier.ready()
+                self.notifier.status(self.status_line())
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.saver.flush()
+            listener.close()
+            if bound is not None:
+                bound.close()
+            log.info("stopped")
+
+    async def _watch(self, paths: list[Path], stop: trio.Event) -> None:
+        async def changed() -> None:
+            await self.reload("file changed")
+
+        await watch_files(paths, changed, stop_event=stop)
+
+    async def _signals(self, scope: trio.CancelScope, stop: trio.Event) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    await self.reload("SIGHUP")
+                    continue
+                log.info("stopping on %s", signal.Signals(signum).name)
+                self.notifier.stopping()
+                stop.set()
+                scope.cancel()
+                return

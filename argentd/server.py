@@ -1,0 +1,386 @@
+"""The wire-protocol server: one trio task per connection around the engine.
+
+Theory of operation: a connection task reads bytes, cuts them into lines
+and answers every complete line at once (the engine is synchronous), so
+pipelined requests cost one send for a whole batch of replies. Only two
+kinds of request outlive their line: a `lease` that `wait`s (a task in the
+connection's nursery parks on the waiter's result) and `reload` (file I/O in
+a thread). Whatever the engine decided besides the reply — events, waiters
+it served, a new deadline — is drained by `Server.after_change()` after
+every call. One timer task sleeps until the engine's next deadline.
+
+Every connection is wrapped: an exception in one is logged and ends that
+connection only. A connection's writes go through one lock, so a reply, a
+served waiter and an event never interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import trio
+from argent_client import protocol as P
+
+from . import __version__
+from .engine import Engine
+from .views import metrics, status
+
+log = logging.getLogger("argentd")
+
+RECV_SIZE: Final = 65536
+EVENT_QUEUE: Final = 1024
+"""A subscriber that falls this many events behind is disconnected."""
+LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+
+@dataclass(eq=False)
+class Conn:
+    id: int
+    sock: trio.socket.SocketType
+    lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
+    events: trio.MemorySendChannel[bytes] | None = None
+    closed: bool = False
+
+    async def send(self, data: bytes) -> None:
+        """Write all of `data`; raises OSError / trio errors if the peer is gone."""
+        async with self.lock:
+            view = memoryview(data)
+            while view:
+                n = await self.sock.send(view)
+                view = view[n:]
+
+
+class Server:
+    """Serves the protocol for `engine` on a listening socket.
+
+    `reload` is the daemon's reload coroutine (returns the `reload` result);
+    `config_status` returns the current `status.config`; `on_change` is
+    called after every engine change that should reach the state file.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        reload: Callable[[str], Awaitable[P.ReloadResult]],
+        config_status: Callable[[], P.ConfigStatus],
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        uid: int | None = None,
+        peer_uid: Callable[[Any], int | None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self._reload = reload
+        self._config_status = config_status
+        self._on_change = on_change
+        self.clock = clock
+        self.uid = os.getuid() if uid is None else uid
+        self._peer_uid = peer_uid
+        self._conn_ids = 0
+        self._conns: dict[int, Conn] = {}
+        self._subscribers: dict[int, Conn] = {}
+        self._waiting: dict[int, tuple[trio.Event, list[P.LeaseResult | P.ArgentError]]] = {}
+        self._timer_wakeup = trio.Event()
+        self._timer_target = math.inf
+        self._lat_counts = [0] * len(LATENCY_BUCKETS)
+        self._lat_sum = 0.0
+        self._lat_n = 0
+        self._handlers: dict[str, Callable[[Conn, Any], msgspec.Struct]] = {
+            "hello": self._hello,
+            "renew": self._renew,
+            "release": self._release,
+            "report_failure": self._report,
+            "status": self._status,
+            "reset": self._reset,
+            "disable": self._disable,
+            "enable": self._enable,
+            "metrics": self._metrics,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(
+        self,
+        listener: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._timer)
+            task_status.started()
+            while True:
+                try:
+                    sock, _ = await listener.accept()
+                except OSError as exc:
+                    # EMFILE and friends: back off instead of spinning.
+                    log.warning("accept failed: %s", exc.strerror or exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._connection, sock)
+
+    def after_change(self) -> None:
+        """Deliver what the engine decided and re-arm the timer."""
+        out = self.engine.take_outbox()
+        for wid, result in out.served:
+            slot = self._waiting.pop(wid, None)
+            if slot is not None:
+                slot[1].append(result)
+                slot[0].set()
+        if out.events and self._subscribers:
+            for event in out.events:
+                line = P.encode_event(event)
+                for conn in list(self._subscribers.values()):
+                    assert conn.events is not None
+                    try:
+                        conn.events.send_nowait(line)
+                    except trio.WouldBlock:
+                        log.warning("subscriber %d fell behind; disconnecting it", conn.id)
+                        self._drop_subscriber(conn)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._drop_subscriber(conn)
+        if out.changed:
+            self._on_change()
+        deadline = self.engine.next_deadline()
+        if deadline is not None and deadline < self._timer_target:
+            self._timer_wakeup.set()
+
+    async def _timer(self) -> None:
+        while True:
+            self._timer_wakeup = trio.Event()
+            deadline = self.engine.next_deadline()
+            self._timer_target = math.inf if deadline is None else deadline
+            if deadline is None:
+                await self._timer_wakeup.wait()
+                continue
+            delay = deadline - self.clock()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await self._timer_wakeup.wait()
+                    continue
+            self.engine.advance(self.clock())
+            self.after_change()
+
+    # ------------------------------------------------------------ connections
+
+    async def _connection(self, sock: trio.socket.SocketType) -> None:
+        self._conn_ids += 1
+        conn = Conn(self._conn_ids, sock)
+        self._conns[conn.id] = conn
+        try:
+            with sock:
+                if self._peer_uid is not None:
+                    uid = self._peer_uid(sock)
+                    if uid is not None and uid != self.uid:
+                        log.warning("refused connection from uid %d", uid)
+                        err = P.PermissionDenied(
+                            f"argentd serves uid {self.uid} only; you are uid {uid}"
+                        )
+                        await conn.send(P.encode_error(None, err))
+                        return
+                async with trio.open_nursery() as nursery:
+                    await self._read_loop(conn, nursery)
+                    nursery.cancel_scope.cancel()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away; nothing to tell it
+        except Exception:
+            log.exception("connection %d failed", conn.id)
+        finally:
+            conn.closed = True
+            self._conns.pop(conn.id, None)
+            self._drop_subscriber(conn)
+            self.engine.disconnect(conn.id, now=self.clock())
+            self.after_change()
+
+    async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
+        buf = bytearray()
+        while True:
+            data = await conn.sock.recv(RECV_SIZE)
+            if not data:
+                return
+            buf += data
+            if b"\n" not in data:
+                if len(buf) > P.MAX_LINE:
+                    await self._too_long(conn)
+                    return
+                continue
+            *lines, rest = buf.split(b"\n")
+            buf = bytearray(rest)
+            replies = []
+            for line in lines:
+                if len(line) > P.MAX_LINE:
+                    if replies:
+                        await conn.send(b"".join(replies))
+                    await self._too_long(conn)
+                    return
+                if not line.strip():
+                    continue
+                reply = self._handle_line(conn, line, nursery)
+                if reply:
+                    replies.append(reply)
+            if replies:
+                await conn.send(b"".join(replies))
+            if len(buf) > P.MAX_LINE:
+                await self._too_long(conn)
+                return
+
+    async def _too_long(self, conn: Conn) -> None:
+        err = P.InvalidRequest(f"line longer than {P.MAX_LINE} bytes; closing the connection")
+        await conn.send(P.encode_error(None, err))
+
+    def _handle_line(self, conn: Conn, line: bytes, nursery: trio.Nursery) -> bytes | None:
+        """Answer one line; returns the reply, or None when it comes later or never."""
+        start = time.perf_counter()
+        rid: P.RequestId = None
+        notify = False
+        try:
+            req = P.decode_request(line)
+            notify = req.id is msgspec.UNSET
+            rid = None if isinstance(req.id, msgspec.UnsetType) else req.id
+            params = P.decode_params(req)
+            method = req.method
+            if method == "lease":
+                assert isinstance(params, P.LeaseParams)
+                return self._lease(conn, rid, notify, params, nursery)
+            if method == "subscribe":
+                self._subscribe(conn, nursery)
+                result: msgspec.Struct = P.SubscribeResult()
+            elif method == "reload":
+                nursery.start_soon(self._reload_task, conn, rid, notify)
+                return None
+            else:
+                result = self._handlers[method](conn, params)
+            reply = None if notify else P.encode_result(rid, result)
+        except P.ArgentError as exc:
+            reply = None if notify else P.encode_error(rid, exc)
+        except Exception as exc:
+            log.exception("internal error answering a request")
+            reply = None if notify else P.encode_error(rid, P.InternalError(
+                f"internal error: {type(exc).__name__}"))
+        self.after_change()
+        self._observe(time.perf_counter() - start)
+        return reply
+
+    def _observe(self, seconds: float) -> None:
+        self._lat_n += 1
+        self._lat_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self._lat_counts[i] += 1
+                break
+
+    # ------------------------------------------------------------ methods
+
+    def _hello(self, conn: Conn, params: Any) -> msgspec.Struct:
+        return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
+
+    def _lease(
+        self, conn: Conn, rid: P.RequestId, notify: bool, params: P.LeaseParams,
+        nursery: trio.Nursery,
+    ) -> bytes | None:
+        now = self.clock()
+        try:
+            try:
+                result = self.engine.lease(params, conn=conn.id, now=now)
+            except P.NoProfileAvailable:
+                if params.wait <= 0:
+                    raise
+                wid = self.engine.wait(params, conn=conn.id, now=now)
+                done = trio.Event()
+                box: list[P.LeaseResult | P.ArgentError] = []
+                self._waiting[wid] = (done, box)
+                nursery.start_soon(self._await_lease, conn, rid, notify, wid, done, box)
+                self.after_change()
+                return None
+        except P.ArgentError as exc:
+            self.after_change()
+            return None if notify else P.encode_error(rid, exc)
+        self.after_change()
+        return None if notify else P.encode_result(rid, result)
+
+    async def _await_lease(
+        self, conn: Conn, rid: P.RequestId, notify: bool, wid: int, done: trio.Event,
+        box: list[P.LeaseResult | P.ArgentError],
+    ) -> None:
+        try:
+            await done.wait()
+        finally:
+            if not box:  # cancelled: the connection is closing
+                self._waiting.pop(wid, None)
+                self.engine.cancel_wait(wid)
+        if notify:
+            return
+        result = box[0]
+        if isinstance(result, P.ArgentError):
+            await conn.send(P.encode_error(rid, result))
+        else:
+            await conn.send(P.encode_result(rid, result))
+
+    def _renew(self, conn: Conn, params: P.RenewParams) -> msgspec.Struct:
+        return P.RenewResult(self.engine.renew(params.lease_id, params.ttl, now=self.clock()))
+
+    def _release(self, conn: Conn, params: P.ReleaseParams) -> msgspec.Struct:
+        self.engine.release(params.lease_id, now=self.clock(), usage=params.usage,
+                            limits=params.limits)
+        return P.ReleaseResult()
+
+    def _report(self, conn: Conn, params: P.ReportParams) -> msgspec.Struct:
+        return self.engine.report(params, conn=conn.id, now=self.clock())
+
+    def _status(self, conn: Conn, params: Any) -> msgspec.Struct:
+        return status(self.engine, self._config_status(), now=self.clock())
+
+    def _reset(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
+        return P.ProfileStateResult(self.engine.reset(params.profile, now=self.clock()))
+
+    def _disable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
+        state = self.engine.set_disabled(params.profile, True, now=self.clock())
+        return P.ProfileStateResult(state)
+
+    def _enable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
+        state = self.engine.set_disabled(params.profile, False, now=self.clock())
+        return P.ProfileStateResult(state)
+
+    def _metrics(self, conn: Conn, params: Any) -> msgspec.Struct:
+        cumulative = []
+        total = 0
+        for bound, n in zip(LATENCY_BUCKETS, self._lat_counts, strict=True):
+            total += n
+            cumulative.append((bound, total))
+        text = metrics(self.engine, now=self.clock(), latency_buckets=cumulative,
+                       latency_sum=self._lat_sum, latency_count=self._lat_n)
+        return P.MetricsResult(text)
+
+    async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
+        result = await self._reload("reload method")
+        if not notify:
+            await conn.send(P.encode_result(rid, result))
+
+    # ------------------------------------------------------------ events
+
+    def _subscribe(self, conn: Conn, nursery: trio.Nursery) -> None:
+        if conn.events is not None:
+            return
+        send, recv = trio.open_memory_channel[bytes](EVENT_QUEUE)
+        conn.events = send
+        self._subscribers[conn.id] = conn
+        nursery.start_soon(self._pump_events, conn, recv)
+
+    async def _pump_events(self, conn: Conn, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        async with recv:
+            async for line in recv:
+                await conn.send(line)
+        # The channel closed: this subscriber was dropped for falling behind.
+        if not conn.closed:
+            conn.sock.close()
+
+    def _drop_subscriber(self, conn: Conn) -> None:
+        if self._subscribers.pop(conn.id, None) is not None and conn.events is not None:
+            conn.events.close()

@@ -1,0 +1,247 @@
+"""Fixtures that start the real `argentd` on a real Unix socket in a temp dir.
+
+`daemon` starts it as a subprocess with HOME and XDG_* pointed into the test's
+temp dir and waits for `READY=1` on a real NOTIFY_SOCKET. After the test it
+stops the daemon and checks that no secret written with `make_secret` appears
+in the daemon's stderr or anywhere under the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SECRETS: list[str] = []
+
+
+def make_secret(prefix: str = "sk-ant-oat01-") -> str:
+    """A fresh realistic fake secret, remembered for the leak check."""
+    value = prefix + secrets.token_urlsafe(40).replace("-", "x").replace("_", "y")
+    SECRETS.append(value)
+    return value
+
+
+def write_json(path: Path, data: object, mode: int = 0o600) -> None:
+    """Write `data` atomically (temp file + rename) with `mode`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class RawConn:
+    """A bare line-oriented connection: what any program with a socket can do."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.next_id = 1
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("daemon closed the connection")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def read(self) -> dict[str, Any]:
+        msg: dict[str, Any] = json.loads(self.read_line())
+        return msg
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return its reply, skipping event notifications."""
+        rid = self.next_id
+        self.next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rid}
+        if params is not None:
+            msg["params"] = params
+        self.send(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self.read()
+            if reply.get("id") == rid:
+                return reply
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """`request` that asserts success and returns the result."""
+        reply = self.request(method, params)
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """A running `argentd` subprocess and the files around it."""
+
+    def __init__(self, root: Path, sock_dir: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.profiles = self.home / ".argentos" / "agents" / "main" / "agent" / "auth-profiles.json"
+        self.config = root / "config" / "argentos" / "argentd.toml"
+        self.state_dir = root / "state" / "argentos"
+        self.socket = sock_dir / "argentd.sock"
+        self.notify_path = sock_dir / "notify"
+        self.stderr_path = root / "argentd.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(root / "config"),
+            "XDG_STATE_HOME": str(root / "state"),
+            "XDG_RUNTIME_DIR": str(sock_dir),
+            "XDG_CACHE_HOME": str(root / "cache"),
+            "ARGENT_SOCKET": str(self.socket),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(15)
+        self.messages: list[str] = []
+        self.conns: list[RawConn] = []
+
+    def write_profiles(self, data: object, mode: int = 0o600) -> None:
+        write_json(self.profiles, data, mode)
+
+    def start(self, *args: str, wait: bool = True, **extra_env: str) -> None:
+        env = {**self.env, "NOTIFY_SOCKET": str(self.notify_path), **extra_env}
+        stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - kept for the process' life
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "argentd.main", "--log-level", "debug", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+        stderr.close()
+        if wait:
+            self.wait_message("READY=1")
+
+    def wait_message(self, text: str, timeout: float = 15.0) -> str:
+        """Block until the daemon sends an sd_notify datagram containing `text`."""
+        deadline = time.monotonic() + timeout
+        for msg in self.messages:
+            if text in msg:
+                self.messages.remove(msg)
+                return msg
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {text!r} from argentd; stderr:\n{self.stderr()}")
+            self.notify.settimeout(left)
+            try:
+                msg = self.notify.recv(65536).decode()
+            except TimeoutError:
+                continue
+            if text in msg:
+                return msg
+            self.messages.append(msg)
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"argentd exited {self.proc.returncode}:\n{self.stderr()}")
+
+    def connect(self) -> RawConn:
+        conn = RawConn(self.socket)
+        self.conns.append(conn)
+        return conn
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        conn = RawConn(self.socket)
+        try:
+            return conn.call(method, params)
+        finally:
+            conn.close()
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        return rc
+
+    def check_no_secret_leaked(self) -> None:
+        texts = [("stderr", self.stderr())]
+        if self.state_dir.exists():
+            for f in self.state_dir.rglob("*"):
+                if f.is_file():
+                    texts.append((str(f), f.read_text(errors="replace")))
+        for name, text in texts:
+            for value in SECRETS:
+                assert value not in text, f"a secret leaked into {name}"
+                assert value[-24:] not in text, f"part of a secret leaked into {name}"
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    """Create (not start) daemons; each is stopped and leak-checked afterwards."""
+    made: list[Daemon] = []
+    sock_dirs: list[str] = []
+
+    def make() -> Daemon:
+        # AF_UNIX paths are limited to ~108 bytes: keep the socket folder short.
+        sock_dir = tempfile.mkdtemp(prefix="ad-", dir="/tmp")
+        sock_dirs.append(sock_dir)
+        d = Daemon(tmp_path / f"d{len(made)}", Path(sock_dir))
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        for c in d.conns:
+            c.close()
+        d.stop()
+        d.notify.close()
+        d.check_no_secret_leaked()
+    for s in sock_dirs:
+        shutil.rmtree(s, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    """Started, with two Anthropic profiles and one OpenAI profile (max_concurrent 1)."""
+    d: Daemon = daemon_factory()
+    d.write_profiles(
+        {
+            "anthropic:one": {"provider": "anthropic", "type": "setup-token",
+                              "token": make_secret(), "label": "One"},
+            "anthropic:two": {"provider": "anthropic", "type": "api-key",
+                              "token": make_secret("sk-ant-api03-"), "label": "Two"},
+            "openai:main": {"provider": "openai", "type": "api-key",
+                            "token": make_secret("sk-proj-"), "label": "Main",
+                            "max_concurrent": 1},
+        }
+    )
+    d.start()
+    return d
