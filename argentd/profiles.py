@@ -349,9 +349,9 @@ class _Loader:
                 ".provider",
             )
         if normalise_provider(id_provider) != provider:
-            raise _Fault(
-                f'provider "{provider}" does not match the id\'s provider part', ".provider"
-            )
+            # The value itself is not shown: it may be a secret pasted in the wrong field.
+            shown = json.dumps(normalise_provider(id_provider) + ":")
+            raise _Fault(f"provider does not match the id's {shown} part", ".provider")
         if p.type is None:
             raise _Fault("type is required", ".type")
         type_ = TYPE_ALIASES.get(p.type.strip().lower())

@@ -383,7 +383,7 @@ PROFILE_FAULTS: list[tuple[str, Any, str]] = [
     (
         "anthropic:x",
         {**GOOD, "provider": "openai"},
-        'provider "openai" does not match the id\'s provider part - at $["anthropic:x"].provider',
+        'provider does not match the id\'s "anthropic:" part - at $["anthropic:x"].provider',
     ),
     (
         "anthropic:x",
