@@ -112,23 +112,17 @@ def test_server_notification_gets_no_reply(daemon: Daemon) -> None:
 
 
 def test_server_release_on_disconnect(daemon: Daemon) -> None:
-    c = daemon.connect()
-    c.call("lease", {"provider": "openai"})
-    detached = c.call("lease", {"provider": "anthropic", "detached": True})
-    c.close()
-    other = daemon.connect()
     sub = daemon.connect()
     sub.call("subscribe")
-    # The daemon notices the close asynchronously; wait on what it tells us.
-    for _ in range(100):
-        leases = other.call("status")["leases"]
-        if len(leases) == 1:
+    c = daemon.connect()
+    attached = c.call("lease", {"provider": "openai"})
+    detached = c.call("lease", {"provider": "anthropic", "detached": True})
+    c.close()
+    while True:  # the daemon tells subscribers when it ends the lease
+        event = sub.read()["params"]
+        if event["type"] == "release" and event["lease_id"] == attached["lease_id"]:
             break
-        sub.sock.settimeout(0.05)
-        try:
-            sub.read()
-        except TimeoutError:
-            pass
+    leases = daemon.call("status")["leases"]
     assert [le["lease_id"] for le in leases] == [detached["lease_id"]]
 
 
