@@ -1,0 +1,442 @@
+"""argentctl's command handlers, its exit codes and its output helpers.
+
+Each `cmd_*` takes the parsed arguments and an `Out`, does one command and
+returns an `ExitCode` (or, for `exec`, the child's status). Daemon errors
+are raised as `ArgentError` and mapped to exit codes by `cli.main`. Every
+daemon command uses `Client` with the environment fallback off: the CLI
+works with the daemon or fails clearly. `profiles add|remove` and `list
+--file` edit or read the profiles file directly (`wizard`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from rich.console import Console
+from rich.text import Text
+
+from . import paths
+from .protocol import ArgentError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+class ExitCode(IntEnum):
+    """argentctl's exit codes: part of the contract, never renumber."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    UNAVAILABLE = 3
+    NO_PROFILE = 4
+    NOT_FOUND = 5
+    DOCTOR = 6
+    REFUSED = 7
+    DENIED = 8
+    INTERRUPTED = 130
+
+
+BY_ERROR_CODE: dict[str, ExitCode] = {
+    "daemon_unavailable": ExitCode.UNAVAILABLE,
+    "no_profile_available": ExitCode.NO_PROFILE,
+    "unknown_provider": ExitCode.NOT_FOUND,
+    "unknown_route": ExitCode.NOT_FOUND,
+    "unknown_profile": ExitCode.NOT_FOUND,
+    "lease_not_found": ExitCode.NOT_FOUND,
+    "invalid_params": ExitCode.USAGE,
+    "method_not_found": ExitCode.USAGE,
+    "permission_denied": ExitCode.DENIED,
+}
+
+class CliError(Exception):
+    """A failure the CLI reports with its own exit code (not a daemon error)."""
+
+    def __init__(self, message: str, code: ExitCode, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fix = fix
+
+
+
+# ---------------------------------------------------------------- output
+
+
+class Out:
+    """Where a command writes: rich consoles for humans, plain JSON for scripts."""
+
+    def __init__(self, json_output: bool) -> None:
+        self.json = json_output
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def print_json(self, obj: Any) -> None:
+        data = msgspec.json.format(msgspec.json.encode(obj), indent=2)
+        sys.stdout.write(data.decode() + "\n")
+        sys.stdout.flush()
+
+    def line(self, text: str) -> None:
+        """A plain line on stdout (no markup, no wrapping: safe to copy and parse)."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def note(self, text: str, style: str = "") -> None:
+        """A human message on stderr."""
+        self.err.print(Text(text, style=style), soft_wrap=True)
+
+
+def _client(args: argparse.Namespace, *, timeout: float | None = 30.0, name: str) -> Client:
+    from .client import Client
+
+    socket = getattr(args, "socket", None)
+    return Client(socket, timeout=timeout, client_name=name, fallback_env=False)
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    socket = getattr(args, "socket", None)
+    return Path(socket).expanduser() if socket else paths.default_socket_path()
+
+
+def _profiles_path(args: argparse.Namespace) -> Path:
+    path = getattr(args, "profiles", None)
+    return Path(path).expanduser() if path else paths.default_profiles_path()
+
+
+def _call(args: argparse.Namespace, fn: Callable[[Client], Any], *, name: str) -> Any:
+    client = _client(args, name=name)
+    try:
+        return fn(client)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- daemon commands
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    from .render import status_tables
+
+    status = _call(args, lambda c: c.status(), name="argentctl status")
+    if out.json:
+        out.print_json(status)
+    else:
+        status_tables(status, time.time(), out.console)
+    return ExitCode.OK
+
+
+def cmd_lease(args: argparse.Namespace, out: Out) -> int:
+    from .execute import shell_exports
+    from .render import lease_line
+
+    _need_target(args)
+    client = _client(args, name=f"argentctl lease[{os.getpid()}]")
+    try:
+        lease = client.acquire(
+            args.provider,
+            route=args.route,
+            model=args.model,
+            session=args.session,
+            ttl=args.ttl,
+            wait=args.wait,
+            detached=True,
+        )
+    finally:
+        client.close()
+    if out.json:
+        out.print_json(lease)  # the one place a secret is printed: asked for explicitly
+        return ExitCode.OK
+    out.note(f"argentctl: {lease_line(lease, time.time())}")
+    if args.env:
+        sys.stdout.write(shell_exports(lease))
+        sys.stdout.flush()
+    else:
+        out.line(lease.lease_id)
+        out.note(f"release it with: argentctl release {lease.lease_id}", style="dim")
+    return ExitCode.OK
+
+
+def _need_target(args: argparse.Namespace) -> None:
+    if not args.provider and not args.route:
+        raise CliError("give a PROVIDER or --route ROUTE", ExitCode.USAGE)
+    if args.provider and args.route:
+        raise CliError("give a PROVIDER or --route ROUTE, not both", ExitCode.USAGE)
+
+
+def cmd_release(args: argparse.Namespace, out: Out) -> int:
+    result = _call(args, lambda c: c.release(args.lease_id), name="argentctl release")
+    if out.json:
+        out.print_json(result)
+    else:
+        out.line(f"released {args.lease_id}")
+    return ExitCode.OK
+
+
+def cmd_report(args: argparse.Namespace, out: Out) -> int:
+    from .render import clock, duration
+
+    if bool(args.lease_id) == bool(args.profile):
+        raise CliError("give a LEASE_ID or --profile PROFILE (one of them)", ExitCode.USAGE)
+    result = _call(
+        args,
+        lambda c: c.report_failure(
+            args.lease_id,
+            kind=args.kind,
+            profile=args.profile,
+            retry_after=args.retry_after,
+            status=args.status,
+            message=args.message,
+            model=args.model,
+            failover=args.failover,
+        ),
+        name="argentctl report",
+    )
+    if out.json:
+        out.print_json(result)
+        return ExitCode.OK
+    who = args.profile or f"lease {args.lease_id}"
+    text = f"reported {args.kind} for {who}: profile is {result.profile_state}"
+    if result.cooldown_until is not None:
+        left = duration(result.cooldown_until - time.time())
+        text += f" until {clock(result.cooldown_until)} ({left})"
+    out.line(text)
+    if result.next is not None:
+        out.line(f"next lease {result.next.lease_id} on {result.next.profile}")
+        out.note(f"release it with: argentctl release {result.next.lease_id}", style="dim")
+    return ExitCode.OK
+
+
+def cmd_profile_state(args: argparse.Namespace, out: Out) -> int:
+    verb: str = args.command
+    result = _call(args, lambda c: getattr(c, verb)(args.profile), name=f"argentctl {verb}")
+    if out.json:
+        out.print_json(result)
+    else:
+        out.line(f"{args.profile}: {result.profile_state}")
+    return ExitCode.OK
+
+
+def cmd_reload(args: argparse.Namespace, out: Out) -> int:
+    result = _call(args, lambda c: c.reload(), name="argentctl reload")
+    if out.json:
+        out.print_json(result)
+    else:
+        out.line(f"reloaded: {result.profiles} profile(s)")
+    if result.error:
+        if not out.json:
+            out.note(f"config error: {result.error}", style="bold red")
+        return ExitCode.REFUSED
+    return ExitCode.OK
+
+
+def cmd_metrics(args: argparse.Namespace, out: Out) -> int:
+    result = _call(args, lambda c: c.metrics(), name="argentctl metrics")
+    if out.json:
+        out.print_json(result)
+    else:
+        text: str = result.text
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        sys.stdout.flush()
+    return ExitCode.OK
+
+
+def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    from .render import event_line
+
+    client = _client(args, name="argentctl watch")
+    try:
+        with client.subscribe() as events:
+            if not out.json:
+                out.note(f"watching {_socket_path(args)} (Ctrl-C to stop)", style="dim")
+            for event in events:
+                if out.json:
+                    out.line(msgspec.json.encode(event).decode())
+                else:
+                    out.line(event_line(event))
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    finally:
+        client.close()
+    raise CliError("the daemon closed the connection", ExitCode.UNAVAILABLE)
+
+
+# ---------------------------------------------------------------- exec
+
+
+def cmd_exec(args: argparse.Namespace, out: Out) -> int:
+    from .execute import Renewer, child_env, run_child
+    from .render import lease_line
+
+    _need_target(args)
+    command: list[str] = args.cmd
+    if not command:
+        raise CliError(
+            "no command: put it after --, e.g. argentctl exec anthropic -- claude",
+            ExitCode.USAGE,
+        )
+    client = _client(args, name=f"argentctl exec {Path(command[0]).name}[{os.getpid()}]")
+    try:
+        lease = client.acquire(
+            args.provider,
+            route=args.route,
+            model=args.model,
+            session=args.session,
+            ttl=args.ttl,
+            wait=args.wait,
+            detached=False,  # bound to this connection: dies with us if we are killed
+        )
+        if args.verbose:
+            out.note(f"argentctl: {lease_line(lease, time.time())}")
+        renewer = Renewer(client.renew, lease, args.ttl, sys.stderr)
+        renewer.start()
+        try:
+            rc = run_child(command, child_env(os.environ, lease))
+        finally:
+            renewer.stop()
+            renewer.join()
+        try:
+            client.release(lease.lease_id)
+        except ArgentError as exc:
+            out.note(f"argentctl: could not release {lease.lease_id}: {exc.code}: {exc}")
+    finally:
+        client.close()
+    if out.json:
+        summary = {
+            "lease_id": lease.lease_id,
+            "profile": lease.profile,
+            "provider": lease.provider,
+            "type": lease.type,
+            "model": lease.model,
+            "exit_code": rc,
+        }
+        sys.stderr.write(msgspec.json.encode(summary).decode() + "\n")
+    return rc
+
+
+# ---------------------------------------------------------------- files
+
+
+def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
+    from .doctor import failed, render, run_doctor
+
+    profiles = Path(args.profiles).expanduser() if args.profiles else None
+    checks = run_doctor(profiles_path=profiles, socket_path=_socket_path(args))
+    if out.json:
+        out.print_json(checks)
+    else:
+        render(checks, out.console)
+    return ExitCode.DOCTOR if failed(checks) else ExitCode.OK
+
+
+def cmd_profiles_list(args: argparse.Namespace, out: Out) -> int:
+    from .protocol import DaemonUnavailable
+    from .render import daemon_profiles_table, file_profiles_table
+    from .wizard import read_profiles, summarise
+
+    if not args.file and not args.profiles:
+        try:
+            status = _call(args, lambda c: c.status(), name="argentctl profiles")
+        except DaemonUnavailable:
+            out.note("argentctl: the daemon is not reachable; reading the file", style="dim")
+        else:
+            if out.json:
+                out.print_json({"source": "daemon", "profiles": status.profiles})
+            else:
+                out.console.print(daemon_profiles_table(status.profiles, time.time()))
+            return ExitCode.OK
+    path = _profiles_path(args)
+    doc = read_profiles(path)
+    items = summarise(doc)
+    if out.json:
+        out.print_json({"source": "file", "path": str(path), "profiles": items})
+    elif not doc.exists:
+        out.note(f"{path} does not exist: add a profile with `argentctl setup`")
+    else:
+        out.console.print(file_profiles_table(items))
+    return ExitCode.OK
+
+
+def _ask(prompt: str) -> str:
+    from .wizard import WizardAborted
+
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise WizardAborted("end of input")
+    return line.rstrip("\n")
+
+
+def _read_secret_stdin() -> str:
+    return sys.stdin.read(64 * 1024 + 1)
+
+
+def cmd_profiles_add(args: argparse.Namespace, out: Out) -> int:
+    from .wizard import SetupOptions, WizardIO, run_setup
+
+    opts = SetupOptions(
+        path=_profiles_path(args),
+        provider=args.provider,
+        type=args.type,
+        name=args.name,
+        label=args.label,
+        priority=args.priority,
+        secret_stdin=args.secret_stdin,
+        force=args.force,
+        replace=args.replace,
+    )
+    interactive = sys.stdin.isatty() and not args.secret_stdin
+    io = WizardIO(
+        interactive=interactive,
+        ask=_ask,
+        ask_secret=getpass.getpass,
+        read_stdin=_read_secret_stdin,
+        err=sys.stderr,
+    )
+    result = run_setup(opts, io)
+    if out.json:
+        out.print_json(result)
+    else:
+        verb = "replaced" if result.replaced else "added"
+        out.line(f"{verb} {result.id} ({result.fingerprint}) in {result.path}")
+        out.note(
+            "argentd reloads the file on its own; `argentctl status` shows it in a moment",
+            style="dim",
+        )
+    return ExitCode.OK
+
+
+def cmd_profiles_remove(args: argparse.Namespace, out: Out) -> int:
+    from .wizard import remove_profile
+
+    path = _profiles_path(args)
+    remove_profile(path, args.profile)
+    if out.json:
+        out.print_json({"removed": args.profile, "path": str(path)})
+    else:
+        out.line(f"removed {args.profile} from {path}")
+        out.note("argentd reloads the file on its own", style="dim")
+    return ExitCode.OK
+
+
+def cmd_service(args: argparse.Namespace, out: Out) -> int:
+    try:
+        from . import service
+
+        service_main = service.service_main  # type: ignore[attr-defined]
+    except (ImportError, AttributeError) as exc:
+        raise CliError(
+            f"service management is not available in this install: {exc}", ExitCode.FAILURE
+        ) from None
+    rc: int = service_main(args.action, dry_run=args.dry_run, json_output=out.json)
+    return rc
+
+

@@ -1,0 +1,304 @@
+"""`argentctl doctor`: check the profiles file, the config and the daemon.
+
+Each check says ok, warn, fail or skip, what it saw and, when it is not
+ok, the exact command or edit that fixes it. The profiles file is parsed
+here (stdlib json, via `wizard.read_profiles`), never by importing the
+daemon, so doctor works when the daemon will not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+from rich.console import Console
+from rich.text import Text
+
+from . import paths
+from .protocol import PROTOCOL_VERSION, ArgentError, DaemonUnavailable, StatusResult
+from .wizard import ProfilesFileError, file_mode, read_profiles
+
+CheckStatus = Literal["ok", "warn", "fail", "skip"]
+
+START_FIX = (
+    "start the daemon: run `argentd` in a terminal, or install it as a user service "
+    "with `argentctl service install` (then `systemctl --user start argentd` on Linux)"
+)
+
+
+class Check(msgspec.Struct):
+    """One doctor finding; `fix` is set whenever `status` is warn or fail."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    fix: str | None = None
+
+
+def _q(path: Path | str) -> str:
+    return shlex.quote(str(path))
+
+
+# ------------------------------------------------------------ profiles file
+
+
+def check_profiles_file(path: Path) -> list[Check]:
+    """Exists, parses with a supported shape, mode 0600 and owned by us."""
+    path = path.expanduser().absolute()
+    if not path.exists():
+        return [
+            Check(
+                "profiles_file",
+                "fail",
+                f"{path} does not exist",
+                "add a profile with `argentctl setup` (it creates the file with mode 0600)",
+            )
+        ]
+    checks = [Check("profiles_file", "ok", str(path))]
+    try:
+        doc = read_profiles(path)
+    except ProfilesFileError as exc:
+        checks.append(
+            Check(
+                "profiles_parse",
+                "fail",
+                str(exc),
+                f"edit {path}: it must be a JSON object, either a flat map "
+                '{"provider:name": {...}} or {"version": 1, "profiles": {...}}',
+            )
+        )
+    else:
+        shape = "versioned store" if doc.versioned else "flat map"
+        n = len(doc.profiles)
+        checks.append(Check("profiles_parse", "ok", f"{shape}, {n} profile(s)"))
+    st = path.stat()
+    mode = file_mode(path) or 0
+    if st.st_uid != os.getuid():
+        checks.append(
+            Check(
+                "profiles_mode",
+                "fail",
+                f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})",
+                f"chown {os.getuid()} {_q(path)} && chmod 600 {_q(path)}",
+            )
+        )
+    elif mode & 0o077:
+        checks.append(
+            Check(
+                "profiles_mode",
+                "fail",
+                f"mode is {mode:04o}: other users can read your secrets; argentd refuses it",
+                f"chmod 600 {_q(path)}",
+            )
+        )
+    else:
+        checks.append(Check("profiles_mode", "ok", f"mode {mode:04o}"))
+    return checks
+
+
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+
+
+def check_git(path: Path) -> Check:
+    """Fail when `path` sits in a git work tree that does not ignore it."""
+    path = path.expanduser().absolute()
+    folder = path.parent
+    if shutil.which("git") is None:
+        return Check("profiles_git", "skip", "git is not installed")
+    if not folder.is_dir():
+        return Check("profiles_git", "skip", f"{folder} does not exist")
+    try:
+        inside = _git(folder, "rev-parse", "--is-inside-work-tree")
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return Check("profiles_git", "ok", "not inside a git work tree")
+        top = Path(_git(folder, "rev-parse", "--show-toplevel").stdout.strip())
+        rel = os.path.relpath(path.resolve(), top.resolve())
+        tracked = _git(folder, "ls-files", "--error-unmatch", "--", path.name)
+        if tracked.returncode == 0:
+            return Check(
+                "profiles_git",
+                "fail",
+                f"{path} is committed to the git repository at {top}",
+                f"git -C {_q(top)} rm --cached -- {_q(rel)} && "
+                f"echo {_q('/' + rel)} >> {_q(top / '.gitignore')}; "
+                "then rotate every secret in it: they are in the history",
+            )
+        ignored = _git(folder, "check-ignore", "-q", "--", path.name)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("profiles_git", "skip", f"git failed: {exc}")
+    if ignored.returncode == 0:
+        return Check("profiles_git", "ok", f"inside {top}, ignored by git")
+    return Check(
+        "profiles_git",
+        "fail",
+        f"{path} is inside the git work tree {top} and not ignored: "
+        "a `git add -A` would commit your secrets",
+        f"echo {_q('/' + rel)} >> {_q(top / '.gitignore')}  "
+        "(or move the file out of the work tree and point ARGENT_PROFILES at it)",
+    )
+
+
+# ------------------------------------------------------------ config and daemon
+
+
+def check_config(path: Path) -> Check:
+    """`argentd.toml` parses as TOML, if present (the daemon checks its keys)."""
+    if not path.exists():
+        return Check("config", "ok", f"{path} not present: defaults apply")
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        return Check(
+            "config", "fail", f"{path}: invalid TOML: {exc}", f"fix the TOML syntax in {path}"
+        )
+    except OSError as exc:
+        return Check("config", "fail", f"{path}: cannot read: {exc}", f"check {_q(path)}")
+    return Check("config", "ok", str(path))
+
+
+def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
+    """Reach the daemon: socket, version and its view of the config."""
+    from .client import Client  # the CLI imports doctor; keep the socket code lazy
+
+    checks: list[Check] = []
+    try:
+        client = Client(socket_path, timeout=5.0, fallback_env=False, client_name="doctor")
+    except ArgentError as exc:
+        return [Check("socket", "fail", f"{socket_path}: {exc}", START_FIX)], None
+    try:
+        try:
+            hello = client.hello()
+        except DaemonUnavailable as exc:
+            stale = " (a stale socket file: the daemon is gone)" if socket_path.exists() else ""
+            checks.append(Check("socket", "fail", f"{socket_path}: {exc}{stale}", START_FIX))
+            return checks, None
+        checks.append(Check("socket", "ok", f"{socket_path} (pid {hello.pid})"))
+        if hello.protocol != PROTOCOL_VERSION:
+            checks.append(
+                Check(
+                    "daemon_version",
+                    "fail",
+                    f"{hello.server} {hello.version} speaks protocol {hello.protocol}, "
+                    f"this argentctl speaks {PROTOCOL_VERSION}",
+                    "install the same argentd version for the daemon and argentctl, "
+                    "then restart the daemon",
+                )
+            )
+        else:
+            checks.append(
+                Check("daemon_version", "ok", f"{hello.server} {hello.version}, protocol 1")
+            )
+        status = client.status()
+    except ArgentError as exc:
+        checks.append(Check("daemon", "fail", f"{exc.code}: {exc}", START_FIX))
+        return checks, None
+    finally:
+        client.close()
+    if status.config.error:
+        checks.append(
+            Check(
+                "daemon_config",
+                "fail",
+                status.config.error,
+                f"fix {status.config.profiles_path} as the message says; "
+                "the daemon reloads it on its own when it changes",
+            )
+        )
+    else:
+        checks.append(
+            Check("daemon_config", "ok", f"loaded {status.config.profiles_path} without error")
+        )
+    checks.append(_profiles_check(status))
+    return checks, status
+
+
+def _profiles_check(status: StatusResult) -> Check:
+    live = [p for p in status.profiles if not p.removed]
+    if not live:
+        return Check(
+            "daemon_profiles", "warn", "the daemon has no profiles", "add one: `argentctl setup`"
+        )
+    counts: dict[str, int] = {}
+    for p in live:
+        counts[p.state] = counts.get(p.state, 0) + 1
+    detail = f"{len(live)} profile(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    invalid = [p.id for p in live if p.state == "invalid"]
+    if invalid:
+        return Check(
+            "daemon_profiles",
+            "warn",
+            f"{detail}; invalid (rejected secret): {', '.join(invalid)}",
+            "replace the secret with `argentctl profiles add --replace ...`, "
+            "or `argentctl reset ID` if it was a false alarm",
+        )
+    return Check("daemon_profiles", "ok", detail)
+
+
+def run_doctor(
+    *,
+    profiles_path: Path | None = None,
+    socket_path: Path | None = None,
+    config_path: Path | None = None,
+) -> list[Check]:
+    """Every check, in a fixed order. The daemon is asked first so that, when
+    no `profiles_path` is given, the file it actually reads is the one checked.
+    """
+    sock = socket_path or paths.default_socket_path()
+    daemon_checks, status = probe_daemon(sock)
+    path = profiles_path
+    if path is None and status is not None:
+        path = Path(status.config.profiles_path)
+    path = (path or paths.default_profiles_path()).expanduser().absolute()
+    checks = check_profiles_file(path)
+    checks.append(check_git(path))
+    if status is not None and Path(status.config.profiles_path) != path:
+        checks.append(
+            Check(
+                "profiles_path",
+                "warn",
+                f"you checked {path}, but the daemon reads {status.config.profiles_path}",
+                "pass the same --profiles / ARGENT_PROFILES to argentd and argentctl",
+            )
+        )
+    checks.append(check_config((config_path or paths.default_config_path()).expanduser()))
+    return checks + daemon_checks
+
+
+def failed(checks: list[Check]) -> bool:
+    """Whether any check failed (warnings do not count)."""
+    return any(c.status == "fail" for c in checks)
+
+
+_MARKS: dict[str, tuple[str, str]] = {
+    "ok": ("[ok]", "green"),
+    "warn": ("[warn]", "yellow"),
+    "fail": ("[FAIL]", "bold red"),
+    "skip": ("[skip]", "dim"),
+}
+
+
+def render(checks: list[Check], console: Console) -> None:
+    """Print one line per check, and an indented `fix:` line under each problem."""
+    for c in checks:
+        mark, style = _MARKS[c.status]
+        line = Text()
+        line.append(mark, style=style)
+        line.append(f" {c.name}: ", style="bold")
+        line.append(c.detail)
+        console.print(line, soft_wrap=True)
+        if c.fix and c.status in ("warn", "fail"):
+            console.print(Text(f"    fix: {c.fix}"), soft_wrap=True)
