@@ -1009,3 +1009,14 @@ def test_load_profiles_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(ProfilesError) as info:
         load_profiles(path, NO_ENV)
     assert str(info.value) == f"{path}: not a regular file"
+
+
+def test_load_profiles_oversized_secrets(tmp_path: Path) -> None:
+    big = "sk-" + "a" * (64 * 1024)
+    (tmp_path / "big").write_text(big)
+    assert ref_error(tmp_path, "file:big") == (
+        f"token_ref file {tmp_path / 'big'} is larger than 65536 bytes"
+    )
+    assert one_error(tmp_path, {**GOOD, "token": big}) == (
+        'profile "anthropic:x": token is longer than 65536 characters - at $["anthropic:x"].token'
+    )
