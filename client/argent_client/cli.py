@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__, paths
+from . import __version__
 from .commands import (
     BY_ERROR_CODE,
     CliError,
@@ -65,8 +65,11 @@ examples:
   argentctl doctor                               # what is wrong, and the fix
 
 environment:
-  ARGENT_SOCKET    the daemon's socket (default {paths.default_socket_path()})
-  ARGENT_PROFILES  the profiles file (default {paths.default_profiles_path()})
+  ARGENT_SOCKET    the daemon's socket (default: `socket` in argentd.toml, else
+                   $XDG_RUNTIME_DIR/argentos/argentd.sock on Linux)
+  ARGENT_PROFILES  the profiles file (default: `profiles` in argentd.toml, else
+                   ~/.argentos/agents/main/agent/auth-profiles.json)
+  ARGENT_CONFIG    argentd.toml (default: ~/.config/argentos/argentd.toml on Linux)
 
 {EXIT_CODES_HELP}"""
 

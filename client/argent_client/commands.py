@@ -15,6 +15,7 @@ import getpass
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
@@ -97,18 +98,37 @@ class Out:
 def _client(args: argparse.Namespace, *, timeout: float | None = 30.0, name: str) -> Client:
     from .client import Client
 
-    socket = getattr(args, "socket", None)
-    return Client(socket, timeout=timeout, client_name=name, fallback_env=False)
+    return Client(_socket_path(args), timeout=timeout, client_name=name, fallback_env=False)
+
+
+def _config_value(key: str, env: str) -> Path | None:
+    """`key` of argentd.toml, the daemon's own fallback when `env` is unset.
+
+    The daemon's precedence is flag, environment, config, default; argentctl
+    follows it so both find the same socket and profiles file.
+    """
+    if os.environ.get(env):
+        return None
+    try:
+        with paths.default_config_path().open("rb") as fh:
+            value = tomllib.load(fh).get(key)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return Path(value).expanduser() if isinstance(value, str) and value else None
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
     socket = getattr(args, "socket", None)
-    return Path(socket).expanduser() if socket else paths.default_socket_path()
+    if socket:
+        return Path(socket).expanduser()
+    return _config_value("socket", "ARGENT_SOCKET") or paths.default_socket_path()
 
 
 def _profiles_path(args: argparse.Namespace) -> Path:
     path = getattr(args, "profiles", None)
-    return Path(path).expanduser() if path else paths.default_profiles_path()
+    if path:
+        return Path(path).expanduser()
+    return _config_value("profiles", "ARGENT_PROFILES") or paths.default_profiles_path()
 
 
 def _call(args: argparse.Namespace, fn: Callable[[Client], Any], *, name: str) -> Any:
@@ -327,8 +347,13 @@ def cmd_exec(args: argparse.Namespace, out: Out) -> int:
 def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
     from .doctor import failed, render, run_doctor
 
+    # Without --profiles, doctor checks the file the daemon reports it reads.
     profiles = Path(args.profiles).expanduser() if args.profiles else None
-    checks = run_doctor(profiles_path=profiles, socket_path=_socket_path(args))
+    checks = run_doctor(
+        profiles_path=profiles,
+        socket_path=_socket_path(args),
+        fallback_profiles_path=_profiles_path(args),
+    )
     if out.json:
         out.print_json(checks)
     else:

@@ -184,7 +184,7 @@ def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
             hello = client.hello()
         except DaemonUnavailable as exc:
             stale = " (a stale socket file: the daemon is gone)" if socket_path.exists() else ""
-            checks.append(Check("socket", "fail", f"{socket_path}: {exc}{stale}", START_FIX))
+            checks.append(Check("socket", "fail", f"{exc}{stale}", START_FIX))
             return checks, None
         checks.append(Check("socket", "ok", f"{socket_path} (pid {hello.pid})"))
         if hello.protocol != PROTOCOL_VERSION:
@@ -253,16 +253,20 @@ def run_doctor(
     profiles_path: Path | None = None,
     socket_path: Path | None = None,
     config_path: Path | None = None,
+    fallback_profiles_path: Path | None = None,
 ) -> list[Check]:
-    """Every check, in a fixed order. The daemon is asked first so that, when
-    no `profiles_path` is given, the file it actually reads is the one checked.
+    """Every check, in a fixed order.
+
+    The daemon is asked first so that, when no `profiles_path` is given, the
+    file it actually reads is the one checked; when it is unreachable,
+    `fallback_profiles_path` (else the default path) is.
     """
     sock = socket_path or paths.default_socket_path()
     daemon_checks, status = probe_daemon(sock)
     path = profiles_path
     if path is None and status is not None:
         path = Path(status.config.profiles_path)
-    path = (path or paths.default_profiles_path()).expanduser().absolute()
+    path = (path or fallback_profiles_path or paths.default_profiles_path()).expanduser().absolute()
     checks = check_profiles_file(path)
     checks.append(check_git(path))
     if status is not None and Path(status.config.profiles_path) != path:

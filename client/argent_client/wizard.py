@@ -466,6 +466,12 @@ def run_setup(opts: SetupOptions, io: WizardIO) -> SetupResult:
     Raises `WizardAborted`, `ProfilesFileError`, `ProfileExists`, ValueError.
     """
     ask = io.interactive
+    if ask:
+        print(
+            f"Adding a profile to {opts.path}.\n"
+            "The secret is read with hidden input and never shown again.",
+            file=io.err,
+        )
     if opts.provider:
         provider = normalise_provider(opts.provider)
         if not valid_provider(provider):
