@@ -638,6 +638,8 @@ class Engine:
             duration = min(params.retry_after, self.config.cooldown.retry_after_cap)
         else:
             duration = backoff.duration(n)
+        if duration <= 0:
+            return  # `retry_after: 0` means retry now: a window ending now would only linger
         until = now + duration
         if model is not None:
             ks.model_cooldowns[model] = until
