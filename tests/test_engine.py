@@ -366,6 +366,19 @@ def test_report_retry_after_capped_at_7_days(kind: str) -> None:
     assert until == T0 + 7 * DAY
 
 
+def test_report_retry_after_zero_sets_no_cooldown() -> None:
+    e = make(prof("anthropic:a"))
+    events(e)
+    until, state = report(e, T0, "rate_limit", profile="anthropic:a", retry_after=0)
+    assert (until, state) == (None, "ready")
+    assert e.key_state("anthropic:a").cooldown_until is None
+    assert [ev.type for ev in events(e)] == ["failure"]
+    assert e.next_deadline() is None
+    # it still counts as a rate limit in a row
+    until, _ = report(e, T0 + 1, "rate_limit", profile="anthropic:a")
+    assert until == T0 + 1 + 300
+
+
 def test_report_retry_after_cap_is_configurable() -> None:
     e = make(prof("anthropic:a"), cooldown=CooldownConfig(retry_after_cap=100.0))
     until, _ = report(e, T0, "rate_limit", profile="anthropic:a", retry_after=500)
