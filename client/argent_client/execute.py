@@ -82,7 +82,7 @@ class Renewer(threading.Thread):
         self._ttl = ttl
         self._err = err
         self._clock = clock
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._warned = False
         self.renewals = 0
 
@@ -91,7 +91,7 @@ class Renewer(threading.Thread):
         return max(1.0, (self._expires_at - self._clock()) / 3)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval()):
+        while not self._halt.wait(self.interval()):
             try:
                 self._expires_at = self._renew(self._lease_id, self._ttl).expires_at
                 self.renewals += 1
@@ -103,7 +103,7 @@ class Renewer(threading.Thread):
                 self._expires_at = self._clock() + 180.0
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def _terminal_sent_it() -> bool:

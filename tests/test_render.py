@@ -1,0 +1,126 @@
+"""argentctl's human output (`argent_client.render`): durations, tables, events."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from argent_client.protocol import (
+    ConfigStatus,
+    Event,
+    LeaseResult,
+    LeaseStatus,
+    ProfileStatus,
+    StatusResult,
+)
+from argent_client.render import (
+    ago,
+    clock,
+    duration,
+    event_line,
+    lease_line,
+    state_text,
+    status_tables,
+)
+from rich.console import Console
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-5, "0s"), (0, "0s"), (45.9, "45s"), (60, "1m00s"), (252, "4m12s"), (3599, "59m59s"),
+     (3600, "1h00m"), (7500, "2h05m"), (86400, "1d00h"), (3 * 86400 + 4 * 3600 + 59, "3d04h")],
+)
+def test_duration(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_ago() -> None:
+    assert ago(None, NOW) == "never"
+    assert ago(NOW - 0.5, NOW) == "just now"
+    assert ago(NOW - 180, NOW) == "3m00s ago"
+
+
+def profile(**kw: object) -> ProfileStatus:
+    base: dict[str, object] = dict(
+        id="anthropic:one", provider="anthropic", type="setup-token", label="One Max",
+        state="ready", cooldown_until=None, error_count=0, active_leases=0,
+        fingerprint="sk-ant-oat01-…abcdef", source="profile",
+    )
+    base.update(kw)
+    return ProfileStatus(**base)  # type: ignore[arg-type]
+
+
+def test_state_text_cooldown_left_and_model_cooldowns() -> None:
+    assert state_text(profile(), NOW).plain == "ready"
+    p = profile(state="cooldown", cooldown_until=NOW + 252)
+    assert state_text(p, NOW).plain == "cooldown 4m12s"
+    p = profile(model_cooldowns={"claude-opus": NOW + 90, "old": NOW - 5})
+    assert state_text(p, NOW).plain == "ready (claude-opus 1m30s)"
+    assert state_text(profile(removed=True), NOW).plain == "removed"
+
+
+def render_status(status: StatusResult) -> str:
+    buf = io.StringIO()
+    status_tables(status, NOW, Console(file=buf, width=160, color_system=None))
+    return buf.getvalue()
+
+
+def test_status_tables_show_every_column() -> None:
+    status = StatusResult(
+        profiles=[
+            profile(state="cooldown", cooldown_until=NOW + 252, error_count=2,
+                    last_error="rate_limit", last_used=NOW - 180, active_leases=1,
+                    max_concurrent=2),
+            profile(id="openai:env", provider="openai", type="api-key", label="OPENAI_API_KEY",
+                    source="env"),
+        ],
+        leases=[LeaseStatus(lease_id="L1", profile="anthropic:one", client="agent[42]",
+                            expires_at=NOW + 600, detached=True)],
+        config=ConfigStatus(profiles_path="/p/auth.json", loaded_at=NOW - 120,
+                            error="/p/auth.json: mode 0644 ...; Fix: chmod 600 /p/auth.json"),
+        routes={"default": ["anthropic/claude", "openrouter/x"]},
+    )
+    text = render_status(status)
+    row = next(line for line in text.splitlines() if "anthropic:one" in line and "One" in line)
+    for cell in ("One Max", "setup-token", "cooldown 4m12s", "1/2", "2 (rate_limit)",
+                 "3m00s ago"):
+        assert cell in row
+    env_row = next(line for line in text.splitlines() if "openai:env" in line)
+    assert "api-key (env)" in env_row
+    assert "never" in env_row
+    lease_row = next(line for line in text.splitlines() if "L1" in line)
+    for cell in ("agent[42]", "10m00s", "yes"):
+        assert cell in lease_row
+    assert "Profiles file: /p/auth.json (loaded 2m00s ago)" in text
+    assert "Config error: /p/auth.json: mode 0644" in text
+    assert "Route default: anthropic/claude → openrouter/x" in text
+
+
+def test_status_tables_empty() -> None:
+    status = StatusResult(profiles=[], leases=[],
+                          config=ConfigStatus(profiles_path="/p", loaded_at=None), routes={})
+    text = render_status(status)
+    assert "no profiles: add one with `argentctl setup`" in text
+    assert "No active leases." in text
+    assert "(not loaded)" in text
+
+
+def test_event_line() -> None:
+    ev = Event(type="lease", at=NOW, profile="openai:main", lease_id="L9", client="x[1]")
+    assert event_line(ev) == f"{clock(NOW)} lease openai:main lease_id=L9 client=x[1]"
+    ev = Event(type="reload_error", at=NOW, message="bad JSON")
+    assert event_line(ev) == f"{clock(NOW)} reload_error message='bad JSON'"
+
+
+def test_lease_line_never_shows_the_token() -> None:
+    token = "sk-ant-oat01-" + "z" * 40
+    lease = LeaseResult(lease_id="L1", profile="anthropic:one", provider="anthropic",
+                        type="setup-token", token=token, label="One",
+                        headers={"Authorization": f"Bearer {token}"},
+                        expires_at=NOW + 600, source="profile", model="claude")
+    line = lease_line(lease, NOW)
+    assert line == (f"leased anthropic:one (One) model claude, lease L1, expires in 10m00s "
+                    f"at {clock(NOW + 600)}")
+    assert token not in line
