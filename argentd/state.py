@@ -1,0 +1,256 @@
+"""`state.json`: the engine's snapshot on disk, written atomically and never fatally.
+
+`StateStore` reads and writes the file; what is in it is the engine's
+business (a msgspec Struct or a dict, encoded with `msgspec.json`). A
+missing file is a fresh start, a corrupt one is moved aside with a warning,
+and a failing write (read-only folder, full disk) is one warning, not a
+crash: the daemon keeps serving from memory and tries again later.
+
+`Saver` is the trio side: the server calls `mark_dirty()` after each state
+change, and `run()` writes the snapshot at most `delay` seconds after the
+first change of a burst (a burst of changes is one write). Bound: a change
+reaches the disk within `delay` seconds plus the duration of at most two
+writes (one possibly in flight when it happened, then its own); while the
+disk keeps failing, attempts are spaced `retry_delay` seconds apart.
+`flush()` at shutdown writes whatever is pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import trio
+
+__all__ = ["Saver", "StateStore"]
+
+log = logging.getLogger("argentd.state")
+
+FILE_MODE: Final = 0o600
+DIR_MODE: Final = 0o700
+
+
+class StateStore:
+    """Reads and atomically writes one state file (normally `state.json`).
+
+    No method raises for an I/O problem: failures are logged and reported in
+    the return value.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failing = False
+        """A write failed and was reported; the next failure stays quiet."""
+
+    # ------------------------------------------------------------- reading
+
+    def load(self) -> dict[str, Any] | None:
+        """The decoded file, or None when there is nothing usable.
+
+        Missing file: None. Unreadable file: a warning, None. A file that is
+        not a JSON object (bad JSON, empty, a list...) is renamed to
+        `state.json.corrupt-<UTC time>` with a warning, and None returned,
+        so the next start does not trip over it again.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read state file %s (%s); starting with a clean state",
+                        self.path, exc.strerror or exc)
+            return None
+        try:
+            decoded = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            self._move_aside(f"not valid JSON ({exc})")
+            return None
+        if not isinstance(decoded, dict):
+            self._move_aside(f"top level is a JSON {type(decoded).__name__}, not an object")
+            return None
+        return decoded
+
+    def _move_aside(self, why: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            log.warning("state file %s is corrupt: %s; could not move it aside (%s); "
+                        "starting with a clean state", self.path, why, exc.strerror or exc)
+            return
+        log.warning("state file %s is corrupt: %s; moved it to %s and started with a "
+                    "clean state", self.path, why, target.name)
+
+    # ------------------------------------------------------------- writing
+
+    @staticmethod
+    def encode(snapshot: object) -> bytes:
+        """`snapshot` (a msgspec Struct, dict, ...) as the bytes of the file.
+
+        Raises `TypeError` / `msgspec.EncodeError` for an unencodable value
+        (a bug, not an I/O fault).
+        """
+        return msgspec.json.format(msgspec.json.encode(snapshot), indent=1) + b"\n"
+
+    def save(self, snapshot: object) -> bool:
+        """Encode `snapshot` and `write` it. True when it is on disk; never raises."""
+        try:
+            data = self.encode(snapshot)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            log.error("cannot encode the state snapshot: %s", exc)
+            return False
+        return self.write(data)
+
+    def write(self, data: bytes) -> bool:
+        """Replace the file with `data` atomically. True on success; never raises.
+
+        Temp file in the same folder (created 0600), write, fsync, rename over
+        the file, fsync the folder: after a crash the file is the old or the
+        new content, never a mix. A missing folder is created 0700. An
+        `OSError` is logged as one warning until a write succeeds again.
+        """
+        folder = self.path.parent
+        tmp: str | None = None
+        try:
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+            try:
+                os.fchmod(fd, FILE_MODE)  # mkstemp says 0600 already; be explicit
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            tmp = None
+            _fsync_dir(folder)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self._report_failure(exc)
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("state file %s written again", self.path)
+        return True
+
+    def _report_failure(self, exc: OSError) -> None:
+        if self._failing:
+            log.debug("state file %s still not writable: %s", self.path, exc)
+            return
+        self._failing = True
+        log.warning("cannot write state file %s (%s); keeping state in memory and "
+                    "retrying later", self.path, exc.strerror or exc)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync `folder` so the rename itself is durable; some filesystems refuse (ignored)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _now() -> float:
+    """trio's clock; outside `trio.run` (a change before the loop starts) "long ago"."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -float("inf")
+
+
+class Saver:
+    """Writes the engine's snapshot shortly after changes, off the event loop.
+
+    `snapshot` is called in the trio thread (the engine is not thread-safe)
+    and its result encoded there; only the file I/O runs in a worker thread.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        snapshot: Callable[[], object],
+        *,
+        delay: float = 0.5,
+        retry_delay: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        self.delay = delay
+        self.retry_delay = retry_delay
+        self._dirty_since: float | None = None
+        self._not_before = -float("inf")
+        self._wakeup = trio.Event()
+        self._write_lock = trio.Lock()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether a change is waiting to be written."""
+        return self._dirty_since is not None
+
+    def mark_dirty(self) -> None:
+        """Note a state change (cheap; call it from the trio thread after each change)."""
+        if self._dirty_since is None:
+            self._dirty_since = _now()
+            self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write pending changes until cancelled; call `flush()` after it ends."""
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._dirty_since is not None:
+                await trio.sleep_until(max(self._dirty_since + self.delay, self._not_before))
+                await self._write_pending()
+
+    async def flush(self) -> bool:
+        """Write now if a change is pending. True when nothing is left unwritten."""
+        if self._dirty_since is None:
+            return True
+        return await self._write_pending()
+
+    async def save_now(self) -> bool:
+        """Write the current snapshot now, pending changes or not. True on success."""
+        if self._dirty_since is None:
+            self._dirty_since = _now()
+        return await self._write_pending()
+
+    async def _write_pending(self) -> bool:
+        async with self._write_lock:
+            if self._dirty_since is None:
+                return True  # a concurrent flush wrote it while we waited
+            since = self._dirty_since
+            self._dirty_since = None
+            try:
+                data = self.store.encode(self.snapshot())
+            except Exception:
+                log.exception("cannot take the state snapshot")
+                return False
+            ok = await trio.to_thread.run_sync(self.store.write, data)
+            if not ok:
+                # Keep the change pending, but do not hammer a failing disk.
+                if self._dirty_since is None:
+                    self._dirty_since = since
+                self._not_before = trio.current_time() + self.retry_delay
+            return ok
