@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -171,6 +171,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+async def _to_thread(write: Callable[[bytes], bool], data: bytes) -> bool:
+    return await trio.to_thread.run_sync(write, data)
+
+
 def _now() -> float:
     """trio's clock; outside `trio.run` (a change before the loop starts) "long ago"."""
     try:
@@ -193,11 +197,14 @@ class Saver:
         *,
         delay: float = 0.5,
         retry_delay: float = 30.0,
+        in_thread: Callable[[Callable[[bytes], bool], bytes], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.snapshot = snapshot
         self.delay = delay
         self.retry_delay = retry_delay
+        self._in_thread = in_thread or _to_thread
+        """Runs the blocking write; tests pass an inline runner to keep fake time exact."""
         self._dirty_since: float | None = None
         self._not_before = -float("inf")
         self._wakeup = trio.Event()
@@ -225,9 +232,8 @@ class Saver:
                 await self._write_pending()
 
     async def flush(self) -> bool:
-        """Write now if a change is pending. True when nothing is left unwritten."""
-        if self._dirty_since is None:
-            return True
+        """Write now if a change is pending (after any write in flight). True when
+        nothing is left unwritten."""
         return await self._write_pending()
 
     async def save_now(self) -> bool:
@@ -242,15 +248,16 @@ class Saver:
                 return True  # a concurrent flush wrote it while we waited
             since = self._dirty_since
             self._dirty_since = None
+            attempt = trio.current_time()
             try:
                 data = self.store.encode(self.snapshot())
             except Exception:
                 log.exception("cannot take the state snapshot")
                 return False
-            ok = await trio.to_thread.run_sync(self.store.write, data)
+            ok = await self._in_thread(self.store.write, data)
             if not ok:
                 # Keep the change pending, but do not hammer a failing disk.
                 if self._dirty_since is None:
                     self._dirty_since = since
-                self._not_before = trio.current_time() + self.retry_delay
+                self._not_before = attempt + self.retry_delay
             return ok
