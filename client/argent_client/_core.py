@@ -19,10 +19,12 @@ live on until its TTL, so those are not sent twice (the caller gets
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -133,6 +135,27 @@ class CallBook:
             log.debug("releasing lease %s whose request was given up", lease_id)
             return P.encode_request("release", P.ReleaseParams(lease_id=lease_id), rid)
         return None
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the daemon already closed `sock` (e.g. it restarted since the last call).
+
+    Peeks without blocking or consuming, so a request is never sent into a
+    connection that is known to be dead (which would then count as the one
+    retry, or not be retried at all).
+    """
+    # A socket with a timeout polls before recv: make this one call non-blocking.
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def result_of(method: str, msg: P.Incoming) -> Any:

@@ -217,6 +217,11 @@ class _Conn:
         elif isinstance(outcome, bytes):
             await self._send(outcome)
 
+    def peer_closed(self) -> bool:
+        """Whether the daemon closed this connection (see `_core.peer_closed`)."""
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        return sock is not None and C.peer_closed(sock)
+
     async def aclose(self) -> None:
         self.broken = True
         with anyio.CancelScope(shield=True):
@@ -327,6 +332,8 @@ class AsyncClient:
         if self._connect_lock is None:
             self._connect_lock = anyio.Lock()
         async with self._connect_lock:
+            if self._conn is not None and not self._conn.broken and self._conn.peer_closed():
+                await self._conn.aclose()
             if self._conn is None or self._conn.broken:
                 self._conn = _Conn(await self._open())
             return self._conn

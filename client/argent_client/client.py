@@ -153,6 +153,8 @@ class EventStream:
             if line is None:
                 try:
                     data = self._sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    raise TimeoutError("no event from argentd within the idle timeout") from None
                 except OSError:
                     data = b""
                 if not data:
@@ -247,6 +249,8 @@ class Client:
         timeout = C.call_timeout(self.timeout, wait)
         with self._lock:
             for attempt in (1, 2):
+                if self._sock is not None and C.peer_closed(self._sock):
+                    self._drop()
                 if self._sock is None:
                     self._sock = self._open(timeout)
                     self._reader = C.LineReader()
@@ -447,9 +451,11 @@ class Client:
         result: P.MetricsResult = self._call("metrics", None)
         return result
 
-    def subscribe(self) -> EventStream:
+    def subscribe(self, *, idle_timeout: float | None = None) -> EventStream:
         """Open a connection of its own and return the stream of its events.
 
+        `idle_timeout` (default: none) makes the stream raise `TimeoutError`
+        when no event arrived for that long; the stream stays usable.
         Raises `DaemonUnavailable` if the daemon cannot be reached.
         """
         sock = self._open(self.timeout)
@@ -474,7 +480,7 @@ class Client:
                 event = _event_of(incoming)
                 if event is not None:
                     early.append(event)
-            sock.settimeout(None)
+            sock.settimeout(idle_timeout)
         except TimeoutError:
             sock.close()
             raise C.timed_out(self.socket_path, "subscribe", self.timeout) from None
