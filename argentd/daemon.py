@@ -8,6 +8,7 @@ nursery after `STOPPING=1`, and the state is saved on the way out.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -185,7 +186,9 @@ class Daemon:
                     profiles_path(self.opts, self.loaded.config),
                     self.opts.config or default_config_path(),
                 ]
-                nursery.start_soon(self._watch, watched, stop)
+                await nursery.start(
+                    functools.partial(watch_files, watched, self._file_changed, stop_event=stop)
+                )
                 if self.notifier.watchdog_interval() is not None:
                     nursery.start_soon(self.notifier.run_watchdog)
                 nursery.start_soon(self._signals, nursery.cancel_scope, stop)
@@ -200,11 +203,8 @@ class Daemon:
                 bound.close()
             log.info("stopped")
 
-    async def _watch(self, paths: list[Path], stop: trio.Event) -> None:
-        async def changed() -> None:
-            await self.reload("file changed")
-
-        await watch_files(paths, changed, stop_event=stop)
+    async def _file_changed(self) -> None:
+        await self.reload("file changed")
 
     async def _signals(self, scope: trio.CancelScope, stop: trio.Event) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:

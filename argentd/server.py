@@ -129,6 +129,13 @@ class Server:
     def after_change(self) -> None:
         """Deliver what the engine decided and re-arm the timer."""
         out = self.engine.take_outbox()
+        if out.events and log.isEnabledFor(logging.DEBUG):
+            for event in out.events:
+                fields = msgspec.structs.asdict(event)
+                detail = " ".join(
+                    f"{k}={v}" for k, v in fields.items() if v is not None and k != "type"
+                )
+                log.debug("event %s %s", event.type, detail)
         for wid, result in out.served:
             slot = self._waiting.pop(wid, None)
             if slot is not None:
@@ -213,7 +220,7 @@ class Server:
                 continue
             *lines, rest = buf.split(b"\n")
             buf = bytearray(rest)
-            replies = []
+            replies: list[bytes] = []
             for line in lines:
                 if len(line) > P.MAX_LINE:
                     if replies:
@@ -222,7 +229,7 @@ class Server:
                     return
                 if not line.strip():
                     continue
-                reply = self._handle_line(conn, line, nursery)
+                reply = self._handle_line(conn, bytes(line), nursery)
                 if reply:
                     replies.append(reply)
             if replies:

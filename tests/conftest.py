@@ -97,6 +97,7 @@ class Daemon:
 
     def __init__(self, root: Path, sock_dir: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.home = root / "home"
         self.profiles = self.home / ".argentos" / "agents" / "main" / "agent" / "auth-profiles.json"
         self.config = root / "config" / "argentos" / "argentd.toml"
