@@ -77,7 +77,10 @@ class Out:
 
     def __init__(self, json_output: bool) -> None:
         self.json = json_output
-        self.console = Console(highlight=False)
+        # Piped output is for grep and scripts: do not wrap table rows at 80
+        # columns (tables are only as wide as their content anyway).
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+        self.console = Console(highlight=False, width=width)
         self.err = Console(stderr=True, highlight=False)
 
     def print_json(self, obj: Any) -> None:
@@ -454,10 +457,8 @@ def cmd_profiles_remove(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_service(args: argparse.Namespace, out: Out) -> int:
     try:
-        from . import service
-
-        service_main = service.service_main  # type: ignore[attr-defined]
-    except (ImportError, AttributeError) as exc:
+        from .service import service_main
+    except ImportError as exc:
         raise CliError(
             f"service management is not available in this install: {exc}", ExitCode.FAILURE
         ) from None

@@ -1,0 +1,449 @@
+"""argentctl against a real argentd (the `daemon` fixture), as a subprocess.
+
+Every command, its `--json` shape and its exit code; `exec` propagating the
+command's status, handing it the secret and releasing the lease; `watch`
+printing events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argent_client.cli import split_exec_argv
+from argent_client.commands import ExitCode
+
+from .conftest import Daemon, make_secret
+
+ARGENTCTL = [sys.executable, "-m", "argent_client.cli"]
+
+
+def run(
+    d: Daemon, *args: str, stdin: str = "", env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ARGENTCTL, *args], input=stdin, capture_output=True, text=True,
+        env={**d.env, **(env or {})}, timeout=timeout, check=False,
+    )
+
+
+def run_json(d: Daemon, *args: str, code: int = 0) -> Any:
+    r = run(d, *args, "--json")
+    assert r.returncode == code, (r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def secrets_of(d: Daemon) -> dict[str, str]:
+    data = json.loads(d.profiles.read_text())
+    return {pid: p["token"] for pid, p in data.items()}
+
+
+def assert_no_secret(d: Daemon, *texts: str) -> None:
+    for secret in secrets_of(d).values():
+        for text in texts:
+            assert secret not in text
+
+
+def active_leases(d: Daemon) -> list[dict[str, Any]]:
+    leases: list[dict[str, Any]] = d.call("status")["leases"]
+    return leases
+
+
+def drain_notify(d: Daemon) -> None:
+    """Read the daemon's pending sd_notify datagrams.
+
+    Each reload sends three; an unread notify socket fills its queue (10
+    datagrams) and the daemon's next notify then blocks for seconds.
+    """
+    d.notify.setblocking(False)
+    try:
+        while True:
+            d.messages.append(d.notify.recv(65536).decode())
+    except BlockingIOError:
+        pass
+    finally:
+        d.notify.setblocking(True)
+
+
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_cli_status_table_and_json(daemon: Daemon) -> None:
+    r = run(daemon, "status")
+    assert r.returncode == 0, r.stderr
+    for text in ("anthropic:one", "anthropic:two", "openai:main", "One", "setup-token",
+                 "ready", "No active leases."):
+        assert text in r.stdout
+    assert_no_secret(daemon, r.stdout, r.stderr)
+
+    status = run_json(daemon, "status")
+    assert set(status) == {"profiles", "leases", "config", "routes"}
+    assert {p["id"] for p in status["profiles"]} == {"anthropic:one", "anthropic:two",
+                                                     "openai:main"}
+    assert status["config"]["error"] is None
+    # --json before the command works too
+    r = run(daemon, "--json", "status")
+    assert json.loads(r.stdout)["profiles"] == status["profiles"]
+
+
+def test_cli_status_shows_cooldown_time_left(daemon: Daemon) -> None:
+    run_json(daemon, "report", "--profile", "anthropic:one", "--kind", "rate_limit",
+             "--retry-after", "300")
+    r = run(daemon, "status")
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if "anthropic:one" in ln)
+    assert "cooldown 4m5" in line or "cooldown 5m00s" in line, line
+
+
+# ---------------------------------------------------------------- lease / release
+
+
+def test_cli_lease_prints_id_and_release_ends_it(daemon: Daemon) -> None:
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == 0, r.stderr
+    lease_id = r.stdout.strip()
+    assert "leased openai:main" in r.stderr
+    assert f"argentctl release {lease_id}" in r.stderr
+    assert_no_secret(daemon, r.stdout, r.stderr)
+    # detached: it outlived the argentctl process
+    leases = active_leases(daemon)
+    assert [(x["lease_id"], x["detached"]) for x in leases] == [(lease_id, True)]
+
+    assert run_json(daemon, "release", lease_id) == {"released": True}
+    assert active_leases(daemon) == []
+    err = run_json(daemon, "release", lease_id, code=ExitCode.NOT_FOUND)
+    assert err["error"]["code"] == "lease_not_found"
+    r = run(daemon, "release", lease_id)
+    assert r.returncode == 5
+    assert "lease_not_found" in r.stderr
+
+
+def test_cli_lease_json_is_the_lease_result(daemon: Daemon) -> None:
+    lease = run_json(daemon, "lease", "openai", "--ttl", "120")
+    assert lease["token"] == secrets_of(daemon)["openai:main"]
+    assert lease["headers"] == {"Authorization": f"Bearer {lease['token']}"}
+    assert {"lease_id", "profile", "provider", "type", "label", "expires_at",
+            "source"} <= set(lease)
+    assert lease["expires_at"] == pytest.approx(time.time() + 120, abs=10)
+    # openai:main has max_concurrent 1: the next lease finds nothing ready
+    err = run_json(daemon, "lease", "openai", code=ExitCode.NO_PROFILE)
+    assert err["error"]["code"] == "no_profile_available"
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == 4
+    assert "no_profile_available" in r.stderr
+
+
+def test_cli_lease_env_in_a_shell_script(daemon: Daemon, tmp_path: Path) -> None:
+    ctl = shlex.join(ARGENTCTL)
+    out = tmp_path / "out"
+    script = (
+        f'eval "$({ctl} lease anthropic --env)" || exit 9\n'
+        f'printf "%s\\n%s\\n%s\\n%s\\n" "$ARGENT_PROFILE" "$CLAUDE_CODE_OAUTH_TOKEN" '
+        f'"$ANTHROPIC_AUTH_TOKEN" "${{ANTHROPIC_API_KEY-unset}}" > {shlex.quote(str(out))}\n'
+        f'{ctl} release "$ARGENT_LEASE_ID"\n'
+    )
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                       env={**daemon.env, "ANTHROPIC_API_KEY": "sk-ant-api03-inherited"},
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    token = secrets_of(daemon)["anthropic:one"]
+    assert out.read_text().splitlines() == ["anthropic:one", token, token, "unset"]
+    assert active_leases(daemon) == []
+    assert token not in r.stderr
+
+
+def test_cli_lease_unknown_provider_and_route(daemon: Daemon) -> None:
+    err = run_json(daemon, "lease", "nosuch", code=ExitCode.NOT_FOUND)
+    assert err["error"]["code"] == "unknown_provider"
+    err = run_json(daemon, "lease", "--route", "nosuch", code=ExitCode.NOT_FOUND)
+    assert err["error"]["code"] == "unknown_route"
+    r = run(daemon, "lease")
+    assert r.returncode == ExitCode.USAGE
+    r = run(daemon, "lease", "openai", "--route", "x")
+    assert r.returncode == ExitCode.USAGE
+
+
+# ---------------------------------------------------------------- report, reset, disable
+
+
+def test_cli_report_puts_profile_into_cooldown(daemon: Daemon) -> None:
+    lease_id = run(daemon, "lease", "anthropic").stdout.strip()
+    r = run(daemon, "report", lease_id, "--kind", "rate_limit", "--retry-after", "300")
+    assert r.returncode == 0, r.stderr
+    assert "reported rate_limit" in r.stdout
+    assert "profile is cooldown until" in r.stdout
+    states = {p["id"]: p["state"] for p in daemon.call("status")["profiles"]}
+    assert states["anthropic:one"] == "cooldown"
+    assert active_leases(daemon) == []
+
+    result = run_json(daemon, "reset", "anthropic:one")
+    assert result == {"profile_state": "ready"}
+    r = run(daemon, "report", "--kind", "rate_limit")
+    assert r.returncode == ExitCode.USAGE
+    r = run(daemon, "report", "x", "--kind", "nonsense")
+    assert r.returncode == ExitCode.USAGE
+
+
+def test_cli_report_failover_prints_next_lease(daemon: Daemon) -> None:
+    lease_id = run(daemon, "lease", "anthropic").stdout.strip()
+    result = run_json(daemon, "report", lease_id, "--kind", "quota", "--failover")
+    assert result["profile_state"] == "cooldown"
+    assert result["next"]["profile"] == "anthropic:two"
+
+
+def test_cli_disable_enable_reset(daemon: Daemon) -> None:
+    r = run(daemon, "disable", "anthropic:one")
+    assert (r.returncode, r.stdout) == (0, "anthropic:one: disabled\n")
+    lease = run_json(daemon, "lease", "anthropic")
+    assert lease["profile"] == "anthropic:two"
+    assert run_json(daemon, "enable", "anthropic:one") == {"profile_state": "ready"}
+    for verb in ("reset", "disable", "enable"):
+        err = run_json(daemon, verb, "anthropic:nosuch", code=ExitCode.NOT_FOUND)
+        assert err["error"]["code"] == "unknown_profile"
+
+
+# ---------------------------------------------------------------- reload, metrics
+
+
+def test_cli_reload_ok_and_with_error(daemon: Daemon) -> None:
+    assert run_json(daemon, "reload") == {"profiles": 3}
+    r = run(daemon, "reload")
+    assert (r.returncode, r.stdout) == (0, "reloaded: 3 profile(s)\n")
+    daemon.profiles.write_text("{ not json")
+    drain_notify(daemon)
+    result = run_json(daemon, "reload", code=ExitCode.REFUSED)
+    assert result["error"]
+    drain_notify(daemon)
+    r = run(daemon, "reload")
+    assert r.returncode == ExitCode.REFUSED
+    assert "config error:" in r.stderr
+
+
+def test_cli_metrics_prints_prometheus_text(daemon: Daemon) -> None:
+    r = run(daemon, "metrics")
+    assert r.returncode == 0
+    assert "# TYPE" in r.stdout
+    families = {ln.split()[2] for ln in r.stdout.splitlines() if ln.startswith("# TYPE")}
+    text = run_json(daemon, "metrics")["text"]
+    assert {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")} == families
+
+
+# ---------------------------------------------------------------- profiles, doctor
+
+
+def test_cli_profiles_list_from_daemon_and_add_reloads(daemon: Daemon) -> None:
+    listed = run_json(daemon, "profiles", "list")
+    assert listed["source"] == "daemon"
+    assert {p["id"] for p in listed["profiles"]} == {"anthropic:one", "anthropic:two",
+                                                     "openai:main"}
+    r = run(daemon, "profiles", "list")
+    assert r.returncode == 0
+    assert "sk-ant-oat01-…" in r.stdout
+    assert_no_secret(daemon, r.stdout)
+
+    key = make_secret("sk-or-v1-")
+    r = run(daemon, "setup", "--provider", "openrouter", "--name", "main", stdin=key)
+    assert r.returncode == 0, r.stderr
+    assert key not in r.stdout + r.stderr
+    # the daemon watches the file: the new profile shows up on its own
+    wait_for(lambda: any(p["id"] == "openrouter:main" for p in daemon.call("status")["profiles"]))
+    assert run_json(daemon, "lease", "openrouter")["token"] == key
+
+
+def test_cli_doctor_with_daemon_all_ok(daemon: Daemon) -> None:
+    checks = run_json(daemon, "doctor")
+    by_name = {c["name"]: c for c in checks}
+    assert by_name["socket"]["status"] == "ok"
+    assert by_name["daemon_version"]["status"] == "ok"
+    assert by_name["daemon_config"]["status"] == "ok"
+    assert by_name["profiles_mode"]["status"] == "ok"
+    assert by_name["profiles_file"]["detail"] == str(daemon.profiles)
+    r = run(daemon, "doctor")
+    assert r.returncode == 0, r.stdout
+    assert "[FAIL]" not in r.stdout
+
+
+def test_cli_doctor_reports_daemon_config_error(daemon: Daemon) -> None:
+    os.chmod(daemon.profiles, 0o644)
+    run_json(daemon, "reload", code=ExitCode.REFUSED)
+    checks = {c["name"]: c for c in run_json(daemon, "doctor", code=ExitCode.DOCTOR)}
+    assert checks["profiles_mode"]["fix"] == f"chmod 600 {daemon.profiles}"
+    assert checks["daemon_config"]["status"] == "fail"
+    assert "chmod 600" in checks["daemon_config"]["detail"]
+
+
+def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()  # never started
+    err = run_json(d, "status", code=ExitCode.UNAVAILABLE)
+    assert err["error"]["code"] == "daemon_unavailable"
+    r = run(d, "exec", "openai", "--", "true")
+    assert r.returncode == 3
+    assert "start the daemon" in r.stderr
+
+
+# ---------------------------------------------------------------- exec
+
+
+def test_cli_exec_propagates_exit_code_and_releases(daemon: Daemon) -> None:
+    r = run(daemon, "exec", "openai", "--", "sh", "-c", "exit 7")
+    assert r.returncode == 7, r.stderr
+    assert active_leases(daemon) == []
+    r = run(daemon, "exec", "openai", "--", "sh", "-c", "kill -TERM $$")
+    assert r.returncode == 128 + signal.SIGTERM
+    r = run(daemon, "exec", "openai", "--", "/nonexistent/tool")
+    assert r.returncode == 127
+    assert "command not found" in r.stderr
+    assert active_leases(daemon) == []
+
+
+def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    code = (
+        "import os, sys, json; "
+        f"json.dump({{k: os.environ.get(k) for k in sys.argv[1:]}}, open({str(out)!r}, 'w'))"
+    )
+    names = ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN",
+             "ARGENT_LEASE_ID", "ARGENT_PROFILE"]
+    r = run(daemon, "exec", "anthropic", "--json", "--", sys.executable, "-c", code, *names,
+            env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    tokens = secrets_of(daemon)
+    assert got["CLAUDE_CODE_OAUTH_TOKEN"] == tokens["anthropic:one"]
+    assert got["ANTHROPIC_AUTH_TOKEN"] == tokens["anthropic:one"]
+    assert got["ANTHROPIC_API_KEY"] is None
+    assert got["ARGENT_PROFILE"] == "anthropic:one"
+    summary = json.loads(r.stderr.strip().splitlines()[-1])
+    assert summary["lease_id"] == got["ARGENT_LEASE_ID"]
+    assert summary["exit_code"] == 0
+    assert_no_secret(daemon, r.stdout, r.stderr)
+
+    # an API-key profile goes to ANTHROPIC_API_KEY, and the token variables are cleared
+    run_json(daemon, "disable", "anthropic:one")
+    r = run(daemon, "exec", "anthropic", "--", sys.executable, "-c", code, *names,
+            env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
+    got = json.loads(out.read_text())
+    assert got["ANTHROPIC_API_KEY"] == tokens["anthropic:two"]
+    assert got["CLAUDE_CODE_OAUTH_TOKEN"] is None
+    assert got["ANTHROPIC_AUTH_TOKEN"] is None
+
+
+def test_cli_exec_renews_while_the_command_runs(daemon: Daemon) -> None:
+    r = run(daemon, "exec", "openai", "--ttl", "1.5", "--", "sleep", "2.5")
+    assert r.returncode == 0
+    # a lease that expired mid-run could not be released: that is reported
+    assert "could not release" not in r.stderr, r.stderr
+    assert active_leases(daemon) == []
+
+
+def test_cli_exec_forwards_sigterm(daemon: Daemon, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    proc = subprocess.Popen(
+        [*ARGENTCTL, "exec", "openai", "--", "sh", "-c",
+         f"touch {shlex.quote(str(marker))}; exec sleep 30"],
+        env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(marker.exists)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert active_leases(daemon) == []
+
+
+def test_cli_exec_needs_a_command(daemon: Daemon) -> None:
+    assert run(daemon, "exec", "openai").returncode == ExitCode.USAGE
+    assert run(daemon, "exec", "openai", "--").returncode == ExitCode.USAGE
+
+
+def test_split_exec_argv() -> None:
+    assert split_exec_argv(["exec", "openai", "--", "ls", "--json", "--"]) == (
+        ["exec", "openai"], ["ls", "--json", "--"]
+    )
+    assert split_exec_argv(["--socket", "exec", "exec", "--route", "r", "--", "x"]) == (
+        ["--socket", "exec", "exec", "--route", "r"], ["x"]
+    )
+    assert split_exec_argv(["status", "--", "x"]) == (["status", "--", "x"], None)
+
+
+# ---------------------------------------------------------------- watch
+
+
+def test_cli_watch_prints_events_until_sigint(daemon: Daemon) -> None:
+    proc = subprocess.Popen(
+        [*ARGENTCTL, "watch", "--json"], env=daemon.env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        # Until the subscription is in place events are not seen: keep making them.
+        deadline = time.monotonic() + 20
+        event: dict[str, Any] | None = None
+        while event is None and time.monotonic() < deadline:
+            lease = daemon.call("lease", {"provider": "openai", "detached": True})
+            daemon.call("release", {"lease_id": lease["lease_id"]})
+            try:
+                event = json.loads(lines.get(timeout=0.2))
+            except queue.Empty:
+                continue
+        assert event is not None, "no event from argentctl watch"
+        assert event["type"] in ("lease", "release")
+        assert event["profile"] == "openai:main"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_watch_human_line(daemon: Daemon) -> None:
+    from argent_client.protocol import Event
+    from argent_client.render import event_line
+
+    line = event_line(Event(type="cooldown_start", at=1000.0, profile="anthropic:one",
+                            kind="rate_limit", until=1300.0))
+    assert line.split(" ", 1)[1] == (
+        "cooldown_start anthropic:one kind=rate_limit until="
+        f"{time.strftime('%H:%M:%S', time.localtime(1300.0))} (5m00s)"
+    )
+
+
+def test_cli_version_and_help() -> None:
+    r = subprocess.run([*ARGENTCTL, "--version"], capture_output=True, text=True, check=False)
+    assert r.stdout.strip() == "argentctl 0.1.0 (protocol 1)"
+    r = subprocess.run([*ARGENTCTL, "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0
+    for text in ("exit codes:", "exec", "doctor", "setup", "watch", "ARGENT_SOCKET"):
+        assert text in r.stdout
+    r = subprocess.run([*ARGENTCTL, "nonsense"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2
