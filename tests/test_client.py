@@ -134,6 +134,19 @@ def test_client_lease_classified_exception_is_reported_and_reraised(client: Clie
     assert lease.ended
 
 
+def test_client_lease_failure_cools_account_unless_model_is_named(client: Client) -> None:
+    with pytest.raises(httpx.HTTPStatusError), client.lease("anthropic", model="claude-x"):
+        raise http_error(429, {"retry-after": "60"})
+    one = profile(client, "anthropic:one")
+    assert (one.state, one.model_cooldowns) == ("cooldown", {})
+    with client.lease("anthropic", model="claude-x") as lease:
+        assert lease.profile == "anthropic:two"
+        lease.fail("rate_limit", retry_after=60, model="claude-x")
+    two = profile(client, "anthropic:two")
+    assert two.state == "ready"
+    assert set(two.model_cooldowns) == {"claude-x"}
+
+
 def test_client_lease_unclassified_exception_releases_without_blame(client: Client) -> None:
     with pytest.raises(ValueError, match="agent bug"), client.lease("anthropic"):
         raise ValueError("agent bug")
@@ -628,6 +641,6 @@ def test_lease_report_params_carry_limits_and_scrubbed_message() -> None:
     assert failure is not None
     params = lease.report_params(failure, failover=True)
     assert (params.kind, params.status, params.model, params.failover) == (
-        "auth", 401, "gpt-x", True)
+        "auth", 401, None, True)  # the lease's model does not scope the cooldown
     assert params.limits == Limits(requests_limit=9)
     assert params.message is not None and token not in params.message

@@ -426,14 +426,23 @@ class LeaseBase:
             )
         return failure
 
-    def report_params(self, failure: Failure, *, failover: bool) -> P.ReportParams:
+    def report_params(
+        self, failure: Failure, *, failover: bool, model: str | None = None
+    ) -> P.ReportParams:
+        """The `report_failure` params for `failure` on this lease.
+
+        `model` is None unless the caller knows the limit was per model: the
+        lease's own model only says what was asked (a 5-hour subscription
+        cap or a spent balance is account-wide), and a report that names a
+        model cools the profile for that model alone.
+        """
         return P.ReportParams(
             kind=failure.kind,
             lease_id=self.result.lease_id,
             retry_after=failure.retry_after,
             status=failure.status,
             message=failure.message,
-            model=self.result.model,
+            model=model,
             limits=self.limits,
             failover=failover,
         )

@@ -106,17 +106,20 @@ class AsyncLease(C.LeaseBase):
         status: int | None = None,
         message: str | None = None,
         failover: bool = False,
+        model: str | None = None,
     ) -> P.ReportResult:
         """Report a failure by hand; ends the lease (see `Lease.fail`)."""
         failure = Failure(kind=kind, retry_after=retry_after, status=status,  # type: ignore[arg-type]
                           message=message)
-        return await self._report(failure, failover=failover)
+        return await self._report(failure, failover=failover, model=model)
 
-    async def _report(self, failure: Failure, *, failover: bool) -> P.ReportResult:
+    async def _report(
+        self, failure: Failure, *, failover: bool, model: str | None = None
+    ) -> P.ReportResult:
         self.ended = True
         if self.local:
             return C.local_report()
-        params = self.report_params(failure, failover=failover)
+        params = self.report_params(failure, failover=failover, model=model)
         result: P.ReportResult = await self._client._call("report_failure", params)
         return result
 

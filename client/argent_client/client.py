@@ -105,21 +105,26 @@ class Lease(C.LeaseBase):
         status: int | None = None,
         message: str | None = None,
         failover: bool = False,
+        model: str | None = None,
     ) -> P.ReportResult:
         """Report a failure by hand; ends the lease. Returns the daemon's answer.
 
         With `failover=True` the answer's `next` is the next lease (wrap it
-        with `client.adopt`). A local env lease answers "ready" and no next.
+        with `client.adopt`). `model` cools the profile for that model only
+        (when the provider's limit is per model); by default the cooldown is
+        account-wide. A local env lease answers "ready" and no next.
         """
         failure = Failure(kind=kind, retry_after=retry_after, status=status,  # type: ignore[arg-type]
                           message=message)
-        return self._report(failure, failover=failover)
+        return self._report(failure, failover=failover, model=model)
 
-    def _report(self, failure: Failure, *, failover: bool) -> P.ReportResult:
+    def _report(
+        self, failure: Failure, *, failover: bool, model: str | None = None
+    ) -> P.ReportResult:
         self.ended = True
         if self.local:
             return C.local_report()
-        params = self.report_params(failure, failover=failover)
+        params = self.report_params(failure, failover=failover, model=model)
         result: P.ReportResult = self._client._call("report_failure", params)
         return result
 
