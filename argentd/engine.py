@@ -762,6 +762,10 @@ class Engine:
 
     # ------------------------------------------------------------ events
 
+    def emit(self, type_: str, now: float, **fields: object) -> None:
+        """Queue an event decided outside the engine (the adapter's `reload`)."""
+        self._emit(type_, now, **fields)
+
     def _emit(self, type_: str, now: float, **fields: object) -> None:
         self._outbox.events.append(Event(type=type_, at=now, **fields))  # type: ignore[arg-type]
 
