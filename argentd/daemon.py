@@ -156,10 +156,10 @@ class Daemon:
             now = time.time()
             self.engine.load(loaded.profiles, loaded.config, now=now)
             if loaded.error:
-                self.engine._emit("reload_error", now, message=loaded.error)
+                self.engine.emit("reload_error", now, message=loaded.error)
             else:
                 self.loaded_at = now
-            self.engine._emit("reload", now, profiles=len(loaded.profiles.profiles))
+                self.engine.emit("reload", now, profiles=len(loaded.profiles.profiles))
             self.server.after_change()
             log.info("reloaded (%s): %d profile(s)", reason, len(loaded.profiles.profiles))
             self.notifier.ready()
@@ -191,11 +191,12 @@ class Daemon:
                 )
                 if self.notifier.watchdog_interval() is not None:
                     nursery.start_soon(self.notifier.run_watchdog)
-                nursery.start_soon(self._signals, nursery.cancel_scope, stop)
+                await nursery.start(self._signals, nursery.cancel_scope, stop)
                 self.notifier.ready()
                 self.notifier.status(self.status_line())
                 task_status.started()
         finally:
+            stop.set()
             with trio.CancelScope(shield=True):
                 await self.saver.flush()
             listener.close()
@@ -206,8 +207,15 @@ class Daemon:
     async def _file_changed(self) -> None:
         await self.reload("file changed")
 
-    async def _signals(self, scope: trio.CancelScope, stop: trio.Event) -> None:
+    async def _signals(
+        self,
+        scope: trio.CancelScope,
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+            task_status.started()
             async for signum in sigs:
                 if signum == signal.SIGHUP:
                     await self.reload("SIGHUP")

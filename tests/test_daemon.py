@@ -1,0 +1,254 @@
+"""The daemon's lifetime, for real: reload, persistence, readiness, refusal, activation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .conftest import Daemon, RawConn, make_secret, write_json
+
+
+def profile(provider: str = "anthropic", type_: str = "api-key", **extra: Any) -> dict[str, Any]:
+    prefix = {"anthropic": "sk-ant-api03-", "openai": "sk-proj-"}.get(provider, "sk-")
+    return {"provider": provider, "type": type_, "token": make_secret(prefix), **extra}
+
+
+def wait_event(sub: RawConn, type_: str) -> dict[str, Any]:
+    while True:
+        msg = sub.read()
+        if msg.get("method") == "event" and msg["params"]["type"] == type_:
+            params: dict[str, Any] = msg["params"]
+            return params
+
+
+def ids(d: Daemon) -> list[str]:
+    return [p["id"] for p in d.call("status")["profiles"]]
+
+
+def started(daemon_factory: Any, profiles: dict[str, Any]) -> tuple[Daemon, RawConn]:
+    d: Daemon = daemon_factory()
+    d.write_profiles(profiles)
+    d.start()
+    sub = d.connect()
+    sub.call("subscribe")
+    return d, sub
+
+
+def test_daemon_reload_atomic_rename(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    d.write_profiles({"anthropic:a": profile(), "anthropic:b": profile()})  # temp + rename
+    assert wait_event(sub, "reload")["profiles"] == 2
+    assert ids(d) == ["anthropic:a", "anthropic:b"]
+    d.write_profiles({"anthropic:c": profile()})  # a second rename: still watched
+    wait_event(sub, "reload")
+    assert ids(d) == ["anthropic:c"]
+
+
+def test_daemon_reload_in_place_write(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    with open(d.profiles, "w") as f:  # same inode, truncated and rewritten
+        json.dump({"openai:x": profile("openai")}, f)
+    wait_event(sub, "reload")
+    assert ids(d) == ["openai:x"]
+
+
+def test_daemon_reload_delete_and_recreate(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    d.profiles.unlink()
+    wait_event(sub, "reload")
+    assert ids(d) == []  # a missing file is no profiles, not an error
+    d.write_profiles({"anthropic:b": profile()})
+    wait_event(sub, "reload")
+    assert ids(d) == ["anthropic:b"]
+
+
+def test_daemon_reload_folder_deleted_and_recreated(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    folder = d.profiles.parent
+    d.profiles.unlink()
+    folder.rmdir()
+    wait_event(sub, "reload")
+    d.write_profiles({"anthropic:b": profile()})  # makes the folder again
+    while ids(d) != ["anthropic:b"]:
+        wait_event(sub, "reload")
+
+
+def test_daemon_bad_file_keeps_last_good(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    secret = make_secret()
+    d.profiles.write_text('{"anthropic:b": {"provider": "anthropic", "token": "' + secret)
+    err = wait_event(sub, "reload_error")
+    assert secret not in json.dumps(err)
+    st = d.call("status")
+    assert [p["id"] for p in st["profiles"]] == ["anthropic:a"]
+    assert "auth-profiles.json" in st["config"]["error"]
+    assert secret not in st["config"]["error"]
+    d.write_profiles({"anthropic:b": profile()})
+    wait_event(sub, "reload")
+    st = d.call("status")
+    assert st["config"]["error"] is None
+    assert [p["id"] for p in st["profiles"]] == ["anthropic:b"]
+
+
+def test_daemon_open_mode_refused_with_fix(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    d.write_profiles({"anthropic:b": profile()}, mode=0o644)
+    wait_event(sub, "reload_error")
+    st = d.call("status")
+    assert f"chmod 600 {d.profiles}" in st["config"]["error"]
+    assert [p["id"] for p in st["profiles"]] == ["anthropic:a"]
+
+
+def test_daemon_sighup_and_reload_method(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {"anthropic:a": profile()})
+    assert d.call("reload") == {"profiles": 1}
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    assert "MONOTONIC_USEC=" in d.wait_message("RELOADING=1")
+    d.wait_message("READY=1")
+    wait_event(sub, "reload")
+
+
+def test_daemon_notify_messages(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"anthropic:a": profile()})
+    d.start()
+    assert "ready" in d.wait_message("STATUS=")
+    assert d.stop() == 0
+    d.wait_message("STOPPING=1")
+
+
+def test_daemon_sigint_exits_zero(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.start()
+    assert d.stop(signal.SIGINT) == 0
+
+
+def test_daemon_restart_keeps_cooldowns_changed_secret_starts_clean(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    keep, change = profile(), profile()
+    d.write_profiles({"anthropic:keep": keep, "anthropic:change": change})
+    d.start()
+    for pid in ("anthropic:keep", "anthropic:change"):
+        d.call("report_failure", {"profile": pid, "kind": "quota"})
+    assert d.stop() == 0
+    d.write_profiles({"anthropic:keep": keep, "anthropic:change": profile()})
+    d.start()
+    states = {p["id"]: p["state"] for p in d.call("status")["profiles"]}
+    assert states == {"anthropic:keep": "cooldown", "anthropic:change": "ready"}
+
+
+def test_daemon_second_instance_refused(daemon: Daemon) -> None:
+    env = {**daemon.env}
+    proc = subprocess.run([sys.executable, "-m", "argentd.main"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3
+    assert "already" in proc.stderr and str(daemon.socket) in proc.stderr
+    assert daemon.call("hello")["server"] == "argentd"
+
+
+def test_daemon_stale_socket_replaced(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(d.socket))  # a socket file nobody serves, as after kill -9
+    stale.close()
+    d.start()
+    assert d.call("hello")["server"] == "argentd"
+
+
+def test_daemon_socket_activation(daemon_factory: Any, tmp_path: Path) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"anthropic:a": profile()})
+    path = d.socket.with_name("activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    # As systemd does: the socket is fd 3 and LISTEN_PID names the daemon itself.
+    code = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid());"
+        "os.environ['LISTEN_FDS'] = '1'; os.execv(sys.executable, [sys.executable, '-m',"
+        " 'argentd.main'])"
+    )
+    env = {**d.env, "NOTIFY_SOCKET": str(d.notify_path), "ARGENT_SOCKET": str(d.socket)}
+    with open(d.stderr_path, "ab") as err:
+        d.proc = subprocess.Popen([sys.executable, "-c", code, str(listener.fileno())],
+                                  env=env, stdout=err, stderr=err,
+                                  pass_fds=(listener.fileno(),))
+    listener.close()
+    d.wait_message("READY=1")
+    conn = RawConn(path)
+    assert conn.call("hello")["server"] == "argentd"
+    conn.close()
+    assert not d.socket.exists()  # it adopted the socket instead of binding its own
+
+
+def test_daemon_corrupt_state_moved_aside(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.state_dir.mkdir(parents=True)
+    (d.state_dir / "state.json").write_text("{not json")
+    d.start()
+    assert d.call("hello")["server"] == "argentd"
+    assert any(p.name.startswith("state.json.corrupt") for p in d.state_dir.iterdir())
+
+
+def test_daemon_read_only_state_dir_warns(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"anthropic:a": profile()})
+    d.state_dir.parent.mkdir(parents=True)
+    d.state_dir.write_text("")  # a file where the folder should be: nothing can be written
+    d.start()
+    d.call("report_failure", {"profile": "anthropic:a", "kind": "rate_limit"})
+    assert d.call("hello")["server"] == "argentd"
+    assert d.stop() == 0
+    assert "WARNING" in d.stderr() and "state" in d.stderr()
+
+
+def test_daemon_check_flag(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    secret = make_secret()
+    d.write_profiles({"anthropic:a": {"provider": "anthropic", "type": "setup-token",
+                                      "token": secret, "label": "Sub"}})
+    env = {**d.env}
+    ok = subprocess.run([sys.executable, "-m", "argentd.main", "--check"], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert "anthropic:a" in ok.stdout and secret not in ok.stdout + ok.stderr
+    os.chmod(d.profiles, 0o644)
+    bad = subprocess.run([sys.executable, "-m", "argentd.main", "--check"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1
+    assert f"chmod 600 {d.profiles}" in bad.stderr
+
+
+def test_daemon_help_documents_flags() -> None:
+    out = subprocess.run([sys.executable, "-m", "argentd.main", "--help"],
+                         capture_output=True, text=True, timeout=30).stdout
+    for flag in ("--profiles", "--socket", "--config", "--log-level", "--check"):
+        assert flag in out
+
+
+def test_daemon_config_routes_and_reload(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"anthropic:a": profile(), "openai:b": profile("openai")})
+    d.config.parent.mkdir(parents=True)
+    d.config.write_text('[routes]\ndefault = ["anthropic/claude-sonnet-4-5", "openai/gpt-5"]\n')
+    d.start()
+    c = d.connect()
+    first = c.call("lease", {"route": "default"})
+    assert (first["profile"], first["model"]) == ("anthropic:a", "claude-sonnet-4-5")
+    nxt = c.call("report_failure", {"lease_id": first["lease_id"], "kind": "overloaded",
+                                    "failover": True})["next"]
+    assert (nxt["profile"], nxt["model"]) == ("openai:b", "gpt-5")
+    sub = d.connect()
+    sub.call("subscribe")
+    write_json(d.config, {})  # not TOML: a config error, last good config kept
+    d.config.write_text("[lease]\nbogus = 1\n")
+    err = wait_event(sub, "reload_error")
+    assert "bogus" in err["message"]
+    assert d.call("status")["routes"]["default"] == ["anthropic/claude-sonnet-4-5", "openai/gpt-5"]
