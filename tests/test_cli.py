@@ -208,6 +208,8 @@ def test_cli_report_failover_prints_next_lease(daemon: Daemon) -> None:
     result = run_json(daemon, "report", lease_id, "--kind", "quota", "--failover")
     assert result["profile_state"] == "cooldown"
     assert result["next"]["profile"] == "anthropic:two"
+    # the next lease is detached like the first: it outlives argentctl
+    assert [x["lease_id"] for x in active_leases(daemon)] == [result["next"]["lease_id"]]
 
 
 def test_cli_disable_enable_reset(daemon: Daemon) -> None:

@@ -476,3 +476,44 @@ def test_cli_profiles_add_refuses_broken_file(cli_env: dict[str, str]) -> None:
     assert r.returncode == 7
     assert "invalid JSON at line 1" in r.stderr
     assert path.read_text() == '{"openai:a": {'
+
+
+def test_cli_setup_on_a_terminal_hides_the_secret(tmp_path: Path) -> None:
+    pty = pytest.importorskip("pty")
+    import time
+
+    path = tmp_path / "auth.json"
+    token = fake()
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.environ["ARGENT_PROFILES"] = str(path)
+        os.execv(sys.executable, [sys.executable, "-m", "argent_client.cli", "setup"])
+    seen = b""
+
+    def expect(text: str) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 20
+        while text.encode() not in seen:
+            assert time.monotonic() < deadline, f"no {text!r} in {seen!r}"
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+
+    try:
+        for prompt, answer in [("Provider [", "1"), ("Name (", "me"), ("Type [", ""),
+                               ("Label (", "Mine"), ("Secret (input hidden)", token)]:
+            expect(prompt)
+            os.write(fd, answer.encode() + b"\n")
+        expect("added anthropic:me")
+    except BaseException:
+        os.kill(pid, 9)  # do not hang on a stuck child
+        raise
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert token.encode() not in seen
+    assert json.loads(path.read_text())["anthropic:me"] == {
+        "provider": "anthropic", "type": "setup-token", "token": token, "label": "Mine"
+    }
