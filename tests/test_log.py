@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -164,11 +165,11 @@ def test_formatter_journald_priority() -> None:
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    hooks = (sys.excepthook, logmod.threading.excepthook)
+    hooks = (sys.excepthook, threading.excepthook)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    sys.excepthook, logmod.threading.excepthook = hooks
+    sys.excepthook, threading.excepthook = hooks
     logging.captureWarnings(False)
 
 
