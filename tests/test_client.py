@@ -562,7 +562,7 @@ async def test_async_call_with_failover(aclient_factory: Any) -> None:
 
 @pytest.mark.anyio
 async def test_async_subscribe(aclient_factory: Any, daemon: Daemon) -> None:
-    async with aclient_factory() as client, await client.subscribe() as events:
+    async with aclient_factory() as client, client.subscribe() as events:
         lease = await client.acquire("anthropic")
         with anyio.fail_after(10):
             event = await events.__anext__()
@@ -577,6 +577,23 @@ async def test_async_subscribe(aclient_factory: Any, daemon: Daemon) -> None:
         with anyio.fail_after(10):
             rest = [e async for e in events]
         assert all(e.type != "lease" for e in rest)
+
+
+@pytest.mark.anyio
+async def test_async_subscribe_plain_iteration_and_unreachable(
+    aclient_factory: Any, tmp_path: Path
+) -> None:
+    async with aclient_factory() as client:
+        events = await client.subscribe()  # awaiting subscribes now; iterating would too
+        lease = await client.acquire("openai")
+        with anyio.fail_after(10):
+            async for event in events:
+                assert (event.type, event.lease_id) == ("lease", lease.lease_id)
+                break
+        await events.aclose()
+    with pytest.raises(DaemonUnavailable):
+        async with AsyncClient(tmp_path / "absent.sock").subscribe():
+            pass
 
 
 @pytest.mark.anyio

@@ -235,30 +235,46 @@ class _Conn:
 class AsyncEventStream:
     """Events from `subscribe()`: `async for event in stream`; ends on EOF or `aclose()`.
 
-    Prefer `async with await client.subscribe() as events:` so the connection
-    closes when the block ends.
+    It subscribes when entered (`async with`), awaited, or first iterated;
+    events before that are not seen. Prefer `async with client.subscribe()
+    as events:` so the connection closes when the block ends. Raises
+    `DaemonUnavailable` when it cannot subscribe.
     """
 
-    def __init__(self, conn: _Conn, early: list[P.Event]) -> None:
-        self._conn = conn
-        self._early = early
+    def __init__(self, opener: Callable[[], Awaitable[tuple[_Conn, list[P.Event]]]]) -> None:
+        self._opener = opener
+        self._conn: _Conn | None = None
+        self._early: list[P.Event] = []
         self._closed = False
+
+    async def _ensure(self) -> _Conn:
+        if self._conn is None:
+            self._conn, self._early = await self._opener()
+        return self._conn
+
+    def __await__(self) -> Generator[Any, None, AsyncEventStream]:
+        async def opened() -> AsyncEventStream:
+            await self._ensure()
+            return self
+
+        return opened().__await__()
 
     def __aiter__(self) -> AsyncIterator[P.Event]:
         return self
 
     async def __anext__(self) -> P.Event:
+        conn = await self._ensure() if not self._closed else None
         if self._early:
             return self._early.pop(0)
-        while not self._closed:
-            line = self._conn.reader.pop_line()
+        while conn is not None and not self._closed:
+            line = conn.reader.pop_line()
             if line is None:
                 try:
-                    data = await self._conn.stream.receive(RECV_SIZE)
+                    data = await conn.stream.receive(RECV_SIZE)
                 except _STREAM_ERRORS:
                     await self.aclose()
                     break
-                self._conn.reader.feed(data)
+                conn.reader.feed(data)
                 continue
             event = _event_of(line)
             if event is not None:
@@ -268,9 +284,11 @@ class AsyncEventStream:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._conn.aclose()
+            if self._conn is not None:
+                await self._conn.aclose()
 
     async def __aenter__(self) -> AsyncEventStream:
+        await self._ensure()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -480,12 +498,14 @@ class AsyncClient:
         result: P.MetricsResult = await self._call("metrics", None)
         return result
 
-    async def subscribe(self) -> AsyncEventStream:
-        """Open a connection of its own and return its event stream.
+    def subscribe(self) -> AsyncEventStream:
+        """The stream of events, on a connection of its own (opened on first use).
 
-        `async with await client.subscribe() as events: async for e in events:`.
-        Raises `DaemonUnavailable`.
+        `async with client.subscribe() as events: async for event in events:`.
         """
+        return AsyncEventStream(self._subscribed)
+
+    async def _subscribed(self) -> tuple[_Conn, list[P.Event]]:
         conn = _Conn(await self._open())
         try:
             with anyio.fail_after(self.timeout):
@@ -517,7 +537,7 @@ class AsyncClient:
         except BaseException:
             await conn.aclose()
             raise
-        return AsyncEventStream(conn, early)
+        return conn, early
 
     async def call_with_failover(
         self,
