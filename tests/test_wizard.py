@@ -1,4 +1,4 @@
-"""The profiles-file editor and the setup wizard (`argent_client.wizard`)."""
+"""The profiles-file editor (`profiles_file`) and the setup wizard (`wizard`)."""
 
 from __future__ import annotations
 
@@ -16,21 +16,17 @@ from typing import Any
 
 import pytest
 from argent_client import providers
-from argent_client.wizard import (
+from argent_client.profiles_file import (
     ProfileExists,
     ProfileNotFound,
     ProfilesFileError,
-    SetupOptions,
-    WizardAborted,
-    WizardIO,
     add_profile,
-    guess_type,
     read_profiles,
     remove_profile,
-    run_setup,
     summarise,
     write_atomic,
 )
+from argent_client.wizard import SetupOptions, WizardAborted, WizardIO, guess_type, run_setup
 
 
 def fake(prefix: str = "sk-ant-oat01-") -> str:

@@ -352,7 +352,8 @@ def _argent_error(out: Out, exc: ArgentError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run argentctl with `argv` (default `sys.argv[1:]`); returns the exit code."""
-    from .wizard import ProfileExists, ProfileNotFound, ProfilesFileError, WizardAborted
+    from .profiles_file import ProfileExists, ProfileNotFound, ProfilesFileError
+    from .wizard import WizardAborted
 
     raw = list(sys.argv[1:] if argv is None else argv)
     ours, command = split_exec_argv(raw)

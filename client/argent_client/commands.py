@@ -365,9 +365,9 @@ def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_profiles_list(args: argparse.Namespace, out: Out) -> int:
+    from .profiles_file import read_profiles, summarise
     from .protocol import DaemonUnavailable
     from .render import daemon_profiles_table, file_profiles_table
-    from .wizard import read_profiles, summarise
 
     if not args.file and not args.profiles:
         try:
@@ -443,7 +443,7 @@ def cmd_profiles_add(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_profiles_remove(args: argparse.Namespace, out: Out) -> int:
-    from .wizard import remove_profile
+    from .profiles_file import remove_profile
 
     path = _profiles_path(args)
     remove_profile(path, args.profile)

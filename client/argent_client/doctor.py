@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.text import Text
 
 from . import paths
+from .profiles_file import ProfilesFileError, file_mode, read_profiles
 from .protocol import PROTOCOL_VERSION, ArgentError, DaemonUnavailable, StatusResult
-from .wizard import ProfilesFileError, file_mode, read_profiles
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .profiles_file import FileProfile
 from .protocol import Event, LeaseResult, ProfileStatus, StatusResult
-from .wizard import FileProfile
 
 _STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red"}
 
