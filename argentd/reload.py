@@ -189,7 +189,7 @@ class _FolderWatch:
             self.force_polling = True
             return self._arm(target)
         if target != self.folder:
-            log.info("%s does not exist; watching %s until it does", self.folder, target)
+            log.debug("%s does not exist; watching %s until it does", self.folder, target)
         else:
             log.debug("watching %s for %s", target, ", ".join(sorted(self.names)))
         return notifier
