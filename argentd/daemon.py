@@ -171,11 +171,11 @@ class Daemon:
         adopted = adopt_systemd_socket()
         bound = None
         if adopted is not None:
-            listener = trio.socket.from_stdlib_socket(adopted)
+            listener = adopted
             log.info("serving on a socket passed by systemd")
         else:
             bound = bind_unix_socket(sock_path)
-            listener = trio.socket.from_stdlib_socket(bound.sock)
+            listener = bound.sock
             log.info("serving on %s", sock_path)
         stop = trio.Event()
         try:
@@ -199,8 +199,9 @@ class Daemon:
             stop.set()
             with trio.CancelScope(shield=True):
                 await self.saver.flush()
-            listener.close()
-            if bound is not None:
+            if bound is None:
+                listener.close()
+            else:
                 bound.close()
             log.info("stopped")
 

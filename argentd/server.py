@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,19 +43,55 @@ LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 
 @dataclass(eq=False)
 class Conn:
+    """One client connection over a non-blocking stdlib socket.
+
+    Reads and writes call the socket directly and only wait (through trio's
+    `wait_readable`/`wait_writable`) when it would block: one readiness wait,
+    one recv and one send per request, where trio's socket wrappers spend a
+    failing recv and extra checkpoints on each.
+    """
+
     id: int
-    sock: trio.socket.SocketType
+    sock: socket.socket
     lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
     events: trio.MemorySendChannel[bytes] | None = None
     closed: bool = False
 
+    async def recv(self) -> bytes:
+        """The next bytes from the peer (b"" at EOF)."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                return self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+
     async def send(self, data: bytes) -> None:
-        """Write all of `data`; raises OSError / trio errors if the peer is gone."""
+        """Write all of `data`; raises OSError if the peer is gone."""
+        if not self.lock.locked():
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n == len(data):
+                return
+            data = data[n:]
+        # Taking the lock before any wait keeps concurrent writers in order.
         async with self.lock:
             view = memoryview(data)
             while view:
-                n = await self.sock.send(view)
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    n = self.sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    continue
                 view = view[n:]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
 
 class Server:
@@ -108,17 +145,22 @@ class Server:
 
     async def serve(
         self,
-        listener: trio.socket.SocketType,
+        listener: socket.socket,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections until cancelled."""
+        """Accept connections on the listening socket until cancelled."""
+        listener.setblocking(False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._timer)
             task_status.started()
             while True:
                 try:
-                    sock, _ = await listener.accept()
+                    await trio.lowlevel.wait_readable(listener)
+                    sock, _ = listener.accept()
+                    sock.setblocking(False)
+                except (BlockingIOError, InterruptedError):
+                    continue
                 except OSError as exc:
                     # EMFILE and friends: back off instead of spinning.
                     log.warning("accept failed: %s", exc.strerror or exc)
@@ -177,30 +219,29 @@ class Server:
 
     # ------------------------------------------------------------ connections
 
-    async def _connection(self, sock: trio.socket.SocketType) -> None:
+    async def _connection(self, sock: socket.socket) -> None:
         self._conn_ids += 1
         conn = Conn(self._conn_ids, sock)
         self._conns[conn.id] = conn
         try:
-            with sock:
-                if self._peer_uid is not None:
-                    uid = self._peer_uid(sock)
-                    if uid is not None and uid != self.uid:
-                        log.warning("refused connection from uid %d", uid)
-                        err = P.PermissionDenied(
-                            f"argentd serves uid {self.uid} only; you are uid {uid}"
-                        )
-                        await conn.send(P.encode_error(None, err))
-                        return
-                async with trio.open_nursery() as nursery:
-                    await self._read_loop(conn, nursery)
-                    nursery.cancel_scope.cancel()
+            if self._peer_uid is not None:
+                uid = self._peer_uid(sock)
+                if uid is not None and uid != self.uid:
+                    log.warning("refused connection from uid %d", uid)
+                    err = P.PermissionDenied(
+                        f"argentd serves uid {self.uid} only; you are uid {uid}"
+                    )
+                    await conn.send(P.encode_error(None, err))
+                    return
+            async with trio.open_nursery() as nursery:
+                await self._read_loop(conn, nursery)
+                nursery.cancel_scope.cancel()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away; nothing to tell it
         except Exception:
             log.exception("connection %d failed", conn.id)
         finally:
-            conn.closed = True
+            conn.close()
             self._conns.pop(conn.id, None)
             self._drop_subscriber(conn)
             self.engine.disconnect(conn.id, now=self.clock())
@@ -209,7 +250,7 @@ class Server:
     async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
         buf = bytearray()
         while True:
-            data = await conn.sock.recv(RECV_SIZE)
+            data = await conn.recv()
             if not data:
                 return
             buf += data
@@ -385,8 +426,7 @@ class Server:
             async for line in recv:
                 await conn.send(line)
         # The channel closed: this subscriber was dropped for falling behind.
-        if not conn.closed:
-            conn.sock.close()
+        conn.close()
 
     def _drop_subscriber(self, conn: Conn) -> None:
         if self._subscribers.pop(conn.id, None) is not None and conn.events is not None:
