@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from argent_client.protocol import ProfileType, Source
+from argent_client.providers import (
+    PROVIDER_ALIASES,
+    PROVIDERS,
+    fingerprint,
+    normalise_provider,
+)
 
-PROVIDERS: Final = ("anthropic", "openai", "openrouter", "minimax", "zai", "google")
-"""Providers argentd knows headers and environment variables for.
-
-Other lower-case provider names are accepted and get OpenAI-style headers.
-"""
-
-PROVIDER_ALIASES: Final = {"z.ai": "zai", "z-ai": "zai", "z_ai": "zai", "gemini": "google"}
+__all__ = [
+    "PROVIDERS",
+    "PROVIDER_ALIASES",
+    "TYPE_ALIASES",
+    "Profile",
+    "ProfileSet",
+    "Secret",
+    "auth_headers",
+    "fingerprint",
+    "normalise_provider",
+    "secret_key",
+]
 
 TYPE_ALIASES: Final[dict[str, ProfileType]] = {
     "setup-token": "setup-token",
@@ -35,40 +46,6 @@ TYPE_RANK: Final[dict[ProfileType, int]] = {"setup-token": 0, "oauth": 0, "api-k
 """Tier inside a priority: subscription tokens before per-token API keys."""
 ENV_RANK: Final = 2
 """Environment fallback profiles come after every file profile."""
-
-# Known secret shapes: the fingerprint shows this prefix, never more.
-_KNOWN_PREFIXES: Final = (
-    "sk-ant-oat01-",
-    "sk-ant-api03-",
-    "sk-ant-ort01-",
-    "sk-or-v1-",
-    "sk-proj-",
-    "sk-cp-",
-    "sk-",
-    "AIza",
-)
-
-
-def normalise_provider(name: str) -> str:
-    """Lower-case `name` and map aliases (`z.ai`, `z-ai` -> `zai`)."""
-    low = name.strip().lower()
-    return PROVIDER_ALIASES.get(low, low)
-
-
-def fingerprint(secret: str) -> str:
-    """A display fingerprint: a short known prefix plus a hash suffix.
-
-    The prefix is at most the token shape (`sk-ant-oat01-`) and never more
-    than a quarter of the secret, so it cannot help rebuild it.
-    """
-    digest = hashlib.sha256(secret.encode()).hexdigest()[:6]
-    prefix = ""
-    for known in _KNOWN_PREFIXES:
-        if secret.startswith(known) and len(known) * 4 <= len(secret):
-            prefix = known
-            break
-    return f"{prefix}…{digest}"
-
 
 def secret_key(secret: str) -> str:
     """A stable id of a secret for state files: a truncated SHA-256.

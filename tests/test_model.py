@@ -5,11 +5,11 @@ import re
 import secrets
 
 import pytest
+from argent_client.providers import KNOWN_PREFIXES as _KNOWN_PREFIXES
 from hypothesis import given
 from hypothesis import strategies as st
 
 from argentd.model import (
-    _KNOWN_PREFIXES,
     ENV_RANK,
     Profile,
     Secret,
