@@ -118,10 +118,13 @@ async def watch_files(
             targets.append(full.resolve())
         for target in targets:
             groups.setdefault(target.parent, set()).add(target.name)
+    # Each folder's watch thread is busy for the whole run: give them threads of
+    # their own rather than seats in trio's shared default pool.
+    limiter = trio.CapacityLimiter(len(groups) or 1)
     async with trio.open_nursery() as nursery:
         for folder, names in groups.items():
             watcher = _FolderWatch(folder, frozenset(names), on_change, stop,
-                                   debounce_ms=debounce_ms, recheck=recheck)
+                                   debounce_ms=debounce_ms, recheck=recheck, limiter=limiter)
             await nursery.start(watcher.run)
         task_status.started()
 
@@ -138,8 +141,10 @@ class _FolderWatch:
         *,
         debounce_ms: int,
         recheck: float,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.folder = folder
+        self.limiter = limiter
         self.names = names
         self.on_change = on_change
         self.stop = stop
@@ -223,6 +228,7 @@ class _FolderWatch:
             result = await trio.to_thread.run_sync(
                 notifier.watch, self.debounce_ms, self.step_ms,
                 max(1, int(self.recheck * 1000)), flag,
+                limiter=self.limiter,
             )
             nursery.cancel_scope.cancel()
         return result
