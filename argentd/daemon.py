@@ -18,7 +18,12 @@ from pathlib import Path
 
 import trio
 from argent_client import protocol as P
-from argent_client.paths import default_config_path, default_profiles_path, state_dir
+from argent_client.paths import (
+    default_config_path,
+    home_profiles_path,
+    runtime_socket_path,
+    state_dir,
+)
 
 from . import log as logmod
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
@@ -75,21 +80,27 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
 
 
 def profiles_path(opts: Options, config: Config) -> Path:
+    """--profiles, else $ARGENT_PROFILES, else `profiles` in the config, else the default."""
+    env = os.environ.get("ARGENT_PROFILES")
     if opts.profiles is not None:
         return opts.profiles
-    if os.environ.get("ARGENT_PROFILES") or config.profiles is None:
-        return default_profiles_path()
-    return Path(config.profiles).expanduser()
+    if env:
+        return Path(env).expanduser()
+    if config.profiles:
+        return Path(config.profiles).expanduser()
+    return home_profiles_path()
 
 
 def socket_path(opts: Options, config: Config) -> Path:
+    """--socket, else $ARGENT_SOCKET, else `socket` in the config, else the default."""
+    env = os.environ.get("ARGENT_SOCKET")
     if opts.socket is not None:
         return opts.socket
-    from argent_client.paths import default_socket_path
-
-    if os.environ.get("ARGENT_SOCKET") or config.socket is None:
-        return default_socket_path()
-    return Path(config.socket).expanduser()
+    if env:
+        return Path(env).expanduser()
+    if config.socket:
+        return Path(config.socket).expanduser()
+    return runtime_socket_path()
 
 
 class Daemon:

@@ -19,6 +19,9 @@ from argent_client.providers import (
     fingerprint,
     normalise_provider,
 )
+from argent_client.providers import (
+    auth_headers as provider_headers,
+)
 
 __all__ = [
     "PROVIDERS",
@@ -129,11 +132,4 @@ class ProfileSet:
 
 def auth_headers(profile: Profile) -> dict[str, str]:
     """The HTTP headers `profile`'s provider expects for its secret."""
-    token = profile.secret.reveal()
-    if profile.provider == "anthropic":
-        if profile.type == "api-key":
-            return {"x-api-key": token}
-        return {"Authorization": f"Bearer {token}", "anthropic-beta": "oauth-2025-04-20"}
-    if profile.provider == "google" and profile.type == "api-key":
-        return {"x-goog-api-key": token}
-    return {"Authorization": f"Bearer {token}"}
+    return provider_headers(profile.provider, profile.type, profile.secret.reveal())

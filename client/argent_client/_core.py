@@ -35,7 +35,7 @@ import msgspec
 
 from . import protocol as P
 from .classify import Failure, classify, headers_of, parse_limits, scrub
-from .providers import FALLBACK_ENV, normalise_provider
+from .providers import FALLBACK_ENV, auth_headers, normalise_provider
 
 log = logging.getLogger("argent_client")
 
@@ -255,17 +255,6 @@ def is_local(lease_id: str) -> bool:
     return lease_id.startswith(LOCAL_PREFIX)
 
 
-def fallback_headers(provider: str, type_: P.ProfileType, token: str) -> dict[str, str]:
-    """The HTTP headers a provider expects for `token` (as the daemon sends them)."""
-    if provider == "anthropic":
-        if type_ == "api-key":
-            return {"x-api-key": token}
-        return {"Authorization": f"Bearer {token}", "anthropic-beta": "oauth-2025-04-20"}
-    if provider == "google" and type_ == "api-key":
-        return {"x-goog-api-key": token}
-    return {"Authorization": f"Bearer {token}"}
-
-
 def env_lease(
     provider: str | None,
     model: str | None,
@@ -303,7 +292,7 @@ def env_lease(
             type=type_,
             token=token,
             label=f"environment ({var})",
-            headers=fallback_headers(provider, type_, token),
+            headers=auth_headers(provider, type_, token),
             expires_at=(time.time() if now is None else now) + (ttl or ENV_TTL),
             source="env",
             model=model,

@@ -15,7 +15,6 @@ import getpass
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
@@ -104,34 +103,18 @@ def _client(args: argparse.Namespace, *, timeout: float | None = 30.0, name: str
     return Client(_socket_path(args), timeout=timeout, client_name=name, fallback_env=False)
 
 
-def _config_value(key: str, env: str) -> Path | None:
-    """`key` of argentd.toml, the daemon's own fallback when `env` is unset.
-
-    The daemon's precedence is flag, environment, config, default; argentctl
-    follows it so both find the same socket and profiles file.
-    """
-    if os.environ.get(env):
-        return None
-    try:
-        with paths.default_config_path().open("rb") as fh:
-            value = tomllib.load(fh).get(key)
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return Path(value).expanduser() if isinstance(value, str) and value else None
-
-
 def _socket_path(args: argparse.Namespace) -> Path:
     socket = getattr(args, "socket", None)
     if socket:
         return Path(socket).expanduser()
-    return _config_value("socket", "ARGENT_SOCKET") or paths.default_socket_path()
+    return paths.default_socket_path()
 
 
 def _profiles_path(args: argparse.Namespace) -> Path:
     path = getattr(args, "profiles", None)
     if path:
         return Path(path).expanduser()
-    return _config_value("profiles", "ARGENT_PROFILES") or paths.default_profiles_path()
+    return paths.default_profiles_path()
 
 
 def _call(args: argparse.Namespace, fn: Callable[[Client], Any], *, name: str) -> Any:

@@ -91,6 +91,25 @@ def conflicting_vars(provider: str, type: ProfileType) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in every if v not in given))
 
 
+# ------------------------------------------------------------ headers
+
+
+def auth_headers(provider: str, type: ProfileType, token: str) -> dict[str, str]:
+    """The HTTP headers `provider` expects for a secret of `type`.
+
+    Anthropic: a setup token or OAuth access token goes as a bearer with the
+    OAuth beta header; an API key as `x-api-key` alone. Google API keys go as
+    `x-goog-api-key`; everyone else takes `Authorization: Bearer`.
+    """
+    if provider == "anthropic":
+        if type == "api-key":
+            return {"x-api-key": token}
+        return {"Authorization": f"Bearer {token}", "anthropic-beta": "oauth-2025-04-20"}
+    if provider == "google" and type == "api-key":
+        return {"x-goog-api-key": token}
+    return {"Authorization": f"Bearer {token}"}
+
+
 # ------------------------------------------------------------ token shapes
 
 TOKEN_SHAPES: Final[dict[tuple[str, ProfileType], tuple[str, ...]]] = {
