@@ -74,8 +74,9 @@ class Notifier:
                 log.warning("cannot reach NOTIFY_SOCKET; service notifications are off")
                 self.enabled = False
             else:
-                # A stuck receiver must not freeze the event loop.
-                sock.settimeout(1.0)
+                # A receiver that does not read must not freeze the event loop:
+                # when its queue is full the datagram is dropped instead.
+                sock.setblocking(False)
 
     def send(self, *assignments: str) -> None:
         """Send `assignments` (`"READY=1"`, ...) as one datagram."""

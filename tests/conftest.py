@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,8 +119,14 @@ class Daemon:
         }
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
-        self.notify.settimeout(15)
+        self.notify.settimeout(0.2)
+        # Read sd_notify datagrams as systemd does, all the time, so the
+        # daemon never finds the queue full.
         self.messages: list[str] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_notify, daemon=True)
+        self._reader.start()
         self.conns: list[RawConn] = []
 
     def write_profiles(self, data: object, mode: int = 0o600) -> None:
@@ -139,27 +146,42 @@ class Daemon:
         if wait:
             self.wait_message("READY=1")
 
-    def wait_message(self, text: str, timeout: float = 15.0) -> str:
-        """Block until the daemon sends an sd_notify datagram containing `text`."""
-        deadline = time.monotonic() + timeout
-        for msg in self.messages:
-            if text in msg:
-                self.messages.remove(msg)
-                return msg
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {text!r} from argentd; stderr:\n{self.stderr()}")
-            self.notify.settimeout(left)
+    def _read_notify(self) -> None:
+        while not self._closed:
             try:
                 msg = self.notify.recv(65536).decode()
             except TimeoutError:
                 continue
-            if text in msg:
-                return msg
-            self.messages.append(msg)
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"argentd exited {self.proc.returncode}:\n{self.stderr()}")
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append(msg)
+                self._cond.notify_all()
+
+    def wait_message(self, text: str, timeout: float = 15.0) -> str:
+        """Block until the daemon sends an sd_notify datagram containing `text`.
+
+        Each datagram is returned once: a later call waits for a later one.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for msg in self.messages:
+                    if text in msg:
+                        self.messages.remove(msg)
+                        return msg
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"argentd exited {self.proc.returncode}:\n{self.stderr()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {text!r} from argentd; stderr:\n{self.stderr()}")
+                self._cond.wait(min(left, 0.2))
+
+    def close_notify(self) -> None:
+        self._closed = True
+        self._reader.join(5)
+        self.notify.close()
 
     def connect(self) -> RawConn:
         conn = RawConn(self.socket)
@@ -223,7 +245,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         for c in d.conns:
             c.close()
         d.stop()
-        d.notify.close()
+        d.close_notify()
         d.check_no_secret_leaked()
     for s in sock_dirs:
         shutil.rmtree(s, ignore_errors=True)
