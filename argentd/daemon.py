@@ -32,7 +32,13 @@ from .model import ProfileSet
 from .profiles import ProfilesError, env_profiles, load_profiles
 from .reload import watch_files
 from .server import Server
-from .service import Notifier, adopt_systemd_socket, bind_unix_socket, peer_uid
+from .service import (
+    Notifier,
+    adopt_systemd_socket,
+    bind_unix_socket,
+    lock_socket,
+    peer_uid,
+)
 from .snapshot import decode_snapshot
 from .state import Saver, StateStore
 
@@ -181,9 +187,14 @@ class Daemon:
         sock_path = socket_path(self.opts, self.loaded.config)
         adopted = adopt_systemd_socket()
         bound = None
+        lock = None
         if adopted is not None:
             listener = adopted
-            log.info("serving on a socket passed by systemd")
+            name = adopted.getsockname()
+            if isinstance(name, str) and name.startswith("/"):
+                # A daemon started by hand on this path must see it taken.
+                lock = lock_socket(Path(name))
+            log.info("serving on a socket passed by systemd (%s)", name or "unnamed")
         else:
             bound = bind_unix_socket(sock_path)
             listener = bound.sock
@@ -209,11 +220,13 @@ class Daemon:
         finally:
             stop.set()
             with trio.CancelScope(shield=True):
-                await self.saver.flush()
+                await self.saver.save_now()
             if bound is None:
                 listener.close()
             else:
                 bound.close()
+            if lock is not None:
+                lock.close()
             log.info("stopped")
 
     async def _file_changed(self) -> None:

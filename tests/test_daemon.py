@@ -186,6 +186,11 @@ def test_daemon_socket_activation(daemon_factory: Any, tmp_path: Path) -> None:
     assert conn.call("hello")["server"] == "argentd"
     conn.close()
     assert not d.socket.exists()  # it adopted the socket instead of binding its own
+    # It holds the socket's lock too: a daemon started by hand on it is refused.
+    second = subprocess.run([sys.executable, "-m", "argentd.main"],
+                            env={**d.env, "ARGENT_SOCKET": str(path)},
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 3, second.stderr
 
 
 def test_daemon_corrupt_state_moved_aside(daemon_factory: Any) -> None:
