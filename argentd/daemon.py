@@ -38,6 +38,7 @@ from .service import (
     bind_unix_socket,
     lock_socket,
     peer_uid,
+    raise_fd_limit,
 )
 from .snapshot import decode_snapshot
 from .state import Saver, StateStore
@@ -185,6 +186,7 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = socket_path(self.opts, self.loaded.config)
+        raise_fd_limit()  # one descriptor per agent: don't stop at the default 1024
         adopted = adopt_systemd_socket()
         bound = None
         lock = None

@@ -10,6 +10,8 @@
 - `adopt_systemd_socket`: the listening socket systemd passed as fd 3.
 - `peer_uid`: the uid at the other end of a connection (SO_PEERCRED /
   LOCAL_PEERCRED).
+- `raise_fd_limit`: lifts the soft open-files limit to the hard one, so a
+  crowd of agents does not run the daemon out of descriptors.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import socket
 import stat
 import struct
@@ -41,11 +44,18 @@ __all__ = [
     "bind_unix_socket",
     "lock_socket",
     "peer_uid",
+    "raise_fd_limit",
 ]
 
 log = logging.getLogger("argentd.service")
 
-BACKLOG: Final = 512
+BACKLOG: Final = max(socket.SOMAXCONN, 4096)
+"""The kernel caps it at its own maximum (`net.core.somaxconn`, 4096 on current
+Linux). A client that connects with a timeout gets EAGAIN, not a wait, when
+the backlog is full, so a burst of agents must fit in it."""
+FD_LIMIT_CAP: Final = 65536
+"""`raise_fd_limit` goes no higher: far more than any user's agents need, and
+below the limits macOS refuses (`kern.maxfilesperproc`)."""
 SD_LISTEN_FDS_START: Final = 3
 _SUN_PATH_MAX: Final = 104 if sys.platform == "darwin" else 108
 """Bytes in `sockaddr_un.sun_path`, the terminating NUL included."""
@@ -323,7 +333,7 @@ def bind_unix_socket(path: Path) -> BoundSocket:
 
     Creates the folder 0700 (tightens an existing folder of ours to 0700),
     locks `<path>.lock`, replaces a stale socket file, binds under
-    `umask(0o177)` so the socket is born 0600, and listens (backlog 512).
+    `umask(0o177)` so the socket is born 0600, and listens (`BACKLOG`).
     `umask` is process-wide: call this before starting other threads that
     create files. Raises `AlreadyRunning` when another daemon serves `path`,
     `UnsafeSocketFolder` / `OSError` when it cannot be set up (the message
@@ -402,6 +412,30 @@ def adopt_systemd_socket() -> socket.socket | None:
     if accepting is not None and not sock.getsockopt(socket.SOL_SOCKET, accepting):
         sock.listen(BACKLOG)
     return sock
+
+
+def raise_fd_limit(want: int = FD_LIMIT_CAP) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (at most `want`).
+
+    Every connection costs the daemon a descriptor and the usual default
+    soft limit (1024) is below what a busy machine's agents can open at
+    once; the hard limit is what the admin allows. Never lowers the limit,
+    never raises; returns the soft limit in force afterwards.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return -1
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.debug("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+            return soft
+        log.debug("raised the open-files limit from %d to %d", soft, target)
+        return target
+    return soft
 
 
 class _HasSockopt(Protocol):
