@@ -244,3 +244,24 @@ def test_server_env_fallback_profile(daemon_factory: Any) -> None:
     assert lease["profile"] == "openrouter:env"
     assert lease["source"] == "env"
     assert lease["token"] == key
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_server_other_uid_refused(daemon: Daemon) -> None:
+    # Open the folder and socket up so that only the peer-uid check stands in the way.
+    os.chmod(daemon.socket.parent, 0o755)
+    os.chmod(daemon.socket, 0o666)
+    code = (
+        "import os, socket, sys; os.setgid(65534); os.setuid(65534);"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+        "print(s.makefile().readline())"  # refused at once, before any request
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, str(daemon.socket)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout)
+    assert error_code(reply) == (-32006, "permission_denied")
+    assert daemon.call("hello")["server"] == "argentd"
