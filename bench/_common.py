@@ -296,3 +296,10 @@ def report(result: dict[str, Any], human: str) -> None:
     """Print `human` on stderr and `result` as one JSON line, last, on stdout."""
     print(human, file=sys.stderr, flush=True)
     print(json.dumps(result, sort_keys=False), flush=True)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds `pid` has used so far, from /proc (Linux only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick

@@ -58,6 +58,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Proc,
+    cpu_seconds,
     latency_summary,
     machine,
     make_profiles,
@@ -103,6 +104,7 @@ class Spec:
     driver: str  # "client" (blocking API, a thread per connection) or "raw" (selectors)
     seconds: float
     sha: str = ""
+    cpus: frozenset[int] | None = None
 
 
 @dataclass
@@ -361,6 +363,8 @@ def _raw_worker(spec: Spec, barrier: Any) -> Outcome:
 
 def _worker(spec: Spec, barrier: Any, results: Any) -> None:
     try:
+        if spec.cpus is not None:
+            os.sched_setaffinity(0, spec.cpus)
         if spec.driver == "raw":
             outcome = _raw_worker(spec, barrier)
         else:
@@ -376,12 +380,16 @@ def _worker(spec: Spec, barrier: Any, results: Any) -> None:
 
 
 def run_mode(kind: str, sock: str, mode: str, seconds: float, driver: str,
-             sha: str = "") -> dict[str, Any]:
-    """Drive one mode against one server; returns pairs/s and request latencies."""
+             sha: str = "", cpus: frozenset[int] | None = None) -> dict[str, Any]:
+    """Drive one mode against one server; returns pairs/s and request latencies.
+
+    `cpus` pins the load-generating processes to those CPUs.
+    """
     procs, conns = MODES[mode]
     if conns == 1:
         driver = "client"
-    spec = Spec(kind=kind, socket=sock, conns=conns, driver=driver, seconds=seconds, sha=sha)
+    spec = Spec(kind=kind, socket=sock, conns=conns, driver=driver, seconds=seconds, sha=sha,
+                cpus=cpus)
     ctx = mp.get_context("fork")
     parties = procs if driver == "raw" else procs * conns
     barrier = ctx.Barrier(parties)
@@ -464,7 +472,22 @@ def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int) -
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     time.sleep(1.0)  # py-spy attaches before the load starts
-    figures = run_mode("jsonrpc", sock, "conns64", seconds, driver)
+    # On a shared core the clients a reply wakes preempt the daemon inside its
+    # send(), and py-spy counts a preempted (runnable) thread as busy: pin the
+    # daemon to CPU 0 and the load to the others so the samples show its CPU.
+    all_cpus = os.sched_getaffinity(pid)
+    pinned = len(all_cpus) > 1
+    if pinned:
+        first = min(all_cpus)
+        os.sched_setaffinity(pid, {first})
+        load_cpus: frozenset[int] | None = frozenset(all_cpus - {first})
+    else:
+        load_cpus = None
+    try:
+        figures = run_mode("jsonrpc", sock, "conns64", seconds, driver, cpus=load_cpus)
+    finally:
+        if pinned:
+            os.sched_setaffinity(pid, all_cpus)
     _, err = spy.communicate(timeout=60)
     if spy.returncode != 0 or not raw.exists():
         return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
@@ -489,7 +512,7 @@ def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int) -
     def pct(c: Counter[str]) -> list[list[Any]]:
         return [[f, round(100 * n / samples, 1)] for f, n in c.most_common(top)]
 
-    return {"samples": samples, "rate_hz": 200, "load": figures,
+    return {"samples": samples, "rate_hz": 200, "load": figures, "pinned": pinned,
             "self": pct(self_counts), "total": pct(total_counts)}
 
 
@@ -547,8 +570,17 @@ def main(argv: list[str] | None = None) -> int:
             figures[target] = {}
             for mode in modes:
                 print(f"{target} {mode} ...", file=sys.stderr, flush=True)
-                figures[target][mode] = run_mode(kind, str(proc.socket), mode, opts.seconds,
-                                                 opts.conn_driver, sha)
+                before = cpu_seconds(proc.pid)
+                f = run_mode(kind, str(proc.socket), mode, opts.seconds, opts.conn_driver, sha)
+                after = cpu_seconds(proc.pid)
+                # Server CPU per pair: steadier than pairs/s on a shared machine.
+                user, system = after[0] - before[0], after[1] - before[1]
+                f["server_cpu_us_per_pair"] = {
+                    "user": round(user * 1e6 / f["pairs"], 1),
+                    "system": round(system * 1e6 / f["pairs"], 1),
+                }
+                f["server_cpu_share"] = round((user + system) / f["seconds"], 2)
+                figures[target][mode] = f
             if opts.profile and target == "argentd":
                 print("argentd conns64 under py-spy ...", file=sys.stderr, flush=True)
                 result["profile"] = profile_daemon(proc.pid, str(proc.socket), opts.seconds,
@@ -592,8 +624,11 @@ def human(result: dict[str, Any]) -> str:
     rows = []
     for target, modes in result["results"].items():
         for mode, f in modes.items():
-            rows.append([target, mode, f["driver"], f["pairs_per_s"], f["p50_us"], f["p99_us"]])
-    parts = [table(["target", "mode", "driver", "pairs/s", "p50 us", "p99 us"], rows)]
+            cpu = f["server_cpu_us_per_pair"]
+            rows.append([target, mode, f["driver"], f["pairs_per_s"], f["p50_us"], f["p99_us"],
+                         f"{cpu['user']}+{cpu['system']}", f["server_cpu_share"]])
+    parts = [table(["target", "mode", "driver", "pairs/s", "p50 us", "p99 us",
+                    "srv cpu us/pair (usr+sys)", "srv cores"], rows)]
     ratio_rows = [[mode, name, v]
                   for mode, rs in result["ratios"].items() for name, v in rs.items()]
     if ratio_rows:
