@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from argent_client.protocol import Limits
-from argentd.budget import MAX_HORIZON, Budget, Bucket
+
+from argentd.budget import MAX_HORIZON, Bucket, Budget
 
 
 def test_bucket_refill_is_linear_and_capped() -> None:
