@@ -64,6 +64,7 @@ from _common import (
     make_profiles,
     ratio,
     report,
+    rss_mb,
     table,
 )
 
@@ -581,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 f["server_cpu_share"] = round((user + system) / f["seconds"], 2)
                 figures[target][mode] = f
+            result.setdefault("server_rss_mb", {})[target] = round(rss_mb(proc.pid), 1)
             if opts.profile and target == "argentd":
                 print("argentd conns64 under py-spy ...", file=sys.stderr, flush=True)
                 result["profile"] = profile_daemon(proc.pid, str(proc.socket), opts.seconds,
