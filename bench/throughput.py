@@ -553,40 +553,39 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": {},
     }
     figures: dict[str, dict[str, Any]] = result["results"]
-    for target in targets:
-        if target == "redis" and (why := redis_available()) is not None:
-            result["skipped"]["redis"] = why
-            print(f"skipping redis: {why}", file=sys.stderr)
-            continue
-        with Proc(target) as proc:
-            sha = ""
+    servers: dict[str, tuple[Proc, str]] = {}
+    try:
+        for target in targets:
+            if target == "redis" and (why := redis_available()) is not None:
+                result["skipped"]["redis"] = why
+                print(f"skipping redis: {why}", file=sys.stderr)
+                continue
+            proc = Proc(target)
+            servers[target] = (proc, "")
             if target == "argentd":
                 proc.start_argentd(make_profiles(opts.profiles, [PROVIDER]))
             elif target == "redis":
                 proc.start_redis()
-                sha = setup_redis(str(proc.socket), opts.profiles)
+                servers[target] = (proc, setup_redis(str(proc.socket), opts.profiles))
             else:
                 proc.start_floor("raw" if target == "floor" else "streams")
-            kind = "redis" if target == "redis" else "jsonrpc"
             figures[target] = {}
-            for mode in modes:
-                print(f"{target} {mode} ...", file=sys.stderr, flush=True)
-                before = cpu_seconds(proc.pid)
-                f = run_mode(kind, str(proc.socket), mode, opts.seconds, opts.conn_driver, sha)
-                after = cpu_seconds(proc.pid)
-                # Server CPU per pair: steadier than pairs/s on a shared machine.
-                user, system = after[0] - before[0], after[1] - before[1]
-                f["server_cpu_us_per_pair"] = {
-                    "user": round(user * 1e6 / f["pairs"], 1),
-                    "system": round(system * 1e6 / f["pairs"], 1),
-                }
-                f["server_cpu_share"] = round((user + system) / f["seconds"], 2)
-                figures[target][mode] = f
+        # Mode by mode, every server in turn: machine noise then hits the
+        # figures a ratio compares at about the same time.
+        for mode in modes:
+            for target, (proc, sha) in servers.items():
+                print(f"{mode} {target} ...", file=sys.stderr, flush=True)
+                figures[target][mode] = measure(proc, target, mode, opts, sha)
+        for target, (proc, _) in servers.items():
             result.setdefault("server_rss_mb", {})[target] = round(rss_mb(proc.pid), 1)
-            if opts.profile and target == "argentd":
-                print("argentd conns64 under py-spy ...", file=sys.stderr, flush=True)
-                result["profile"] = profile_daemon(proc.pid, str(proc.socket), opts.seconds,
-                                                   opts.conn_driver, opts.top)
+        if opts.profile and "argentd" in servers:
+            print("argentd conns64 under py-spy ...", file=sys.stderr, flush=True)
+            proc = servers["argentd"][0]
+            result["profile"] = profile_daemon(proc.pid, str(proc.socket), opts.seconds,
+                                               opts.conn_driver, opts.top)
+    finally:
+        for proc, _ in servers.values():
+            proc.stop()
 
     ratios: dict[str, dict[str, float | None]] = {}
     for mode in modes:
@@ -599,6 +598,23 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = check_targets(figures)
     report(result, human(result))
     return 0
+
+
+def measure(proc: Proc, target: str, mode: str, opts: argparse.Namespace,
+            sha: str) -> dict[str, Any]:
+    """`run_mode` against `proc`, plus the server's CPU time per pair."""
+    kind = "redis" if target == "redis" else "jsonrpc"
+    before = cpu_seconds(proc.pid)
+    f = run_mode(kind, str(proc.socket), mode, opts.seconds, opts.conn_driver, sha)
+    after = cpu_seconds(proc.pid)
+    # Server CPU per pair: steadier than pairs/s on a shared machine.
+    user, system = after[0] - before[0], after[1] - before[1]
+    f["server_cpu_us_per_pair"] = {
+        "user": round(user * 1e6 / f["pairs"], 1),
+        "system": round(system * 1e6 / f["pairs"], 1),
+    }
+    f["server_cpu_share"] = round((user + system) / f["seconds"], 2)
+    return f
 
 
 def check_targets(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
