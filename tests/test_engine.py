@@ -866,6 +866,14 @@ def test_session_moves_when_profile_stops_being_ready() -> None:
     assert pick(e, T0 + 100, provider="anthropic", session="s1") == moved
 
 
+def test_session_moves_off_a_removed_profile() -> None:
+    e = make(prof("anthropic:a"), prof("anthropic:b"))
+    held = lease(e, T0, provider="anthropic", session="s1")
+    assert held.profile == "anthropic:a"
+    reload(e, prof("anthropic:b"), now=T0 + 1)  # a is removed, its lease still runs
+    assert lease(e, T0 + 2, provider="anthropic", session="s1").profile == "anthropic:b"
+
+
 def test_session_forgotten_after_idle_hour() -> None:
     e = make(prof("anthropic:a"), prof("anthropic:b"))
     assert pick(e, T0, provider="anthropic", session="s1") == "anthropic:a"
