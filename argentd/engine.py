@@ -522,7 +522,15 @@ class Engine:
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
         lease.expires_at = now + ttl
         heapq.heappush(self._lease_heap, (lease.expires_at, lease.id))
+        self._touch_session(lease, now)
         return lease.expires_at
+
+    def _touch_session(self, lease: Lease, now: float) -> None:
+        """A session that still uses its profile is not idle (its prompt cache is warm)."""
+        if lease.session is not None:
+            held = self._sessions.get(lease.session)
+            if held is not None and held[0] == lease.profile_id:
+                self._sessions[lease.session] = (lease.profile_id, now)
 
     def _lease(self, lease_id: str) -> Lease:
         lease = self._leases.get(lease_id)
@@ -548,6 +556,7 @@ class Engine:
         if usage is not None:
             ks.input_tokens += usage.input_tokens or 0
             ks.output_tokens += usage.output_tokens or 0
+        self._touch_session(lease, now)
         self._end_lease(lease)
         self._outbox.changed = True
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
