@@ -888,6 +888,18 @@ def test_session_forgotten_after_idle_hour() -> None:
     assert pick(e, T0 + 3 * HOUR, provider="anthropic", session="s1") == "anthropic:a"
 
 
+def test_session_idle_hour_counts_from_its_last_use() -> None:
+    e = make(prof("anthropic:a"), prof("anthropic:b"))
+    held = lease(e, T0, provider="anthropic", session="s1", ttl=HOUR)
+    assert held.profile == "anthropic:a"
+    e.renew(held.lease_id, HOUR, now=T0 + 50 * MIN)
+    e.release(held.lease_id, now=T0 + 90 * MIN)
+    assert pick(e, T0 + 90 * MIN, provider="anthropic") == "anthropic:b"
+    assert pick(e, T0 + 90 * MIN, provider="anthropic") == "anthropic:a"
+    # b is the least recently leased now; 2 h after the grant but 50 min after the release: still the same profile
+    assert pick(e, T0 + 140 * MIN, provider="anthropic", session="s1") == "anthropic:a"
+
+
 def test_session_idle_affinity_not_used() -> None:
     e = make(prof("anthropic:a"), prof("anthropic:b"))
     assert pick(e, T0, provider="anthropic", session="s1") == "anthropic:a"
