@@ -117,6 +117,8 @@ class Lease:
     """Index into the route's targets this lease was granted for."""
     params: LeaseParams
     """The request it answered: a failover asks again with the same ttl and model."""
+    key: str
+    """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
 
 
 @dataclass(slots=True)
@@ -414,6 +416,7 @@ class Engine:
             route=route,
             target=target,
             params=params,
+            key=p.secret.key,
         )
         self._leases[lease.id] = lease
         heapq.heappush(self._lease_heap, (lease.expires_at, lease.id))
@@ -550,12 +553,14 @@ class Engine:
         self._tick(now)
         lease = self._lease(lease_id)
         # Before _end_lease: ending the last lease of a removed profile drops its key state.
-        ks = self._keys[self._slots[lease.profile_id].profile.secret.key]
-        ks.streak.clear()
-        ks.error_count = 0
-        if usage is not None:
-            ks.input_tokens += usage.input_tokens or 0
-            ks.output_tokens += usage.output_tokens or 0
+        # A secret a reload replaced (and no profile holds any more) has no state left.
+        ks = self._keys.get(lease.key)
+        if ks is not None:
+            ks.streak.clear()
+            ks.error_count = 0
+            if usage is not None:
+                ks.input_tokens += usage.input_tokens or 0
+                ks.output_tokens += usage.output_tokens or 0
         self._touch_session(lease, now)
         self._end_lease(lease)
         self._outbox.changed = True
@@ -608,7 +613,10 @@ class Engine:
         # (a subscription's 5-hour cap is account-wide), and route leases always
         # carry one.
         model = params.model
-        self._apply_failure(slot.profile, params, model, now)
+        # A lease's failure is about the secret it handed out, which a reload may
+        # have replaced since: the new secret must not pay for it.
+        self._apply_failure(slot.profile, lease.key if lease else slot.profile.secret.key,
+                            params, model, now)
         result = ReportResult(
             profile_state=self.state_of(profile_id, now),
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
@@ -621,17 +629,19 @@ class Engine:
         return result
 
     def _apply_failure(
-        self, p: Profile, params: ReportParams, model: str | None, now: float
+        self, p: Profile, key: str, params: ReportParams, model: str | None, now: float
     ) -> None:
-        ks = self._keys[p.secret.key]
         kind: FailureKind = params.kind
+        self._count(f"failures:{kind}")
+        self._emit("failure", now, profile=p.id, lease_id=params.lease_id, kind=kind,
+                   provider=p.provider, model=model)
+        ks = self._keys.get(key)
+        if ks is None:
+            return  # a replaced secret no profile holds any more
         ks.error_count += 1
         ks.failures += 1
         ks.last_error = kind if params.status is None else f"{kind} ({params.status})"
-        self._count(f"failures:{kind}")
         self._outbox.changed = True
-        self._emit("failure", now, profile=p.id, lease_id=params.lease_id, kind=kind,
-                   provider=p.provider, model=model)
         effect = EFFECTS[kind]
         if effect == "invalid":
             ks.invalid = True
@@ -655,7 +665,7 @@ class Engine:
         else:
             ks.cooldown_until = until
             ks.cooldown_kind = kind
-        heapq.heappush(self._cool_heap, (until, p.secret.key, model or ""))
+        heapq.heappush(self._cool_heap, (until, key, model or ""))
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
 
