@@ -896,7 +896,8 @@ def test_session_idle_hour_counts_from_its_last_use() -> None:
     e.release(held.lease_id, now=T0 + 90 * MIN)
     assert pick(e, T0 + 90 * MIN, provider="anthropic") == "anthropic:b"
     assert pick(e, T0 + 90 * MIN, provider="anthropic") == "anthropic:a"
-    # b is the least recently leased now; 2 h after the grant but 50 min after the release: still the same profile
+    # b is the least recently leased now; 2 h after the grant but 50 min after
+    # the release: still the same profile
     assert pick(e, T0 + 140 * MIN, provider="anthropic", session="s1") == "anthropic:a"
 
 
@@ -1158,6 +1159,38 @@ def test_reload_re_added_profile_keeps_state() -> None:
     assert e.state_of("anthropic:a", T0 + 2) == "cooldown"
     e.release(held.lease_id, now=T0 + 3)
     assert [p.id for p in e.profiles()] == ["anthropic:a"]
+
+
+def test_reload_failure_of_a_lease_on_the_replaced_secret_spares_the_new_one() -> None:
+    # The user replaced a revoked token while an agent still held a lease on it:
+    # the agent's 401 is about the old token, not the new one.
+    e = make(prof("anthropic:a"))
+    old = lease(e, provider="anthropic")
+    reload(e, prof("anthropic:a", tag="fixed"), now=T0 + 1)
+    r = e.report(ReportParams(kind="auth", lease_id=old.lease_id), conn=1, now=T0 + 2)
+    assert r.profile_state == "ready"
+    assert [ev.type for ev in events(e) if ev.at == T0 + 2] == ["failure"]
+    old2 = lease(e, T0 + 3, provider="anthropic")
+    reload(e, prof("anthropic:a", tag="fixed-again"), now=T0 + 4)
+    report(e, T0 + 5, "rate_limit", lease_id=old2.lease_id)
+    assert e.state_of("anthropic:a", T0 + 5) == "ready"
+    old3 = lease(e, T0 + 6, provider="anthropic")
+    report(e, T0 + 6, "rate_limit", profile="anthropic:a")
+    reload(e, prof("anthropic:a", tag="fresh"), now=T0 + 7)
+    report(e, T0 + 8, "rate_limit", profile="anthropic:a")  # a new streak: 60 s
+    e.release(old3.lease_id, now=T0 + 9)  # a success with the old token says nothing
+    assert e.key_state("anthropic:a").error_count == 1
+    assert lease(e, T0 + 68, provider="anthropic").token == SECRETS["fresh"]
+
+
+def test_reload_failure_on_a_replaced_secret_still_shared_cools_it() -> None:
+    e = make(prof("anthropic:a", tag="shared"), prof("anthropic:b", tag="shared"))
+    old = lease(e, provider="anthropic")
+    assert old.profile == "anthropic:a"
+    reload(e, prof("anthropic:a", tag="new"), prof("anthropic:b", tag="shared"), now=T0 + 1)
+    report(e, T0 + 2, "rate_limit", lease_id=old.lease_id)
+    assert e.state_of("anthropic:b", T0 + 2) == "cooldown"  # b still holds that secret
+    assert e.state_of("anthropic:a", T0 + 2) == "ready"
 
 
 def test_reload_shared_secret_shares_cooldown() -> None:

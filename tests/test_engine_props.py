@@ -355,19 +355,22 @@ class EngineMachine(RuleBasedStateMachine):
         params = ReportParams(kind=kind, lease_id=lid, profile=by_profile,  # type: ignore[arg-type]
                               model=model, retry_after=retry_after, failover=failover)
         try:
-            pid = by_profile or next(
-                (le.profile_id for le in self.e.leases() if le.id == lid), None)
-            key = self.e.profile(pid).secret.key if pid else None
+            held = next((le for le in self.e.leases() if le.id == lid), None)
+            pid = by_profile or (held.profile_id if held else None)
+            current = self.e.profile(pid).secret.key if pid else None
+            # A lease's failure blames the secret it handed out, which a reload
+            # may have replaced since.
+            blamed = held.key if held else current
             result = self.e.report(params, conn=conn, now=self.now)
         except ArgentError as exc:
             self.drain()
             self.note_error(exc)
             return
-        assert key is not None
+        assert blamed is not None and current is not None
         if kind == "auth":
-            self.invalid_keys.add(key)
+            self.invalid_keys.add(blamed)
         if model is None and result.cooldown_until is not None:
-            self.cooling[key] = max(self.cooling.get(key, 0.0), result.cooldown_until)
+            self.cooling[current] = max(self.cooling.get(current, 0.0), result.cooldown_until)
         if result.cooldown_until is not None:
             assert result.cooldown_until <= self.now + 7 * 86400
         if lid is not None:
