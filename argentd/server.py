@@ -16,6 +16,7 @@ served waiter and an event never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,6 +36,8 @@ from .views import metrics, status
 
 log = logging.getLogger("argentd")
 
+GONE: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+"""What a read or write raises when the peer has gone (or we closed it)."""
 RECV_SIZE: Final = 65536
 EVENT_QUEUE: Final = 1024
 """A subscriber that falls this many events behind is disconnected."""
@@ -60,6 +63,8 @@ class Conn:
     async def recv(self) -> bytes:
         """The next bytes from the peer (b"" at EOF)."""
         while True:
+            if self.closed:
+                raise trio.ClosedResourceError("connection closed")
             await trio.lowlevel.wait_readable(self.sock)
             try:
                 return self.sock.recv(RECV_SIZE)
@@ -68,6 +73,8 @@ class Conn:
 
     async def send(self, data: bytes) -> None:
         """Write all of `data`; raises OSError if the peer is gone."""
+        if self.closed:
+            raise trio.ClosedResourceError("connection closed")
         if not self.lock.locked():
             try:
                 n = self.sock.send(data)
@@ -80,6 +87,8 @@ class Conn:
         async with self.lock:
             view = memoryview(data)
             while view:
+                if self.closed:
+                    raise trio.ClosedResourceError("connection closed")
                 await trio.lowlevel.wait_writable(self.sock)
                 try:
                     n = self.sock.send(view)
@@ -193,6 +202,7 @@ class Server:
                     except trio.WouldBlock:
                         log.warning("subscriber %d fell behind; disconnecting it", conn.id)
                         self._drop_subscriber(conn)
+                        conn.close()  # wakes its pump and reader: the connection ends
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         self._drop_subscriber(conn)
         if out.changed:
@@ -234,10 +244,11 @@ class Server:
                     await conn.send(P.encode_error(None, err))
                     return
             async with trio.open_nursery() as nursery:
-                await self._read_loop(conn, nursery)
+                with contextlib.suppress(*GONE):
+                    await self._read_loop(conn, nursery)
                 nursery.cancel_scope.cancel()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer went away; nothing to tell it
+        except GONE:
+            pass  # the peer went away before we said anything
         except Exception:
             log.exception("connection %d failed", conn.id)
         finally:
@@ -367,9 +378,9 @@ class Server:
             return
         result = box[0]
         if isinstance(result, P.ArgentError):
-            await conn.send(P.encode_error(rid, result))
+            await self._send_quietly(conn, P.encode_error(rid, result))
         else:
-            await conn.send(P.encode_result(rid, result))
+            await self._send_quietly(conn, P.encode_result(rid, result))
 
     def _renew(self, conn: Conn, params: P.RenewParams) -> msgspec.Struct:
         return P.RenewResult(self.engine.renew(params.lease_id, params.ttl, now=self.clock()))
@@ -409,7 +420,14 @@ class Server:
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
         result = await self._reload("reload method")
         if not notify:
-            await conn.send(P.encode_result(rid, result))
+            await self._send_quietly(conn, P.encode_result(rid, result))
+
+    async def _send_quietly(self, conn: Conn, data: bytes) -> None:
+        """Send from a task beside the reader: a vanished peer closes the connection."""
+        try:
+            await conn.send(data)
+        except GONE:
+            conn.close()
 
     # ------------------------------------------------------------ events
 
@@ -424,9 +442,9 @@ class Server:
     async def _pump_events(self, conn: Conn, recv: trio.MemoryReceiveChannel[bytes]) -> None:
         async with recv:
             async for line in recv:
-                await conn.send(line)
-        # The channel closed: this subscriber was dropped for falling behind.
-        conn.close()
+                await self._send_quietly(conn, line)
+                if conn.closed:
+                    return
 
     def _drop_subscriber(self, conn: Conn) -> None:
         if self._subscribers.pop(conn.id, None) is not None and conn.events is not None:

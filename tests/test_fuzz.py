@@ -351,9 +351,6 @@ def lines_of(values: list[Any]) -> bytes:
 # ---------------------------------------------------------------- the tests
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocol.decode_request: a JSON scalar or `[` followed by garbage is not JSON "
-    "but is answered invalid_request (-32600) instead of parse_error (-32700)"))
 @pytest.mark.parametrize("line", [b"0\x00", b"[1", b'"x" y'])
 def test_fuzz_garbage_after_json_prefix_is_parse_error(fuzzed: Daemon, line: bytes) -> None:
     conn = RawConn(fuzzed.socket)

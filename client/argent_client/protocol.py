@@ -488,6 +488,12 @@ def decode_request(line: bytes) -> Request:
     try:
         req = _request_decoder.decode(line)
     except msgspec.ValidationError as exc:
+        # The typed decoder stops at the first wrong type; only a full parse
+        # tells "not JSON at all" (-32700) from "JSON, but not a request".
+        try:
+            msgspec.json.decode(line)
+        except msgspec.DecodeError as parse_exc:
+            raise ParseError(f"parse error: {parse_exc}") from None
         if line.lstrip().startswith(b"["):
             raise InvalidRequest("batch requests are not supported") from None
         raise InvalidRequest(f"invalid request: {exc}") from None
