@@ -38,6 +38,7 @@ import argparse
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import resource
 import selectors
 import shutil
 import socket
@@ -395,6 +396,7 @@ def run_mode(kind: str, sock: str, mode: str, seconds: float, driver: str,
     parties = procs if driver == "raw" else procs * conns
     barrier = ctx.Barrier(parties)
     results = ctx.Queue()
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     workers = [ctx.Process(target=_worker, args=(spec, barrier, results), daemon=True)
                for _ in range(procs)]
     for w in workers:
@@ -413,6 +415,10 @@ def run_mode(kind: str, sock: str, mode: str, seconds: float, driver: str,
     errors = [o.error for o in outcomes if o.error]
     if errors:
         raise RuntimeError(f"{mode}: {errors[0]}")
+    # Reaped workers only (the servers are reaped at stop): the load's own CPU.
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (usage_after.ru_utime - usage_before.ru_utime
+                  + usage_after.ru_stime - usage_before.ru_stime)
     window = max(o.end for o in outcomes) - min(o.start for o in outcomes)
     pairs = sum(o.pairs for o in outcomes)
     lat = array("q")
@@ -423,6 +429,7 @@ def run_mode(kind: str, sock: str, mode: str, seconds: float, driver: str,
         "pairs": pairs,
         "seconds": round(window, 3),
         "driver": "raw" if driver == "raw" else ("redis-py" if kind == "redis" else "Client"),
+        "client_cpu_us_per_pair": round(client_cpu * 1e6 / max(pairs, 1), 1),
         **latency_summary(lat),
     }
 
@@ -455,12 +462,17 @@ def redis_available() -> str | None:
 # ---------------------------------------------------------------- profiling
 
 
-def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int) -> dict[str, Any]:
-    """Run conns64 against argentd under `py-spy record`; returns the hottest frames.
+def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int, *,
+                   pin: bool, gil: bool) -> dict[str, Any]:
+    """Run conns64 against argentd under `py-spy record`; returns the hottest functions.
 
-    `self` counts samples where a function is the leaf; `total` counts
-    samples where it is anywhere on the stack (once per sample). Percentages
-    are of the samples in which the daemon was running (py-spy skips idle).
+    py-spy counts a runnable thread as busy, so on a shared core the time
+    the daemon sits preempted (a reply's send() wakes a client that takes
+    the core) shows up in send(). `pin` puts the daemon on the first CPU
+    and the load on the others (good on a quiet machine, bad when other
+    work shares that CPU); `gil` keeps only samples holding the GIL, i.e.
+    Python work without the system calls (see the server CPU columns for
+    those). See `summarise_profile` for the figures.
     """
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
@@ -469,15 +481,12 @@ def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int) -
     raw = out_dir / "argentd.txt"
     spy = subprocess.Popen(
         [exe, "record", "-p", str(pid), "-d", str(int(seconds + 2)), "-r", "200", "-f", "raw",
-         "-o", str(raw)],
+         "-o", str(raw), *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     time.sleep(1.0)  # py-spy attaches before the load starts
-    # On a shared core the clients a reply wakes preempt the daemon inside its
-    # send(), and py-spy counts a preempted (runnable) thread as busy: pin the
-    # daemon to CPU 0 and the load to the others so the samples show its CPU.
     all_cpus = os.sched_getaffinity(pid)
-    pinned = len(all_cpus) > 1
+    pinned = pin and len(all_cpus) > 1
     if pinned:
         first = min(all_cpus)
         os.sched_setaffinity(pid, {first})
@@ -494,7 +503,7 @@ def profile_daemon(pid: int, sock: str, seconds: float, driver: str, top: int) -
         return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
     result = summarise_profile(raw.read_text(), top)
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"rate_hz": 200, "load": figures, "pinned": pinned, **result}
+    return {"rate_hz": 200, "load": figures, "pinned": pinned, "gil_only": gil, **result}
 
 
 def _function(frame: str) -> str:
@@ -558,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="afterwards, run conns64 on argentd under py-spy and print hot frames")
     parser.add_argument("--top", type=int, default=20, help="hot frames to print (20)")
+    parser.add_argument("--pin", action="store_true",
+                        help="with --profile: daemon on the first CPU, load on the others")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --profile: only samples holding the GIL (Python work)")
     opts = parser.parse_args(argv)
     modes = [m for m in opts.modes.split(",") if m]
     targets = [t for t in opts.targets.split(",") if t]
@@ -606,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             print("argentd conns64 under py-spy ...", file=sys.stderr, flush=True)
             proc = servers["argentd"][0]
             result["profile"] = profile_daemon(proc.pid, str(proc.socket), opts.seconds,
-                                               opts.conn_driver, opts.top)
+                                               opts.conn_driver, opts.top, pin=opts.pin,
+                                               gil=opts.gil)
     finally:
         for proc, _ in servers.values():
             proc.stop()
@@ -668,9 +682,10 @@ def human(result: dict[str, Any]) -> str:
         for mode, f in modes.items():
             cpu = f["server_cpu_us_per_pair"]
             rows.append([target, mode, f["driver"], f["pairs_per_s"], f["p50_us"], f["p99_us"],
-                         f"{cpu['user']}+{cpu['system']}", f["server_cpu_share"]])
+                         f"{cpu['user']}+{cpu['system']}", f["server_cpu_share"],
+                         f["client_cpu_us_per_pair"]])
     parts = [table(["target", "mode", "driver", "pairs/s", "p50 us", "p99 us",
-                    "srv cpu us/pair (usr+sys)", "srv cores"], rows)]
+                    "srv cpu us/pair (usr+sys)", "srv cores", "load cpu us/pair"], rows)]
     ratio_rows = [[mode, name, v]
                   for mode, rs in result["ratios"].items() for name, v in rs.items()]
     if ratio_rows:
@@ -683,7 +698,8 @@ def human(result: dict[str, Any]) -> str:
     if prof and "self" in prof:
         parts.append(f"argentd's event loop under py-spy ({prof['samples']} samples, conns64 at "
                      f"{prof['load']['pairs_per_s']} pairs/s; other threads "
-                     f"{prof['other_threads_pct']} % of all samples):")
+                     f"{prof['other_threads_pct']} % of all samples; pinned {prof['pinned']}, "
+                     f"GIL only {prof['gil_only']}):")
         parts.append(table(["self %", "frame"], [[p, f] for f, p in prof["self"]]))
         parts.append(table(["total %", "frame"], [[p, f] for f, p in prof["total"]]))
     elif prof:
