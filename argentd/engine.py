@@ -53,39 +53,12 @@ from argent_client.protocol import (
 )
 
 from .config import DEFAULT_CONFIG, EFFECTS, Config
+from .keystate import KeyState
 from .model import Profile, ProfileSet, auth_headers, normalise_provider
-from .snapshot import KeySnapshot, ProfileSnapshot, Snapshot
+from .snapshot import ProfileSnapshot, Snapshot
 
 SWEEP_EVERY: Final = 60.0
 """Seconds between sweeps of idle session affinities."""
-
-
-@dataclass(slots=True)
-class KeyState:
-    """What argentd knows about one secret: cooldowns, errors, usage."""
-
-    cooldown_until: float | None = None
-    cooldown_kind: str | None = None
-    model_cooldowns: dict[str, float] = field(default_factory=dict)
-    streak: dict[str, int] = field(default_factory=dict)
-    """Consecutive failures per kind since the last success (drives backoff)."""
-    error_count: int = 0
-    invalid: bool = False
-    last_error: str | None = None
-    last_used: float | None = None
-    requests: int = 0
-    failures: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def cooling(self, now: float, model: str | None = None) -> float | None:
-        """The end of the cooldown that blocks `model` at `now`, or None."""
-        until = self.cooldown_until if self.cooldown_until and self.cooldown_until > now else None
-        if model is not None:
-            m = self.model_cooldowns.get(model)
-            if m is not None and m > now and (until is None or m > until):
-                until = m
-        return until
 
 
 @dataclass(slots=True)
@@ -119,6 +92,8 @@ class Lease:
     """The request it answered: a failover asks again with the same ttl and model."""
     key: str
     """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
+    grant: int = 0
+    """Its number among the grants on that key (rate budgets count from it)."""
 
 
 @dataclass(slots=True)
@@ -168,6 +143,7 @@ class Engine:
         self._lease_heap: list[tuple[float, str]] = []
         self._cool_heap: list[tuple[float, str, str]] = []  # (until, key, model or "")
         self._wait_heap: list[tuple[float, int]] = []
+        self._refill_heap: list[tuple[float, str]] = []  # (when a budget refills, key)
         self._last_sweep = now
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
@@ -193,6 +169,8 @@ class Engine:
                       or self._waiters[wh[0][1]].deadline != wh[0][0]):
             heapq.heappop(wh)
         times = [h[0][0] for h in (lh, ch, wh) if h]
+        if self._waiters and self._refill_heap:
+            times.append(self._refill_heap[0][0])  # a refill only matters to a waiter
         return min(times) if times else None
 
     def _cooling_entry(self, until: float, key: str, model: str) -> bool:
@@ -308,7 +286,13 @@ class Engine:
         if p.max_concurrent is not None and slot.active >= p.max_concurrent:
             return False
         ks = self._keys[p.secret.key]
-        return not ks.invalid and ks.cooling(now, model) is None
+        if ks.invalid or ks.cooling(now, model) is not None or ks.probe_busy:
+            return False
+        refill = ks.blocked_until(now)
+        if refill is not None:
+            heapq.heappush(self._refill_heap, (refill, p.secret.key))
+            return False
+        return True
 
     def _pick(
         self,
@@ -342,6 +326,7 @@ class Engine:
         explicit = provider in self._order
         best: Slot | None = None
         best_tier: tuple[int, int] | None = None
+        best_rank: tuple[bool, float, int] = (False, 0.0, 0)
         for pid in ids:
             slot = self._slots[pid]
             p = slot.profile
@@ -352,9 +337,16 @@ class Engine:
                 continue
             if explicit:
                 return slot
-            if best is None or slot.seq < best.seq:
-                best, best_tier = slot, tier
+            rank = self._preference(slot, now)
+            if best is None or rank < best_rank:
+                best, best_tier, best_rank = slot, tier, rank
         return best
+
+    def _preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
+        """Order inside a tier: a nearly spent subscription window last, then the
+        most rate budget left, then the least recently leased."""
+        budget = self._keys[slot.profile.secret.key].budget
+        return (budget.demoted, -budget.headroom(now), slot.seq)
 
     def _targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
         """(route name, [(provider, model)]) a lease request may be served from."""
@@ -425,6 +417,8 @@ class Engine:
         ks = self._keys[p.secret.key]
         ks.last_used = now
         ks.requests += 1
+        ks.active += 1
+        lease.grant = ks.budget.grant(now)
         if params.session is not None:
             self._sessions[params.session] = (p.id, now)
         self._count(f"leases_granted:{p.provider}")
@@ -467,6 +461,12 @@ class Engine:
                         (le.expires_at for le in self._leases.values() if le.profile_id == pid),
                         default=None,
                     )
+                elif ks.probe_busy:
+                    state = "probing"
+                    when = min((le.expires_at for le in self._leases.values()
+                                if le.key == p.secret.key), default=None)
+                elif (refill := ks.blocked_until(now)) is not None:
+                    state, when = "budget", refill
                 if when is not None:
                     soonest = when if soonest is None else min(soonest, when)
                 states.append({"id": pid, "state": state, "until": until})
@@ -556,11 +556,17 @@ class Engine:
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
         if ks is not None:
-            ks.streak.clear()
-            ks.error_count = 0
+            ks.succeeded()
+            tokens = None
             if usage is not None:
                 ks.input_tokens += usage.input_tokens or 0
                 ks.output_tokens += usage.output_tokens or 0
+                if usage.input_tokens is not None or usage.output_tokens is not None:
+                    tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            ks.budget.settle(lease.grant, tokens, now)
+            if limits is not None:
+                self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
+                              lease.grant, now)
         self._touch_session(lease, now)
         self._end_lease(lease)
         self._outbox.changed = True
@@ -569,6 +575,9 @@ class Engine:
 
     def _end_lease(self, lease: Lease) -> Slot:
         del self._leases[lease.id]
+        ks = self._keys.get(lease.key)
+        if ks is not None:
+            ks.active -= 1
         slot = self._slots[lease.profile_id]
         slot.active -= 1
         if slot.removed and slot.active == 0:
@@ -615,8 +624,10 @@ class Engine:
         model = params.model
         # A lease's failure is about the secret it handed out, which a reload may
         # have replaced since: the new secret must not pay for it.
-        self._apply_failure(slot.profile, lease.key if lease else slot.profile.secret.key,
-                            params, model, now)
+        key = lease.key if lease else slot.profile.secret.key
+        if params.limits is not None:
+            self._observe(slot.profile, key, params.limits, lease.grant if lease else None, now)
+        self._apply_failure(slot.profile, key, params, model, now)
         result = ReportResult(
             profile_state=self.state_of(profile_id, now),
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
@@ -659,7 +670,12 @@ class Engine:
             duration = backoff.duration(n)
         if duration <= 0:
             return  # `retry_after: 0` means retry now: a window ending now would only linger
-        until = now + duration
+        self._start_cooldown(p, key, kind, now + duration, model, now)
+
+    def _start_cooldown(
+        self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
+    ) -> None:
+        ks = self._keys[key]
         if model is not None:
             ks.model_cooldowns[model] = until
         else:
@@ -668,6 +684,22 @@ class Engine:
         heapq.heappush(self._cool_heap, (until, key, model or ""))
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
+
+    def _observe(
+        self, p: Profile, key: str, limits: Limits, grant: int | None, now: float
+    ) -> None:
+        """Take what a provider response said about the key's budget."""
+        ks = self._keys.get(key)
+        if ks is None:
+            return
+        ks.budget.observe(limits, grant, ks.active, now)
+        reset = limits.unified_reset
+        if limits.unified_status == "rejected" and reset is not None and reset > now:
+            # A subscription's 5-hour or weekly window is spent: cool until it reopens.
+            until = min(reset, now + self.config.cooldown.retry_after_cap)
+            current = ks.cooling(now)
+            if current is None or current < until:
+                self._start_cooldown(p, key, "quota", until, None, now)
 
     def _failover(
         self, failed: Profile, lease: Lease | None, kind: FailureKind, conn: int | None,
@@ -746,12 +778,16 @@ class Engine:
             elif ks.cooldown_until == until:
                 ks.cooldown_until = None
                 ks.cooldown_kind = None
+                ks.cooldown_ended()
             else:
                 continue
             for slot in self._slots.values():
                 if slot.profile.secret.key == key:
                     self._emit("cooldown_end", now, profile=slot.profile.id, model=model or None)
             changed = True
+        refills = self._refill_heap
+        while refills and refills[0][0] <= now:
+            heapq.heappop(refills)  # the waiters it held back are served below
         if now - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = now
             idle = self.config.lease.affinity_idle
@@ -800,24 +836,7 @@ class Engine:
         left out: a restart would not load them.
         """
         loaded = {s.profile.secret.key for s in self._slots.values() if not s.removed}
-        keys = {
-            key: KeySnapshot(
-                cooldown_until=ks.cooldown_until,
-                cooldown_kind=ks.cooldown_kind,
-                model_cooldowns=dict(ks.model_cooldowns),
-                streak=dict(ks.streak),
-                error_count=ks.error_count,
-                invalid=ks.invalid,
-                last_error=ks.last_error,
-                last_used=ks.last_used,
-                requests=ks.requests,
-                failures=ks.failures,
-                input_tokens=ks.input_tokens,
-                output_tokens=ks.output_tokens,
-            )
-            for key, ks in self._keys.items()
-            if key in loaded
-        }
+        keys = {key: ks.to_snapshot() for key, ks in self._keys.items() if key in loaded}
         profiles = {
             pid: ProfileSnapshot(key=s.profile.secret.key, user_disabled=s.user_disabled)
             for pid, s in self._slots.items()
@@ -831,18 +850,7 @@ class Engine:
             ks = self._keys.get(key)
             if ks is None:
                 continue
-            ks.cooldown_until = k.cooldown_until
-            ks.cooldown_kind = k.cooldown_kind
-            ks.model_cooldowns = dict(k.model_cooldowns)
-            ks.streak = dict(k.streak)
-            ks.error_count = k.error_count
-            ks.invalid = k.invalid
-            ks.last_error = k.last_error
-            ks.last_used = k.last_used
-            ks.requests = k.requests
-            ks.failures = k.failures
-            ks.input_tokens = k.input_tokens
-            ks.output_tokens = k.output_tokens
+            ks.restore(k)
             if ks.cooldown_until is not None:
                 heapq.heappush(self._cool_heap, (ks.cooldown_until, key, ""))
             for model, until in ks.model_cooldowns.items():

@@ -43,6 +43,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 priority=p.priority,
                 max_concurrent=p.max_concurrent,
                 model_cooldowns={m: t for m, t in ks.model_cooldowns.items() if t > now},
+                budget=ks.budget.view(now),
                 removed=slot.removed,
             )
         )
@@ -116,6 +117,20 @@ def metrics(
         until = engine.key_state(p.id).cooling(now)
         left = 0.0 if until is None else until - now
         out.append(f"argentd_profile_cooldown_seconds{_label(profile=p.id)} {left:.3f}")
+    family("argentd_profile_budget_requests", "gauge",
+           "Predicted requests left in a profile's rate budget (profiles the provider reported on).")
+    refills = []
+    for p in engine.profiles():
+        budget = engine.key_state(p.id).budget
+        bucket = budget.requests
+        if bucket is not None:
+            out.append(f"argentd_profile_budget_requests{_label(profile=p.id)} "
+                       f"{bucket.at(now):.3f}")
+            refills.append((p.id, max(0.0, budget.ready_at(now) - now)))
+    family("argentd_profile_budget_refill_seconds", "gauge",
+           "Seconds until a profile's rate budget fits the next request (0: it does).")
+    for pid, left in refills:
+        out.append(f"argentd_profile_budget_refill_seconds{_label(profile=pid)} {left:.3f}")
     family("argentd_request_duration_seconds", "histogram", "Time to answer a request.")
     for bound, count in latency_buckets:
         out.append(f'argentd_request_duration_seconds_bucket{{le="{bound:g}"}} {count}')

@@ -168,6 +168,8 @@ def test_metrics_families() -> None:
         ("argentd_cooldowns_started_total", "counter"),
         ("argentd_profiles", "gauge"),
         ("argentd_profile_cooldown_seconds", "gauge"),
+        ("argentd_profile_budget_requests", "gauge"),
+        ("argentd_profile_budget_refill_seconds", "gauge"),
         ("argentd_request_duration_seconds", "histogram"),
     ]
     lines = set(text.splitlines())

@@ -1,0 +1,105 @@
+"""What argentd knows about one secret: cooldowns, errors, budget, usage.
+
+State is per *secret* (`Secret.key`), not per profile id: two profiles that
+hold one secret share one cooldown, and a changed secret starts clean.
+`KeySnapshot` (in snapshot.py) is its persistent part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from .budget import Budget
+from .snapshot import KeySnapshot
+
+PROBE_AFTER: Final = 3
+"""Failures in a row after which a profile leaving its cooldown is probed first."""
+
+
+@dataclass(slots=True)
+class KeyState:
+    cooldown_until: float | None = None
+    cooldown_kind: str | None = None
+    model_cooldowns: dict[str, float] = field(default_factory=dict)
+    streak: dict[str, int] = field(default_factory=dict)
+    """Consecutive failures per kind since the last success (drives backoff)."""
+    error_count: int = 0
+    invalid: bool = False
+    last_error: str | None = None
+    last_used: float | None = None
+    requests: int = 0
+    failures: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    budget: Budget = field(default_factory=Budget)
+    """The provider's rate budget as last reported, predicted forward (not persisted:
+    it refills within a minute or two)."""
+    active: int = 0
+    """Leases out on this secret, over every profile that holds it."""
+    probing: bool = False
+    """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
+    until a success."""
+
+    def cooling(self, now: float, model: str | None = None) -> float | None:
+        """The end of the cooldown that blocks `model` at `now`, or None."""
+        until = self.cooldown_until if self.cooldown_until and self.cooldown_until > now else None
+        if model is not None:
+            m = self.model_cooldowns.get(model)
+            if m is not None and m > now and (until is None or m > until):
+                until = m
+        return until
+
+    def blocked_until(self, now: float) -> float | None:
+        """When a grant fits the rate budget (later than `now`), or None if it does now.
+
+        A probing key with a lease out waits for that lease: None is not
+        returned, but neither is a time, so callers check `probe_busy`.
+        """
+        when = self.budget.ready_at(now)
+        return when if when > now else None
+
+    @property
+    def probe_busy(self) -> bool:
+        return self.probing and self.active > 0
+
+    def succeeded(self) -> None:
+        """A lease on this secret ended well: counts reset, probing ends."""
+        self.streak.clear()
+        self.error_count = 0
+        self.probing = False
+
+    def cooldown_ended(self) -> None:
+        """A profile-wide cooldown is over: probe it if it failed often in a row."""
+        if sum(self.streak.values()) >= PROBE_AFTER:
+            self.probing = True
+
+    def to_snapshot(self) -> KeySnapshot:
+        return KeySnapshot(
+            cooldown_until=self.cooldown_until,
+            cooldown_kind=self.cooldown_kind,
+            model_cooldowns=dict(self.model_cooldowns),
+            streak=dict(self.streak),
+            error_count=self.error_count,
+            invalid=self.invalid,
+            last_error=self.last_error,
+            last_used=self.last_used,
+            requests=self.requests,
+            failures=self.failures,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+        )
+
+    def restore(self, k: KeySnapshot) -> None:
+        self.cooldown_until = k.cooldown_until
+        self.cooldown_kind = k.cooldown_kind
+        self.model_cooldowns = dict(k.model_cooldowns)
+        self.streak = dict(k.streak)
+        self.error_count = k.error_count
+        self.invalid = k.invalid
+        self.last_error = k.last_error
+        self.last_used = k.last_used
+        self.requests = k.requests
+        self.failures = k.failures
+        self.input_tokens = k.input_tokens
+        self.output_tokens = k.output_tokens
