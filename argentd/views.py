@@ -118,7 +118,7 @@ def metrics(
         left = 0.0 if until is None else until - now
         out.append(f"argentd_profile_cooldown_seconds{_label(profile=p.id)} {left:.3f}")
     family("argentd_profile_budget_requests", "gauge",
-           "Predicted requests left in a profile's rate budget (profiles the provider reported on).")
+           "Predicted requests left in a profile's rate budget (reported profiles).")
     refills = []
     for p in engine.profiles():
         budget = engine.key_state(p.id).budget
