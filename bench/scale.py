@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                              "met": result["cold_start_s"]["big_median"] < 1.0},
         "reload visible < 1 s": {"value": result["reload_s"]["status_median"],
                                  "met": result["reload_s"]["status_median"] < 1.0},
-        "RSS with 1,000 connections < 50 MB": {
+        f"RSS with {opts.connections:,} connections < 50 MB": {
             "value": result["rss_mb"]["big"]["with_conns_mb"],
             "met": result["rss_mb"]["big"]["with_conns_mb"] < 50},
         "lease p50 within 1.2x of 10 profiles": {

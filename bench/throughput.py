@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
 
     ratios: dict[str, dict[str, float | None]] = {}
-    for mode in modes:
+    for mode in modes if "argentd" in figures else []:
         a = figures.get("argentd", {}).get(mode, {}).get("pairs_per_s")
         ratios[mode] = {
             f"argentd/{other}": ratio(a, figures.get(other, {}).get(mode, {}).get("pairs_per_s"))
