@@ -5,6 +5,7 @@ Run from the repository root with the project's Python (httpx is in the
 
     python bench/goodput.py                      # 4 shapes x 2 modes x 30 s: ~4.5 min
     python bench/goodput.py --seconds 10 --shapes steady
+    python bench/goodput.py --modes argentd@ba2a109,argentd,baseline   # before/after
 
 A fake Anthropic (`bench/fake_provider.py`, a subprocess on 127.0.0.1)
 rate-limits three keys per *shape* (see `fake_provider.SHAPES`): token
@@ -26,6 +27,10 @@ code:
   `rate_limit` with its `retry_after` (and the limits). When no profile is
   ready the lease `wait`s in the daemon (parked, not spinning) until one is
   or the run ends.
+- `argentd@REV`: the same, with the daemon (and the `argent_client` it
+  imports) taken from git revision REV (`git archive` into a temp dir), so
+  one run can compare a commit before a change with the working tree; the
+  agents always use the working tree's client.
 - `baseline`: no daemon. Each agent holds the same keys itself and rotates
   them round-robin (starting at its own offset), skipping a key it has
   seen 429 until that answer's `retry-after` has passed, and sleeping until
@@ -53,6 +58,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,9 +72,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_provider as fp
-from _common import Proc, cpu_seconds, machine, percentile, report, table
+from _common import (
+    REPO,
+    Proc,
+    cpu_seconds,
+    machine,
+    percentile,
+    report,
+    table,
+    write_json_atomic,
+)
 
 MODES = ("argentd", "baseline")
+"""Default modes; `argentd@REV` runs the daemon of a git revision."""
 AGENTS = 8
 PROVIDER = "anthropic"
 BODY = json.dumps({"model": "claude-bench", "max_tokens": 16,
@@ -268,8 +284,6 @@ class Provider:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        import shutil
-
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -289,12 +303,49 @@ def profiles_for(keys: list[fp.KeySpec]) -> dict[str, Any]:
 # ---------------------------------------------------------------- one run
 
 
-def run_mode(mode: str, provider: Provider, seconds: float, agents: int) -> dict[str, Any]:
-    """Reset the provider, run `agents` agents in `mode` for `seconds`; returns the figures."""
+def export_rev(rev: str) -> tuple[str, str]:
+    """`argentd/` and `argent_client/` of git revision `rev` in a temp dir.
+
+    Returns (the dir, the revision's short hash). Raises
+    `subprocess.CalledProcessError` for an unknown revision.
+    """
+    short = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    root = tempfile.mkdtemp(prefix=f"argent-goodput-{short}-")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "argentd",
+                              "client/argent_client"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    return root, short
+
+
+def start_daemon(keys: list[fp.KeySpec], src: str | None) -> Proc:
+    """argentd holding `keys`, from the working tree or from an `export_rev` dir."""
+    daemon = Proc("goodput")
+    try:
+        if src is None:
+            daemon.start_argentd(profiles_for(keys))
+            return daemon
+        write_json_atomic(daemon.profiles, profiles_for(keys))
+        boot = (f"import sys; sys.path[:0] = [{src!r}, {os.path.join(src, 'client')!r}]; "
+                "from argentd.main import main; sys.exit(main())")
+        daemon._spawn_notified([sys.executable, "-c", boot, "--profiles", str(daemon.profiles),
+                                "--socket", str(daemon.socket)], 60.0)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def run_mode(mode: str, provider: Provider, seconds: float, agents: int,
+             src: str | None = None) -> dict[str, Any]:
+    """Reset the provider, run `agents` agents in `mode` for `seconds`; returns the figures.
+
+    `mode` is `argentd` (the daemon from `src`, an `export_rev` dir, or the
+    working tree) or `baseline`.
+    """
     daemon: Proc | None = None
     if mode == "argentd":
-        daemon = Proc("goodput")
-        daemon.start_argentd(profiles_for(provider.keys))
+        daemon = start_daemon(provider.keys, src)
     try:
         keys = tuple((k.key, "setup-token" if k.shape.subscription else "api-key")
                      for k in provider.keys)
@@ -476,30 +527,48 @@ def main(argv: list[str] | None = None) -> int:
         if s not in fp.SHAPES:
             parser.error(f"unknown shape {s!r}")
     for m in modes:
-        if m not in MODES:
-            parser.error(f"unknown mode {m!r}")
+        if m not in MODES and not (m.startswith("argentd@") and len(m) > len("argentd@")):
+            parser.error(f"unknown mode {m!r} (argentd, argentd@REV, baseline)")
+    sources: dict[str, str] = {}
+    revs: dict[str, str] = {}
+    for m in modes:
+        if m.startswith("argentd@"):
+            try:
+                sources[m], revs[m] = export_rev(m.partition("@")[2])
+            except subprocess.CalledProcessError as exc:
+                parser.error(f"{m}: {exc.stderr.strip() if exc.stderr else exc}")
 
     result: dict[str, Any] = {
         "bench": "goodput",
         "machine": machine(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "tree": subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                               capture_output=True, text=True).stdout.strip(),
+        "revisions": revs,
         "settings": {"seconds": opts.seconds, "agents": opts.agents, "latency": opts.latency,
                      "reset_precision": opts.reset_precision,
                      "shapes": {s: [asdict(k) for k in fp.SHAPES[s]] for s in shapes}},
         "results": {},
     }
-    for shape in shapes:
-        provider = Provider(fp.make_keys(fp.SHAPES[shape]), latency=opts.latency,
-                            reset_precision=opts.reset_precision)
-        try:
-            for mode in modes:
-                print(f"{shape} {mode} ({opts.seconds:g} s) ...", file=sys.stderr, flush=True)
-                figures = run_mode(mode, provider, opts.seconds, opts.agents)
-                result["results"].setdefault(shape, {})[mode] = figures
-                print(f"  {_pct(figures['capacity_fraction'])} of capacity, "
-                      f"{_pct(figures['share_429'])} answered 429", file=sys.stderr, flush=True)
-        finally:
-            provider.stop()
+    try:
+        for shape in shapes:
+            provider = Provider(fp.make_keys(fp.SHAPES[shape]), latency=opts.latency,
+                                reset_precision=opts.reset_precision)
+            try:
+                for mode in modes:
+                    print(f"{shape} {mode} ({opts.seconds:g} s) ...", file=sys.stderr,
+                          flush=True)
+                    figures = run_mode(mode.partition("@")[0], provider, opts.seconds,
+                                       opts.agents, sources.get(mode))
+                    result["results"].setdefault(shape, {})[mode] = figures
+                    print(f"  {_pct(figures['capacity_fraction'])} of capacity, "
+                          f"{_pct(figures['share_429'])} answered 429", file=sys.stderr,
+                          flush=True)
+            finally:
+                provider.stop()
+    finally:
+        for src in sources.values():
+            shutil.rmtree(src, ignore_errors=True)
     result["targets"] = check_targets(result["results"])
     report(result, human(result))
     return 0
