@@ -146,8 +146,9 @@ class Budget:
     @property
     def demoted(self) -> bool:
         """A subscription window nearly used up: lease its siblings first."""
-        return any(
-            u is not None and u >= DEMOTE_UTILIZATION for u in (self.unified_5h, self.unified_7d)
+        h5, d7 = self.unified_5h, self.unified_7d
+        return (h5 is not None and h5 >= DEMOTE_UTILIZATION) or (
+            d7 is not None and d7 >= DEMOTE_UTILIZATION
         )
 
     # ------------------------------------------------------------ changes

@@ -138,6 +138,7 @@ class Server:
         self._lat_counts = [0] * len(LATENCY_BUCKETS)
         self._lat_sum = 0.0
         self._lat_n = 0
+        self._want_events()
         self._handlers: dict[str, Callable[[Conn, Any], msgspec.Struct]] = {
             "hello": self._hello,
             "renew": self._renew,
@@ -259,19 +260,23 @@ class Server:
             self.after_change()
 
     async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
-        buf = bytearray()
+        buf = bytearray()  # a partial line (amortised appends: no quadratic copies)
         while True:
             data = await conn.recv()
             if not data:
                 return
-            buf += data
-            if b"\n" not in data:
-                if len(buf) > P.MAX_LINE:
-                    await self._too_long(conn)
-                    return
-                continue
-            *lines, rest = buf.split(b"\n")
-            buf = bytearray(rest)
+            if not buf and data[-1:] == b"\n" and data.count(b"\n") == 1:
+                # The common case, one whole request: no splitting, no copies.
+                lines = [data[:-1]]
+            else:
+                buf += data
+                if b"\n" not in data:
+                    if len(buf) > P.MAX_LINE:
+                        await self._too_long(conn)
+                        return
+                    continue
+                *lines, rest = bytes(buf).split(b"\n")
+                buf = bytearray(rest)
             replies: list[bytes] = []
             for line in lines:
                 if len(line) > P.MAX_LINE:
@@ -281,11 +286,11 @@ class Server:
                     return
                 if not line.strip():
                     continue
-                reply = self._handle_line(conn, bytes(line), nursery)
+                reply = self._handle_line(conn, line, nursery)
                 if reply:
                     replies.append(reply)
             if replies:
-                await conn.send(b"".join(replies))
+                await conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
             if len(buf) > P.MAX_LINE:
                 await self._too_long(conn)
                 return
@@ -437,6 +442,7 @@ class Server:
         send, recv = trio.open_memory_channel[bytes](EVENT_QUEUE)
         conn.events = send
         self._subscribers[conn.id] = conn
+        self._want_events()
         nursery.start_soon(self._pump_events, conn, recv)
 
     async def _pump_events(self, conn: Conn, recv: trio.MemoryReceiveChannel[bytes]) -> None:
@@ -449,3 +455,8 @@ class Server:
     def _drop_subscriber(self, conn: Conn) -> None:
         if self._subscribers.pop(conn.id, None) is not None and conn.events is not None:
             conn.events.close()
+            self._want_events()
+
+    def _want_events(self) -> None:
+        """Events are built only for subscribers and the debug log."""
+        self.engine.events_wanted = bool(self._subscribers) or log.isEnabledFor(logging.DEBUG)
