@@ -63,6 +63,8 @@ _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _lock = threading.Lock()
 _registered: set[str] = set()
+_odd: set[str] = set()
+"""Registered values the shape patterns would not replace whole."""
 _registered_re: re.Pattern[str] | None = None
 
 
@@ -71,7 +73,10 @@ def register_secrets(values: Iterable[str]) -> None:
 
     Values shorter than `MIN_REGISTERED` characters are ignored. Registered
     values stay registered for the life of the process (a secret removed
-    from the profiles file is still a secret).
+    from the profiles file is still a secret). A value the shape patterns
+    already replace whole (`sk-…`, long random tokens: nearly every real
+    secret) joins the exact-match list only if the shapes would miss it, so
+    10,000 profiles do not compile into one 10,000-way regex.
     """
     global _registered_re
     new = {v for v in values if len(v) >= MIN_REGISTERED} - _registered
@@ -79,8 +84,12 @@ def register_secrets(values: Iterable[str]) -> None:
         return
     with _lock:
         _registered.update(new)
+        odd = {v for v in new if _by_shape(v) != fingerprint(v)}
+        if not odd:
+            return
+        _odd.update(odd)
         # Longest first, so a secret that contains another is replaced whole.
-        ordered = sorted(_registered, key=len, reverse=True)
+        ordered = sorted(_odd, key=len, reverse=True)
         _registered_re = re.compile("|".join(re.escape(v) for v in ordered))
 
 
@@ -131,6 +140,11 @@ def redact(text: str) -> str:
     registered = _registered_re
     if registered is not None:
         text = registered.sub(lambda m: fingerprint(m.group(0)), text)
+    return _by_shape(text)
+
+
+def _by_shape(text: str) -> str:
+    """`redact` without the registered values: keys, Bearer, known shapes, long tokens."""
     text = _KEY_VALUE.sub(_key_value, text)
     text = _BEARER.sub(_bearer, text)
     text = _SHAPES.sub(lambda m: fingerprint(m.group(0)), text)
