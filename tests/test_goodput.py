@@ -47,6 +47,11 @@ def test_check_targets_steady_and_ahead_per_shape() -> None:
     worse = {"capacity_fraction": 0.30, "share_429": 0.02}
     assert gp.check_targets({"bursty": {"argentd": worse, "baseline": base}}) == {
         "bursty_ahead_on_capacity": False, "bursty_ahead_on_429": True}
+    both = gp.check_targets({"bursty": {"argentd@abc123": worse, "argentd": good,
+                                        "baseline": base}})
+    assert both == {
+        "argentd": {"bursty_ahead_on_capacity": True, "bursty_ahead_on_429": True},
+        "argentd@abc123": {"bursty_ahead_on_capacity": False, "bursty_ahead_on_429": True}}
 
 
 def test_main_runs_both_modes_and_counts_agree(capsys: pytest.CaptureFixture[str]) -> None:
