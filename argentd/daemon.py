@@ -45,6 +45,9 @@ from .state import Saver, StateStore
 
 log = logging.getLogger("argentd")
 
+USAGE_SAVE_EVERY = 60.0
+"""Seconds between saves of usage counters (last use, request counts)."""
+
 
 @dataclass
 class Options:
@@ -206,6 +209,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
                 await nursery.start(self.saver.run)
+                nursery.start_soon(self._save_usage_now_and_then)
                 watched = [
                     profiles_path(self.opts, self.loaded.config),
                     self.opts.config or default_config_path(),
@@ -230,6 +234,16 @@ class Daemon:
             if lock is not None:
                 lock.close()
             log.info("stopped")
+
+    async def _save_usage_now_and_then(self) -> None:
+        """Leases only move usage counters, which do not trigger a save: write them
+        once a minute while leases happen (cooldowns and failures are saved at once)."""
+        seen = dict(self.engine.counters)
+        while True:
+            await trio.sleep(USAGE_SAVE_EVERY)
+            if self.engine.counters != seen:
+                seen = dict(self.engine.counters)
+                self.saver.mark_dirty()
 
     async def _file_changed(self) -> None:
         await self.reload("file changed")

@@ -435,7 +435,8 @@ class Engine:
         if params.session is not None:
             self._sessions[params.session] = (p.id, now)
         self._count(f"leases_granted:{p.provider}")
-        self._outbox.changed = True
+        # Usage counters alone do not call for a save: they go with the next
+        # change that does, the adapter's periodic save, or the one at shutdown.
         self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
                    model=model, client=params.client)
         return LeaseResult(
@@ -569,6 +570,8 @@ class Engine:
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
         if ks is not None:
+            if ks.error_count or ks.streak or ks.probing:
+                self._outbox.changed = True  # the success resets persisted counts
             ks.succeeded()
             tokens = None
             if usage is not None:
@@ -582,7 +585,6 @@ class Engine:
                               lease.grant, now)
         self._touch_session(lease, now)
         self._end_lease(lease)
-        self._outbox.changed = True
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
 
