@@ -19,12 +19,12 @@ live on until its TTL, so those are not sent twice (the caller gets
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import secrets
 import socket
+import struct
 import sys
 import time
 from collections.abc import Mapping
@@ -144,18 +144,21 @@ def peer_closed(sock: socket.socket) -> bool:
     connection that is known to be dead (which would then count as the one
     retry, or not be retried at all).
     """
-    # A socket with a timeout polls before recv: make this one call non-blocking.
-    timeout = sock.gettimeout()
     try:
-        sock.settimeout(0)
-        return sock.recv(1, socket.MSG_PEEK) == b""
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError, TimeoutError):
         return False
     except OSError:
         return True
-    finally:
-        with contextlib.suppress(OSError):
-            sock.settimeout(timeout)
+
+
+def timeval(timeout: float | None) -> bytes:
+    """`timeout` as the `struct timeval` of SO_RCVTIMEO/SO_SNDTIMEO (0: wait forever)."""
+    if timeout is None:
+        return struct.pack("ll", 0, 0)
+    timeout = max(timeout, 0.001)  # 0 would mean forever
+    sec = int(timeout)
+    return struct.pack("ll", sec, int((timeout - sec) * 1e6))
 
 
 def result_of(method: str, msg: P.Incoming) -> Any:

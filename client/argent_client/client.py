@@ -218,6 +218,7 @@ class Client:
         self.fallback_env = fallback_env
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
+        self._sock_timeout: float | None = None
         self._reader = C.LineReader()
         self._book = C.CallBook()
 
@@ -247,7 +248,22 @@ class Client:
         except OSError as exc:
             sock.close()
             raise C.unavailable(self.socket_path, exc) from None
+        # A blocking socket whose timeouts live in the kernel (SO_RCVTIMEO /
+        # SO_SNDTIMEO): CPython then neither polls before each send and recv
+        # nor needs an ioctl to change the timeout (9 system calls a request
+        # down to 3).
+        sock.settimeout(None)
+        self._sock_timeout = None
+        self._set_timeout(sock, timeout)
         return sock
+
+    def _set_timeout(self, sock: socket.socket, timeout: float | None) -> None:
+        if timeout == self._sock_timeout:
+            return
+        tv = C.timeval(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        self._sock_timeout = timeout
 
     def _call(self, method: str, params: msgspec.Struct | None, *, wait: float = 0.0) -> Any:
         """Send one request and return its typed result (module doc for retries)."""
@@ -279,9 +295,9 @@ class Client:
         rid, line = self._book.start(method, params)
         try:
             try:
-                sock.settimeout(timeout)
+                self._set_timeout(sock, timeout)
                 sock.sendall(line)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 raise C.Broken("send timed out") from None
             except OSError as exc:
                 raise C.Broken(str(exc)) from None
@@ -305,11 +321,11 @@ class Client:
         self, sock: socket.socket, deadline: float | None, rid: int, method: str,
         timeout: float | None,
     ) -> None:
-        if deadline is not None:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
-            data = sock.recv(RECV_SIZE)
-        except TimeoutError:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError  # lines keep coming, but not ours
+            data = sock.recv(RECV_SIZE)  # bounded by SO_RCVTIMEO: the call's timeout
+        except (TimeoutError, BlockingIOError):
             self._book.abandon(rid)
             raise C.timed_out(self.socket_path, method, timeout) from None
         except OSError as exc:
