@@ -303,7 +303,9 @@ class Engine:
             return False
         refill = ks.blocked_until(now)
         if refill is not None:
-            heapq.heappush(self._refill_heap, (refill, p.secret.key))
+            if ks.refill_noted != refill:  # once per refill time, not once per look
+                ks.refill_noted = refill
+                heapq.heappush(self._refill_heap, (refill, p.secret.key))
             return False
         return True
 
@@ -590,6 +592,11 @@ class Engine:
 
     def _end_lease(self, lease: Lease) -> Slot:
         del self._leases[lease.id]
+        if len(self._lease_heap) > 2 * len(self._leases) + 64:
+            # Ended leases leave their entry behind until it reaches the top, a
+            # whole TTL later: rebuild before the heap outgrows the leases.
+            self._lease_heap = [(le.expires_at, le.id) for le in self._leases.values()]
+            heapq.heapify(self._lease_heap)
         ks = self._keys.get(lease.key)
         if ks is not None:
             ks.active -= 1
@@ -771,9 +778,9 @@ class Engine:
 
     def _tick(self, now: float) -> None:
         changed = False
-        heap = self._lease_heap
-        while heap and heap[0][0] <= now:
-            _, lid = heapq.heappop(heap)
+        # self._lease_heap, not a local: _end_lease may rebuild it.
+        while self._lease_heap and self._lease_heap[0][0] <= now:
+            _, lid = heapq.heappop(self._lease_heap)
             lease = self._leases.get(lid)
             if lease is not None and lease.expires_at <= now:
                 self._end_lease(lease)

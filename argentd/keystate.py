@@ -37,6 +37,8 @@ class KeyState:
     it refills within a minute or two)."""
     active: int = 0
     """Leases out on this secret, over every profile that holds it."""
+    refill_noted: float | None = None
+    """The budget refill time last put on the engine's wake-up heap."""
     probing: bool = False
     """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
     until a success."""

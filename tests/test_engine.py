@@ -1331,3 +1331,13 @@ def test_errors_and_events_hold_no_secret() -> None:
     blob = "\n".join(texts)
     for p in e.profiles():
         assert p.secret.reveal() not in blob
+
+
+def test_engine_lease_heap_stays_bounded_under_churn() -> None:
+    # Released leases leave heap entries behind until their TTL; the heap must
+    # not grow with the number of leases ever granted (a leak under load).
+    e = make(prof("anthropic:a"))
+    for i in range(10_000):
+        granted = lease(e, now=T0 + i * 0.001, provider="anthropic")
+        e.release(granted.lease_id, now=T0 + i * 0.001)
+    assert len(e._lease_heap) <= 2 * len(e.leases()) + 65

@@ -452,10 +452,7 @@ _event_decoder: Final = msgspec.json.Decoder(Event)
 
 def encode_line(message: msgspec.Struct | dict[str, Any]) -> bytes:
     """Encode one message as a JSON line (with its trailing newline)."""
-    buf = bytearray()
-    _encoder.encode_into(message, buf)
-    buf += b"\n"
-    return bytes(buf)
+    return _encoder.encode(message) + b"\n"
 
 
 def encode_request(method: str, params: msgspec.Struct | None, id: RequestId) -> bytes:
