@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from argent_client.protocol import (
@@ -155,6 +156,7 @@ class Engine:
         self._cool_heap: list[tuple[float, str, str]] = []  # (until, key, model or "")
         self._wait_heap: list[tuple[float, int]] = []
         self._refill_heap: list[tuple[float, str]] = []  # (when a budget refills, key)
+        self._earliest = math.inf
         self._last_sweep = now
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
@@ -185,6 +187,20 @@ class Engine:
         if self._waiters and self._refill_heap:
             times.append(self._refill_heap[0][0])  # a refill only matters to a waiter
         return min(times) if times else None
+
+    def _push(self, heap: list[Any], entry: tuple[Any, ...]) -> None:
+        heapq.heappush(heap, entry)
+        if entry[0] < self._earliest:
+            self._earliest = entry[0]
+
+    def take_earliest(self) -> float:
+        """The earliest deadline added since the last call (inf if none).
+
+        Cheaper than `next_deadline` after every request: the adapter needs
+        to wake its timer only when a deadline earlier than its own appeared.
+        """
+        earliest, self._earliest = self._earliest, math.inf
+        return earliest
 
     def _cooling_entry(self, until: float, key: str, model: str) -> bool:
         ks = self._keys.get(key)
@@ -305,7 +321,7 @@ class Engine:
         if refill is not None:
             if ks.refill_noted != refill:  # once per refill time, not once per look
                 ks.refill_noted = refill
-                heapq.heappush(self._refill_heap, (refill, p.secret.key))
+                self._push(self._refill_heap, (refill, p.secret.key))
             return False
         return True
 
@@ -426,7 +442,7 @@ class Engine:
             key=p.secret.key,
         )
         self._leases[lease.id] = lease
-        heapq.heappush(self._lease_heap, (lease.expires_at, lease.id))
+        self._push(self._lease_heap, (lease.expires_at, lease.id))
         slot.active += 1
         slot.seq = next(self._seq)
         ks = self._keys[p.secret.key]
@@ -525,7 +541,7 @@ class Engine:
         wid = next(self._waiter_ids)
         deadline = now + max(0.0, params.wait)
         self._waiters[wid] = Waiter(wid, params, conn, deadline)
-        heapq.heappush(self._wait_heap, (deadline, wid))
+        self._push(self._wait_heap, (deadline, wid))
         self._serve_waiters(now)
         return wid
 
@@ -540,7 +556,7 @@ class Engine:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
         lease.expires_at = now + ttl
-        heapq.heappush(self._lease_heap, (lease.expires_at, lease.id))
+        self._push(self._lease_heap, (lease.expires_at, lease.id))
         self._touch_session(lease, now)
         return lease.expires_at
 
@@ -703,7 +719,7 @@ class Engine:
         else:
             ks.cooldown_until = until
             ks.cooldown_kind = kind
-        heapq.heappush(self._cool_heap, (until, key, model or ""))
+        self._push(self._cool_heap, (until, key, model or ""))
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
 
@@ -876,9 +892,9 @@ class Engine:
                 continue
             ks.restore(k)
             if ks.cooldown_until is not None:
-                heapq.heappush(self._cool_heap, (ks.cooldown_until, key, ""))
+                self._push(self._cool_heap, (ks.cooldown_until, key, ""))
             for model, until in ks.model_cooldowns.items():
-                heapq.heappush(self._cool_heap, (until, key, model))
+                self._push(self._cool_heap, (until, key, model))
         for pid, ps in snap.profiles.items():
             slot = self._slots.get(pid)
             if slot is not None and slot.profile.secret.key == ps.key:

@@ -16,6 +16,7 @@ served waiter and an event never interleave.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
@@ -208,8 +209,7 @@ class Server:
                         self._drop_subscriber(conn)
         if out.changed:
             self._on_change()
-        deadline = self.engine.next_deadline()
-        if deadline is not None and deadline < self._timer_target:
+        if self.engine.take_earliest() < self._timer_target:
             self._timer_wakeup.set()
 
     async def _timer(self) -> None:
@@ -304,24 +304,30 @@ class Server:
         start = time.perf_counter()
         rid: P.RequestId = None
         notify = False
+        result: msgspec.Struct | None
         try:
-            req = P.decode_request(line)
-            notify = req.id is msgspec.UNSET
-            rid = None if isinstance(req.id, msgspec.UnsetType) else req.id
-            params = P.decode_params(req)
-            method = req.method
+            typed = P.decode_typed(line)
+            if typed is None:  # malformed somehow: the two-step decode says how
+                req = P.decode_request(line)
+                notify = req.id is msgspec.UNSET
+                rid = None if isinstance(req.id, msgspec.UnsetType) else req.id
+                method, params = req.method, P.decode_params(req)
+            else:
+                method, req_id, params = typed
+                notify = req_id is msgspec.UNSET
+                rid = None if isinstance(req_id, msgspec.UnsetType) else req_id
             if method == "lease":
                 assert isinstance(params, P.LeaseParams)
-                return self._lease(conn, rid, notify, params, nursery)
-            if method == "subscribe":
+                result = self._lease(conn, rid, notify, params, nursery)
+            elif method == "subscribe":
                 self._subscribe(conn, nursery)
-                result: msgspec.Struct = P.SubscribeResult()
+                result = P.SubscribeResult()
             elif method == "reload":
                 nursery.start_soon(self._reload_task, conn, rid, notify)
-                return None
+                result = None
             else:
                 result = self._handlers[method](conn, params)
-            reply = None if notify else P.encode_result(rid, result)
+            reply = None if notify or result is None else P.encode_result(rid, result)
         except P.ArgentError as exc:
             reply = None if notify else P.encode_error(rid, exc)
         except Exception as exc:
@@ -335,10 +341,9 @@ class Server:
     def _observe(self, seconds: float) -> None:
         self._lat_n += 1
         self._lat_sum += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self._lat_counts[i] += 1
-                break
+        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        if i < len(LATENCY_BUCKETS):
+            self._lat_counts[i] += 1
 
     # ------------------------------------------------------------ methods
 
@@ -348,26 +353,20 @@ class Server:
     def _lease(
         self, conn: Conn, rid: P.RequestId, notify: bool, params: P.LeaseParams,
         nursery: trio.Nursery,
-    ) -> bytes | None:
+    ) -> P.LeaseResult | None:
+        """A lease now, or None when the request waits (its reply comes later)."""
         now = self.clock()
         try:
-            try:
-                result = self.engine.lease(params, conn=conn.id, now=now)
-            except P.NoProfileAvailable:
-                if params.wait <= 0:
-                    raise
-                wid = self.engine.wait(params, conn=conn.id, now=now)
-                done = trio.Event()
-                box: list[P.LeaseResult | P.ArgentError] = []
-                self._waiting[wid] = (done, box)
-                nursery.start_soon(self._await_lease, conn, rid, notify, wid, done, box)
-                self.after_change()
-                return None
-        except P.ArgentError as exc:
-            self.after_change()
-            return None if notify else P.encode_error(rid, exc)
-        self.after_change()
-        return None if notify else P.encode_result(rid, result)
+            return self.engine.lease(params, conn=conn.id, now=now)
+        except P.NoProfileAvailable:
+            if params.wait <= 0:
+                raise
+        wid = self.engine.wait(params, conn=conn.id, now=now)
+        done = trio.Event()
+        box: list[P.LeaseResult | P.ArgentError] = []
+        self._waiting[wid] = (done, box)
+        nursery.start_soon(self._await_lease, conn, rid, notify, wid, done, box)
+        return None
 
     async def _await_lease(
         self, conn: Conn, rid: P.RequestId, notify: bool, wid: int, done: trio.Event,

@@ -15,7 +15,7 @@ raises the same class again from that string (`error_from_wire`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
+from typing import Any, ClassVar, Final, Literal, TypeAlias, Union, get_args
 
 import msgspec
 
@@ -518,6 +518,42 @@ def decode_params(req: Request) -> msgspec.Struct:
         raise InvalidParams(f"invalid params: {exc}".replace("`$", "`$.params")) from None
     except msgspec.DecodeError as exc:  # pragma: no cover - Raw is already valid JSON
         raise InvalidParams(f"invalid params: {exc}") from None
+
+
+def _typed_request(method: str, params: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A request Struct for one method, tagged by `method`, with typed params."""
+    try:
+        default: Any = msgspec.field(default_factory=params)
+        params()
+    except TypeError:  # required fields: a missing params member is invalid
+        default = msgspec.NODEFAULT
+    fields: list[Any] = [
+        ("jsonrpc", str, "2.0"),
+        ("params", params, default),
+        ("id", RequestId | msgspec.UnsetType, msgspec.UNSET),
+    ]
+    return msgspec.defstruct(
+        f"_{method}_request", fields, tag_field="method", tag=method, kw_only=True
+    )
+
+
+_TYPED: Final = {_typed_request(m, params): m for m, (params, _) in METHODS.items()}
+_typed_decoder: Final = msgspec.json.Decoder(Union[tuple(_TYPED)])  # type: ignore[valid-type]  # noqa: UP007
+
+
+def decode_typed(line: bytes) -> tuple[str, RequestId | msgspec.UnsetType, msgspec.Struct] | None:
+    """(method, id, typed params) of a well-formed request line, in one decode.
+
+    None when the line is anything else: then `decode_request` and
+    `decode_params` say exactly what is wrong (and which id to answer).
+    """
+    try:
+        req: Any = _typed_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if req.jsonrpc != "2.0":
+        return None
+    return _TYPED[type(req)], req.id, req.params
 
 
 def decode_incoming(line: bytes) -> Incoming:
