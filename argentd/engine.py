@@ -98,6 +98,22 @@ class Lease:
 
 
 @dataclass(slots=True)
+class Tier:
+    """Profiles of one provider that selection treats as equals.
+
+    `ids` is kept least recently leased first (`lru`), so the first ready
+    one is the answer and selection does not look at every profile; an
+    explicit `order` keeps its own order instead. Once the provider has
+    reported a budget for one of them (`budgeted`), the whole tier is
+    compared by headroom.
+    """
+
+    ids: dict[str, None]
+    lru: bool
+    budgeted: bool = False
+
+
+@dataclass(slots=True)
 class Waiter:
     id: int
     params: LeaseParams
@@ -145,6 +161,10 @@ class Engine:
         self._keys: dict[str, KeyState] = {}
         self._slots: dict[str, Slot] = {}
         self._by_provider: dict[str, list[str]] = {}
+        self._tiers: dict[str, list[Tier]] = {}
+        self._tier_of: dict[str, Tier] = {}
+        self._budget_keys: set[str] = set()
+        """Keys a provider has reported a budget for (their tiers compare headroom)."""
         self._order: dict[str, list[str]] = {}
         self._leases: dict[str, Lease] = {}
         self._waiters: dict[int, Waiter] = {}
@@ -292,6 +312,31 @@ class Engine:
                 )
             )
         self._by_provider = by
+        self._tiers = {}
+        self._tier_of = {}
+        for provider, ids in by.items():
+            tiers: list[Tier] = []
+            if provider in self._order:
+                tiers.append(Tier(dict.fromkeys(ids), lru=False))
+            else:
+                last: tuple[int, int] | None = None
+                for pid in ids:
+                    p = self._slots[pid].profile
+                    if (p.priority, p.rank) != last:
+                        tiers.append(Tier({}, lru=True))
+                        last = (p.priority, p.rank)
+                    tiers[-1].ids[pid] = None
+                for tier in tiers:  # least recently leased first
+                    tier.ids = dict.fromkeys(sorted(tier.ids, key=lambda i: self._slots[i].seq))
+            for tier in tiers:
+                tier.budgeted = any(self._budgeted(pid) for pid in tier.ids)
+                for pid in tier.ids:
+                    self._tier_of[pid] = tier
+            self._tiers[provider] = tiers
+
+    def _budgeted(self, pid: str) -> bool:
+        b = self._keys[self._slots[pid].profile.secret.key].budget
+        return b.requests is not None or b.tokens is not None or b.demoted
 
     def _gc_keys(self) -> None:
         used = {s.profile.secret.key for s in self._slots.values()}
@@ -354,24 +399,27 @@ class Engine:
                     return slot
                 else:
                     del self._sessions[session]
-        explicit = provider in self._order
-        best: Slot | None = None
-        best_tier: tuple[int, int] | None = None
-        best_rank: tuple[bool, float, int] = (False, 0.0, 0)
-        for pid in ids:
-            slot = self._slots[pid]
-            p = slot.profile
-            tier = (0, 0) if explicit else (p.priority, p.rank)
-            if best_tier is not None and tier != best_tier:
-                break  # a ready profile in an earlier tier always wins
-            if pid == exclude or not self._ready(slot, model, now):
+        for tier in self._tiers[provider]:
+            if not tier.budgeted:
+                for pid in tier.ids:  # in order: the first ready one is the answer
+                    slot = self._slots[pid]
+                    if pid != exclude and self._ready(slot, model, now):
+                        return slot
                 continue
-            if explicit:
-                return slot
-            rank = self._preference(slot, now)
-            if best is None or rank < best_rank:
-                best, best_tier, best_rank = slot, tier, rank
-        return best
+            best: Slot | None = None
+            best_rank: tuple[bool, float, int] = (False, 0.0, 0)
+            for pid in tier.ids:
+                slot = self._slots[pid]
+                if pid == exclude or not self._ready(slot, model, now):
+                    continue
+                if not tier.lru:
+                    return slot
+                rank = self._preference(slot, now)
+                if best is None or rank < best_rank:
+                    best, best_rank = slot, rank
+            if best is not None:
+                return best
+        return None
 
     def _preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
         """Order inside a tier: a nearly spent subscription window last, then the
@@ -445,6 +493,10 @@ class Engine:
         self._push(self._lease_heap, (lease.expires_at, lease.id))
         slot.active += 1
         slot.seq = next(self._seq)
+        tier = self._tier_of.get(p.id)
+        if tier is not None and tier.lru:
+            del tier.ids[p.id]
+            tier.ids[p.id] = None
         ks = self._keys[p.secret.key]
         ks.last_used = now
         ks.requests += 1
@@ -731,6 +783,11 @@ class Engine:
         if ks is None:
             return
         ks.budget.observe(limits, grant, ks.active, now)
+        for slot in self._slots.values() if key not in self._budget_keys else ():
+            tier = self._tier_of.get(slot.profile.id)
+            if tier is not None and slot.profile.secret.key == key:
+                tier.budgeted = True
+        self._budget_keys.add(key)
         reset = limits.unified_reset
         if limits.unified_status == "rejected" and reset is not None and reset > now:
             # A subscription's 5-hour or weekly window is spent: cool until it reopens.
