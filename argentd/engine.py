@@ -335,7 +335,7 @@ class Engine:
             self._tiers[provider] = tiers
 
     def _budgeted(self, pid: str) -> bool:
-        b = self._keys[self._slots[pid].profile.secret.key].budget
+        b = self._keys[self._slots[pid].profile.secret.key].known_budget
         return b.requests is not None or b.tokens is not None or b.demoted
 
     def _gc_keys(self) -> None:
@@ -424,7 +424,7 @@ class Engine:
     def _preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
         """Order inside a tier: a nearly spent subscription window last, then the
         most rate budget left, then the least recently leased."""
-        budget = self._keys[slot.profile.secret.key].budget
+        budget = self._keys[slot.profile.secret.key].known_budget
         return (budget.demoted, -budget.headroom(now), slot.seq)
 
     def _targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
@@ -501,7 +501,7 @@ class Engine:
         ks.last_used = now
         ks.requests += 1
         ks.active += 1
-        lease.grant = ks.budget.grant(now)
+        lease.grant = ks.own_budget().grant(now)
         if params.session is not None:
             self._sessions[params.session] = (p.id, now)
         self._count(f"leases_granted:{p.provider}")
@@ -649,7 +649,7 @@ class Engine:
                 ks.output_tokens += usage.output_tokens or 0
                 if usage.input_tokens is not None or usage.output_tokens is not None:
                     tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
-            ks.budget.settle(lease.grant, tokens, now)
+            ks.own_budget().settle(lease.grant, tokens, now)
             if limits is not None:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
                               lease.grant, now)
@@ -782,7 +782,7 @@ class Engine:
         ks = self._keys.get(key)
         if ks is None:
             return
-        ks.budget.observe(limits, grant, ks.active, now)
+        ks.own_budget().observe(limits, grant, ks.active, now)
         for slot in self._slots.values() if key not in self._budget_keys else ():
             tier = self._tier_of.get(slot.profile.id)
             if tier is not None and slot.profile.secret.key == key:

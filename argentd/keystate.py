@@ -13,6 +13,9 @@ from typing import Final
 from .budget import Budget
 from .snapshot import KeySnapshot
 
+_NO_BUDGET: Final = Budget()
+"""Read-only stand-in for keys without a budget; never changed."""
+
 PROBE_AFTER: Final = 3
 """Failures in a row after which a profile leaving its cooldown is probed first."""
 
@@ -32,9 +35,10 @@ class KeyState:
     failures: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    budget: Budget = field(default_factory=Budget)
+    budget: Budget | None = None
     """The provider's rate budget as last reported, predicted forward (not persisted:
-    it refills within a minute or two)."""
+    it refills within a minute or two). Made on first use: 10,000 idle profiles
+    carry none."""
     active: int = 0
     """Leases out on this secret, over every profile that holds it."""
     refill_noted: float | None = None
@@ -58,8 +62,21 @@ class KeyState:
         A probing key with a lease out waits for that lease: None is not
         returned, but neither is a time, so callers check `probe_busy`.
         """
+        if self.budget is None:
+            return None
         when = self.budget.ready_at(now)
         return when if when > now else None
+
+    @property
+    def known_budget(self) -> Budget:
+        """The budget to read (an empty one when nothing was ever counted)."""
+        return self.budget if self.budget is not None else _NO_BUDGET
+
+    def own_budget(self) -> Budget:
+        """The budget to change, made on first use."""
+        if self.budget is None:
+            self.budget = Budget()
+        return self.budget
 
     @property
     def probe_busy(self) -> bool:

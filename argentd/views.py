@@ -43,7 +43,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 priority=p.priority,
                 max_concurrent=p.max_concurrent,
                 model_cooldowns={m: t for m, t in ks.model_cooldowns.items() if t > now},
-                budget=ks.budget.view(now),
+                budget=ks.known_budget.view(now),
                 removed=slot.removed,
             )
         )
@@ -121,7 +121,7 @@ def metrics(
            "Predicted requests left in a profile's rate budget (reported profiles).")
     refills = []
     for p in engine.profiles():
-        budget = engine.key_state(p.id).budget
+        budget = engine.key_state(p.id).known_budget
         bucket = budget.requests
         if bucket is not None:
             out.append(f"argentd_profile_budget_requests{_label(profile=p.id)} "
