@@ -8,12 +8,12 @@ and for tokens. We model each as a token bucket that refills linearly to
 `limit` by `reset`, so its rate is `(limit - remaining) / (reset - now)`.
 
 A report is a reading *after* the provider counted the reported request.
-Every lease granted on the same key after the reported one was granted has
-not been counted yet (its request reaches the provider later), so the level
-becomes `remaining - grants_since`. Leases granted before it were counted,
-whether or not they have come back. Between reports, each grant takes one
-request (and the average tokens per request) from the prediction, and time
-adds the refill back.
+Other leases still out on the same key may or may not have been counted
+(requests overtake each other on the way), so the level becomes
+`remaining - other_leases_in_flight`: never more than the truth. A reading
+older than one already taken (by grant order) is ignored. Between reports,
+each grant takes one request (and the average tokens per request) from the
+prediction, and time adds the refill back.
 
 A bucket whose level is below what a grant costs makes the profile not
 ready until the refill; `ready_at` says when, and the engine wakes its
@@ -109,6 +109,8 @@ class Budget:
     tokens: Bucket | None = None
     grants: int = 0
     """Leases granted on this key so far (numbers each grant)."""
+    reported_grant: int = 0
+    """The newest grant a reading came back for (older readings are stale)."""
     token_cost: float | None = None
     """Running mean of tokens per request, from the usage on releases."""
     token_grants: dict[int, float] = field(default_factory=dict)
@@ -178,11 +180,18 @@ class Budget:
     def observe(self, limits: Limits, grant: int | None, in_flight: int, now: float) -> None:
         """Take a provider reading reported with lease number `grant`.
 
-        Without a grant number (a report by profile), every lease still in
-        flight is assumed not yet counted by the provider.
+        `in_flight` counts the *other* leases out on this key: requests may
+        reach the provider in any order, so none of them is taken as counted
+        (conservative: at worst a few requests of headroom are left unused
+        until the next reading). A reading from a lease granted before the
+        newest one already read is stale and leaves the buckets alone.
         """
-        since = self.grants - grant if grant is not None else in_flight
-        since = max(0, since)
+        if grant is not None:
+            if grant < self.reported_grant:
+                self._observe_unified(limits)
+                return
+            self.reported_grant = grant
+        since = max(0, in_flight)
         if limits.requests_remaining is not None:
             if self.requests is None:
                 self.requests = _bucket(limits.requests_limit, limits.requests_remaining)
@@ -193,11 +202,12 @@ class Budget:
             if self.tokens is None:
                 self.tokens = _bucket(limits.tokens_limit, limits.tokens_remaining)
             if self.tokens is not None:
-                pending = sum(
-                    c for g, c in self.token_grants.items() if grant is None or g > grant
-                )
+                pending = sum(c for g, c in self.token_grants.items() if g != grant)
                 self.tokens.observe(limits.tokens_limit, limits.tokens_remaining,
                                     limits.tokens_reset, pending, now)
+        self._observe_unified(limits)
+
+    def _observe_unified(self, limits: Limits) -> None:
         if limits.unified_status is not None:
             self.unified_status = limits.unified_status
         if limits.unified_5h_utilization is not None:

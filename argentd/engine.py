@@ -782,7 +782,9 @@ class Engine:
         ks = self._keys.get(key)
         if ks is None:
             return
-        ks.own_budget().observe(limits, grant, ks.active, now)
+        # The reporting lease (if any) is still out: the others are the in-flight ones.
+        others = ks.active - 1 if grant is not None else ks.active
+        ks.own_budget().observe(limits, grant, others, now)
         for slot in self._slots.values() if key not in self._budget_keys else ():
             tier = self._tier_of.get(slot.profile.id)
             if tier is not None and slot.profile.secret.key == key:

@@ -48,7 +48,7 @@ def test_budget_leases_in_flight_are_not_counted_by_the_report() -> None:
     # The reply to the first lease: the provider counted it (9 left) but not
     # the two granted after it, which are still on their way.
     bud.observe(Limits(requests_limit=10, requests_remaining=9, requests_reset=31.0),
-                grant=first, in_flight=3, now=1.0)
+                grant=first, in_flight=2, now=1.0)
     assert bud.requests is not None and bud.requests.at(1.0) == pytest.approx(7.0)
 
 
@@ -74,7 +74,7 @@ def test_budget_report_contradicting_the_prediction_wins() -> None:
     g = bud.grant(100.0)
     # We predicted 4 left; the provider says it is empty (another client?).
     bud.observe(Limits(requests_limit=5, requests_remaining=0, requests_reset=101.0),
-                grant=g, in_flight=1, now=100.1)
+                grant=g, in_flight=0, now=100.1)
     assert bud.ready_at(100.1) == pytest.approx(100.1 + 0.9 / 5)  # 5 per 0.9 s
 
 
@@ -138,3 +138,17 @@ def test_budget_view() -> None:
     assert view is not None
     assert (view.requests, view.requests_limit) == (0.0, 5)
     assert view.refill_at == pytest.approx(0.05)
+
+
+def test_budget_out_of_order_reading_is_ignored() -> None:
+    bud = Budget()
+    bud.observe(Limits(requests_limit=10, requests_remaining=10), grant=None, in_flight=0,
+                now=0.0)
+    early, late = bud.grant(1.0), bud.grant(1.0)
+    # The later lease's reply comes back first: its reading is the newer one.
+    bud.observe(Limits(requests_limit=10, requests_remaining=8, requests_reset=31.0),
+                grant=late, in_flight=1, now=1.0)
+    assert bud.requests is not None and bud.requests.at(1.0) == pytest.approx(7.0)
+    bud.observe(Limits(requests_limit=10, requests_remaining=9, requests_reset=31.0),
+                grant=early, in_flight=0, now=1.0)  # stale: changes nothing
+    assert bud.requests.at(1.0) == pytest.approx(7.0)
