@@ -11,6 +11,7 @@ from typing import Final, Literal
 
 import msgspec
 import msgspec.toml
+
 from argent_client.protocol import FAILURE_KINDS, FailureKind
 
 from .model import normalise_provider

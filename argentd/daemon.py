@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
 from argent_client import protocol as P
 from argent_client.paths import (
     default_config_path,

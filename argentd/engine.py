@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+
 from argent_client.protocol import (
     PROFILE_FAULTS,
     ArgentError,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from argent_client.paths import default_config_path, default_profiles_path, default_socket_path
 
 from . import __version__

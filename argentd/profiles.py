@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
+
 from argent_client.protocol import ProfileType
 
 from .model import TYPE_ALIASES, Profile, ProfileSet, Secret, normalise_provider

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import msgspec
 import trio
+
 from argent_client import protocol as P
 
 from . import __version__

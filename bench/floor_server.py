@@ -33,6 +33,7 @@ from pathlib import Path
 
 import msgspec
 import trio
+
 from argent_client import protocol as P
 
 RECV_SIZE = 65536

@@ -145,6 +145,7 @@ def _http_client(url: str) -> Any:
 
 def _argentd_agent(spec: AgentSpec, barrier: Any, out: AgentOutcome) -> None:
     import httpx
+
     from argent_client import Client, NoProfileAvailable
 
     http = _http_client(spec.url)

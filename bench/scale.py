@@ -180,7 +180,6 @@ def engine_only(profiles: dict[str, Any], pairs: int) -> dict[str, Any]:
 
     try:
         from argent_client import protocol as P
-
         from argentd.config import DEFAULT_CONFIG
         from argentd.engine import Engine
         from argentd.profiles import load_profiles

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from argent_client.protocol import Limits
 
+from argent_client.protocol import Limits
 from argentd.budget import MAX_HORIZON, Bucket, Budget
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from argent_client import Client
 from argent_client import protocol as P
 

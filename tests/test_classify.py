@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from argent_client.classify import MAX_MESSAGE, Failure, classify, retry_after, scrub
 
 NOW = 1_750_000_000.0

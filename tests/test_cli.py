@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from argent_client.cli import split_exec_argv
 from argent_client.commands import ExitCode
 

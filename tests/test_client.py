@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+
 from argent_client import (
     AsyncClient,
     AsyncLease,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from argent_client.doctor import Check, check_config, check_git, check_profiles_file, failed
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

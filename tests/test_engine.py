@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from argent_client.protocol import (
     Event,
     InvalidParams,
@@ -26,7 +27,6 @@ from argent_client.protocol import (
     UnknownRoute,
     Usage,
 )
-
 from argentd.config import Config, CooldownConfig, LeaseConfig
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from argent_client.protocol import (
     LeaseParams,
     LeaseResult,
@@ -10,7 +11,6 @@ from argent_client.protocol import (
     NoProfileAvailable,
     ReportParams,
 )
-
 from argentd.engine import Engine
 from argentd.views import metrics
 
@@ -115,7 +115,6 @@ def test_budget_malformed_limits_never_block_forever() -> None:
 
 def test_budget_shown_in_status_and_metrics() -> None:
     from argent_client.protocol import ConfigStatus
-
     from argentd.views import status
 
     e = make(prof("anthropic:a"))

@@ -22,16 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from argent_client.protocol import (
-    ArgentError,
-    ConfigStatus,
-    LeaseNotFound,
-    LeaseParams,
-    LeaseResult,
-    NoProfileAvailable,
-    ReportParams,
-    UnknownProvider,
-)
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -42,6 +32,16 @@ from hypothesis.stateful import (
     rule,
 )
 
+from argent_client.protocol import (
+    ArgentError,
+    ConfigStatus,
+    LeaseNotFound,
+    LeaseParams,
+    LeaseResult,
+    NoProfileAvailable,
+    ReportParams,
+    UnknownProvider,
+)
 from argentd.config import Config, LeaseConfig
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from argent_client.classify import classify, parse_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

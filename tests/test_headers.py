@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from argent_client._core import LeaseBase
 from argent_client.classify import parse_duration, parse_limits
 from argent_client.protocol import LeaseResult, Limits

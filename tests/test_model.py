@@ -5,10 +5,10 @@ import re
 import secrets
 
 import pytest
-from argent_client.providers import KNOWN_PREFIXES as _KNOWN_PREFIXES
 from hypothesis import given
 from hypothesis import strategies as st
 
+from argent_client.providers import KNOWN_PREFIXES as _KNOWN_PREFIXES
 from argentd.model import (
     ENV_RANK,
     Profile,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from rich.console import Console
+
 from argent_client.protocol import (
     ConfigStatus,
     Event,
@@ -22,7 +24,6 @@ from argent_client.render import (
     state_text,
     status_tables,
 )
-from rich.console import Console
 
 NOW = 1_800_000_000.0
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
 from argent_client import service
 from argent_client.paths import default_socket_path
 from argent_client.service import (

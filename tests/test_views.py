@@ -8,13 +8,13 @@ import re
 from typing import Any
 
 import msgspec
+
 from argent_client.protocol import (
     ConfigStatus,
     LeaseParams,
     ReportParams,
     StatusResult,
 )
-
 from argentd.config import Config
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret

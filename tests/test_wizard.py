@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from argent_client import providers
 from argent_client.profiles_file import (
     ProfileExists,
