@@ -51,6 +51,10 @@ class Broken(Exception):
     """The connection to the daemon broke (EOF, EPIPE, ECONNRESET)."""
 
 
+class NotSent(Broken):
+    """The connection was found broken before the request left: resending is safe."""
+
+
 class LineReader:
     """Accumulates bytes and hands out complete lines (without the newline)."""
 

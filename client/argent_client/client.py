@@ -219,6 +219,8 @@ class Client:
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._sock_timeout: float | None = None
+        self._fresh = False
+        """The connection was opened for the call in progress (nothing answered on it yet)."""
         self._reader = C.LineReader()
         self._book = C.CallBook()
 
@@ -269,21 +271,31 @@ class Client:
         """Send one request and return its typed result (module doc for retries)."""
         timeout = C.call_timeout(self.timeout, wait)
         with self._lock:
-            for attempt in (1, 2):
-                if self._sock is not None and C.peer_closed(self._sock):
-                    self._drop()
+            attempt = 1
+            while attempt <= 2:
                 if self._sock is None:
                     self._sock = self._open(timeout)
+                    self._fresh = True
                     self._reader = C.LineReader()
                     self._book = C.CallBook()
                 try:
                     msg = self._roundtrip(self._sock, method, params, timeout)
+                except C.NotSent:
+                    # The daemon closed this connection since the last call (a
+                    # restart): the request never left, so a new connection may
+                    # carry it without using up the one retry.
+                    self._drop()
+                    if self._fresh:
+                        raise C.connection_lost(self.socket_path, method, True) from None
+                    continue
                 except C.Broken:
                     self._drop()
-                    if attempt == 2 or not C.retry_safe(method, params):
-                        raise C.connection_lost(self.socket_path, method, attempt == 2) from None
+                    attempt += 1
+                    if attempt > 2 or not C.retry_safe(method, params):
+                        raise C.connection_lost(self.socket_path, method, attempt > 2) from None
                     log.info("connection to argentd lost; sending %s again on a new one", method)
                     continue
+                self._fresh = False
                 return C.result_of(method, msg)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -299,6 +311,9 @@ class Client:
                 sock.sendall(line)
             except (TimeoutError, BlockingIOError):
                 raise C.Broken("send timed out") from None
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # A Unix socket refuses the first byte once its peer has closed.
+                raise C.NotSent(str(exc)) from None
             except OSError as exc:
                 raise C.Broken(str(exc)) from None
             while True:
