@@ -90,28 +90,25 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
     return Loaded(config, profiles, "; ".join(errors) or None)
 
 
+def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:
+    """The one precedence: the flag, else the environment, else argentd.toml, else default."""
+    if flag is not None:
+        return flag
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    if configured:
+        return Path(configured).expanduser()
+    return default
+
+
 def profiles_path(opts: Options, config: Config) -> Path:
     """--profiles, else $ARGENT_PROFILES, else `profiles` in the config, else the default."""
-    env = os.environ.get("ARGENT_PROFILES")
-    if opts.profiles is not None:
-        return opts.profiles
-    if env:
-        return Path(env).expanduser()
-    if config.profiles:
-        return Path(config.profiles).expanduser()
-    return home_profiles_path()
+    return _first_path(opts.profiles, "ARGENT_PROFILES", config.profiles, home_profiles_path())
 
 
 def socket_path(opts: Options, config: Config) -> Path:
     """--socket, else $ARGENT_SOCKET, else `socket` in the config, else the default."""
-    env = os.environ.get("ARGENT_SOCKET")
-    if opts.socket is not None:
-        return opts.socket
-    if env:
-        return Path(env).expanduser()
-    if config.socket:
-        return Path(config.socket).expanduser()
-    return runtime_socket_path()
+    return _first_path(opts.socket, "ARGENT_SOCKET", config.socket, runtime_socket_path())
 
 
 class Daemon:

@@ -8,7 +8,7 @@ hold one secret share one cooldown, and a changed secret starts clean.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from .budget import Budget
 from .snapshot import KeySnapshot
@@ -94,31 +94,14 @@ class KeyState:
             self.probing = True
 
     def to_snapshot(self) -> KeySnapshot:
-        return KeySnapshot(
-            cooldown_until=self.cooldown_until,
-            cooldown_kind=self.cooldown_kind,
-            model_cooldowns=dict(self.model_cooldowns),
-            streak=dict(self.streak),
-            error_count=self.error_count,
-            invalid=self.invalid,
-            last_error=self.last_error,
-            last_used=self.last_used,
-            requests=self.requests,
-            failures=self.failures,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-        )
+        """The persisted part: every field KeySnapshot names (copies of the dicts)."""
+        fields: dict[str, Any] = {f: _copy(getattr(self, f)) for f in KeySnapshot.__struct_fields__}
+        return KeySnapshot(**fields)
 
     def restore(self, k: KeySnapshot) -> None:
-        self.cooldown_until = k.cooldown_until
-        self.cooldown_kind = k.cooldown_kind
-        self.model_cooldowns = dict(k.model_cooldowns)
-        self.streak = dict(k.streak)
-        self.error_count = k.error_count
-        self.invalid = k.invalid
-        self.last_error = k.last_error
-        self.last_used = k.last_used
-        self.requests = k.requests
-        self.failures = k.failures
-        self.input_tokens = k.input_tokens
-        self.output_tokens = k.output_tokens
+        for f in KeySnapshot.__struct_fields__:
+            setattr(self, f, _copy(getattr(k, f)))
+
+
+def _copy(value: object) -> object:
+    return dict(value) if isinstance(value, dict) else value

@@ -16,6 +16,7 @@ from argent_client.protocol import ProfileType, Source
 from argent_client.providers import (
     PROVIDER_ALIASES,
     PROVIDERS,
+    TYPE_ALIASES,
     fingerprint,
     normalise_provider,
 )
@@ -35,15 +36,6 @@ __all__ = [
     "normalise_provider",
     "secret_key",
 ]
-
-TYPE_ALIASES: Final[dict[str, ProfileType]] = {
-    "setup-token": "setup-token",
-    "setup_token": "setup-token",
-    "token": "setup-token",
-    "api-key": "api-key",
-    "api_key": "api-key",
-    "oauth": "oauth",
-}
 
 TYPE_RANK: Final[dict[ProfileType, int]] = {"setup-token": 0, "oauth": 0, "api-key": 1}
 """Tier inside a priority: subscription tokens before per-token API keys."""

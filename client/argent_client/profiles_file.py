@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import ProfileType
-from .providers import fingerprint, normalise_provider
+from .providers import TYPE_ALIASES, fingerprint, normalise_provider
 
 _NAME: re.Pattern[str] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 RESERVED_NAMES = frozenset({"env", "env-key"})
@@ -45,14 +45,6 @@ _STORE_TYPE: dict[ProfileType, tuple[str, str]] = {
     "setup-token": ("token", "token"),
     "api-key": ("api_key", "key"),
     "oauth": ("oauth", "access"),
-}
-TYPE_ALIASES: dict[str, ProfileType] = {
-    "setup-token": "setup-token",
-    "setup_token": "setup-token",
-    "token": "setup-token",
-    "api-key": "api-key",
-    "api_key": "api-key",
-    "oauth": "oauth",
 }
 
 

@@ -20,6 +20,16 @@ PROVIDERS: Final = ("anthropic", "openai", "openrouter", "minimax", "zai", "goog
 
 PROVIDER_ALIASES: Final = {"z.ai": "zai", "z-ai": "zai", "z_ai": "zai", "gemini": "google"}
 
+TYPE_ALIASES: Final[dict[str, ProfileType]] = {
+    "setup-token": "setup-token",
+    "setup_token": "setup-token",
+    "token": "setup-token",
+    "api-key": "api-key",
+    "api_key": "api-key",
+    "oauth": "oauth",
+}
+"""Every spelling of a profile type in either file shape -> the canonical type."""
+
 _PROVIDER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 

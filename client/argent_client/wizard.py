@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TextIO
 
 from .profiles_file import (
-    TYPE_ALIASES,
     ProfileExists,
     add_profile,
     name_problem,
@@ -25,6 +24,7 @@ from .protocol import ProfileType
 from .providers import (
     PROVIDERS,
     TOKEN_SHAPES,
+    TYPE_ALIASES,
     fingerprint,
     normalise_provider,
     shape_problem,
