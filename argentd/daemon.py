@@ -30,7 +30,7 @@ from . import log as logmod
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .engine import Engine
 from .model import ProfileSet
-from .profiles import ProfilesError, env_profiles, load_profiles
+from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
 from .reload import watch_files
 from .server import Server
 from .service import (
@@ -141,7 +141,11 @@ class Daemon:
     def _log_load(self, loaded: Loaded) -> None:
         logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
         n = len(loaded.profiles.profiles)
-        log.info("loaded %d profile(s) from %s", n, profiles_path(self.opts, loaded.config))
+        path = profiles_path(self.opts, loaded.config)
+        log.info("loaded %d profile(s) from %s", n, path)
+        if not profiles_file_exists(path):
+            log.warning("no profiles file at %s (serving the environment fallback only); "
+                        "add a profile with `argentctl setup`", path)
         if loaded.error:
             log.error("profiles/config problem: %s", loaded.error)
 

@@ -240,6 +240,7 @@ def test_server_env_fallback_profile(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()
     key = make_secret("sk-or-v1-")
     d.start(OPENROUTER_API_KEY=key)  # no profiles file at all
+    assert "no profiles file at" in d.stderr() and "argentctl setup" in d.stderr()
     lease = d.call("lease", {"provider": "openrouter"})
     assert lease["profile"] == "openrouter:env"
     assert lease["source"] == "env"
