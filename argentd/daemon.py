@@ -46,6 +46,8 @@ from .state import Saver, StateStore
 
 log = logging.getLogger("argentd")
 
+STATUS_EVERY = 1.0
+"""Seconds between STATUS= updates to systemd while profiles change state."""
 USAGE_SAVE_EVERY = 60.0
 """Seconds between saves of usage counters (last use, request counts)."""
 
@@ -137,6 +139,7 @@ class Daemon:
             peer_uid=peer_uid,
         )
         self._reload_lock = trio.Lock()
+        self._status_dirty = trio.Event()
 
     def _log_load(self, loaded: Loaded) -> None:
         logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
@@ -159,6 +162,16 @@ class Daemon:
 
     def _changed(self) -> None:
         self.saver.mark_dirty()
+        self._status_dirty.set()
+
+    async def _keep_status_current(self) -> None:
+        """STATUS= for `systemctl status` after changes, at most once a second
+        (the line counts every profile)."""
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty = trio.Event()
+            self.notifier.status(self.status_line())
+            await trio.sleep(STATUS_EVERY)
 
     def status_line(self) -> str:
         now = time.time()
@@ -212,6 +225,8 @@ class Daemon:
                 await nursery.start(self.server.serve, listener)
                 await nursery.start(self.saver.run)
                 nursery.start_soon(self._save_usage_now_and_then)
+                if self.notifier.enabled:
+                    nursery.start_soon(self._keep_status_current)
                 watched = [
                     profiles_path(self.opts, self.loaded.config),
                     self.opts.config or default_config_path(),

@@ -119,7 +119,9 @@ def test_daemon_notify_messages(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()
     d.write_profiles({"anthropic:a": profile()})
     d.start()
-    assert "ready" in d.wait_message("STATUS=")
+    assert "1 ready, 0 cooling" in d.wait_message("STATUS=")
+    d.call("report_failure", {"profile": "anthropic:a", "kind": "rate_limit"})
+    assert "0 ready, 1 cooling" in d.wait_message("STATUS=")  # kept current
     assert d.stop() == 0
     d.wait_message("STOPPING=1")
 
