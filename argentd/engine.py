@@ -1,4 +1,4 @@
-"""The rotation engine: selection, leases, waiters, cooldowns. Pure: no I/O, no clock.
+"""The rotation engine: leases, waiters, and the books they keep. Pure: no I/O, no clock.
 
 Theory of operation
 -------------------
@@ -9,7 +9,9 @@ So the engine is always consistent at `now`, whatever the caller did before.
 
 What a call decides beyond its return value goes to the *outbox*: events for
 subscribers and the results of waiters it served. The adapter drains it with
-`take_outbox()` after each call and sleeps until `next_deadline()`.
+`take_outbox()` after each call and sleeps until `next_deadline()`, which
+the lazy-deletion heaps of lease expiries, cooldown ends, waiter deadlines
+and budget refills answer.
 
 State lives in three places:
 - `_keys`: per *secret* (`Secret.key`), so two profiles holding one secret
@@ -17,9 +19,12 @@ State lives in three places:
 - `_slots`: per profile id: the Profile, its leases, its user disable flag.
 - `_leases` and `_waiters`: who holds what and who is queued, FIFO.
 
-A profile is *ready* for a request when it is enabled, not invalid, not
-expired, not cooling down (for the requested model, when the cooldown is
-model-scoped), below `max_concurrent`, and not removed by a reload.
+Two decisions live in their own modules, over that state:
+- which ready profile a request gets, and session affinity: `selection.py`
+  (the `Selector` the engine owns shares `_slots` and `_keys`);
+- what a failure report or a rejected subscription window does to a key:
+  `cooldown.py` (pure; the engine applies the verdict and keeps the heaps,
+  events and counters).
 """
 
 from __future__ import annotations
@@ -44,37 +49,19 @@ from argent_client.protocol import (
     LeaseParams,
     LeaseResult,
     Limits,
-    NoProfileAvailable,
     ProfileState,
     ReportParams,
     ReportResult,
     UnknownProfile,
-    UnknownProvider,
-    UnknownRoute,
     Usage,
 )
 
-from .config import DEFAULT_CONFIG, EFFECTS, Config
+from . import cooldown
+from .config import DEFAULT_CONFIG, Config
 from .keystate import KeyState
-from .model import Profile, ProfileSet, auth_headers, normalise_provider
+from .model import Profile, ProfileSet, auth_headers
+from .selection import Selector, Slot
 from .snapshot import ProfileSnapshot, Snapshot
-
-SWEEP_EVERY: Final = 60.0
-"""Seconds between sweeps of idle session affinities."""
-
-
-@dataclass(slots=True)
-class Slot:
-    """One profile id: its current Profile and runtime flags."""
-
-    profile: Profile
-    seq: int = 0
-    """Order of the last grant; lower was leased longer ago (spreads load)."""
-    active: int = 0
-    user_disabled: bool | None = None
-    """Set by disable/enable; None follows the file's `disabled`."""
-    removed: bool = False
-    """Gone from the file, kept only while its leases finish."""
 
 
 @dataclass(slots=True)
@@ -96,22 +83,6 @@ class Lease:
     """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
     grant: int = 0
     """Its number among the grants on that key (rate budgets count from it)."""
-
-
-@dataclass(slots=True)
-class Tier:
-    """Profiles of one provider that selection treats as equals.
-
-    `ids` is kept least recently leased first (`lru`), so the first ready
-    one is the answer and selection does not look at every profile; an
-    explicit `order` keeps its own order instead. Once the provider has
-    reported a budget for one of them (`budgeted`), the whole tier is
-    compared by headroom.
-    """
-
-    ids: dict[str, None]
-    lru: bool
-    budgeted: bool = False
 
 
 @dataclass(slots=True)
@@ -161,16 +132,8 @@ class Engine:
         self._new_id = lease_id
         self._keys: dict[str, KeyState] = {}
         self._slots: dict[str, Slot] = {}
-        self._by_provider: dict[str, list[str]] = {}
-        self._tiers: dict[str, list[Tier]] = {}
-        self._tier_of: dict[str, Tier] = {}
-        self._budget_keys: set[str] = set()
-        """Keys a provider has reported a budget for (their tiers compare headroom)."""
-        self._order: dict[str, list[str]] = {}
         self._leases: dict[str, Lease] = {}
         self._waiters: dict[int, Waiter] = {}
-        self._sessions: dict[str, tuple[str, float]] = {}
-        self._seq = itertools.count(1)
         self._waiter_ids = itertools.count(1)
         # Lazy-deletion heaps of (time, ...) for next_deadline().
         self._lease_heap: list[tuple[float, str]] = []
@@ -178,7 +141,7 @@ class Engine:
         self._wait_heap: list[tuple[float, int]] = []
         self._refill_heap: list[tuple[float, str]] = []  # (when a budget refills, key)
         self._earliest = math.inf
-        self._last_sweep = now
+        self._sel = Selector(self._slots, self._keys, config, self._note_refill, now=now)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
         self.events_wanted = True
@@ -199,7 +162,7 @@ class Engine:
         while lh and (lh[0][1] not in self._leases
                       or self._leases[lh[0][1]].expires_at != lh[0][0]):
             heapq.heappop(lh)
-        while ch and not self._cooling_entry(*ch[0]):
+        while ch and not self._cool_entry_live(*ch[0]):
             heapq.heappop(ch)
         while wh and (wh[0][1] not in self._waiters
                       or self._waiters[wh[0][1]].deadline != wh[0][0]):
@@ -214,6 +177,14 @@ class Engine:
         if entry[0] < self._earliest:
             self._earliest = entry[0]
 
+    def _note_refill(self, when: float, key: str) -> None:
+        """A key is held back by its rate budget until `when`: wake the waiters then."""
+        self._push(self._refill_heap, (when, key))
+
+    def _cool_entry_live(self, until: float, key: str, model: str) -> bool:
+        ks = self._keys.get(key)
+        return ks is not None and cooldown.live(ks, until, model)
+
     def take_earliest(self) -> float:
         """The earliest deadline added since the last call (inf if none).
 
@@ -222,14 +193,6 @@ class Engine:
         """
         earliest, self._earliest = self._earliest, math.inf
         return earliest
-
-    def _cooling_entry(self, until: float, key: str, model: str) -> bool:
-        ks = self._keys.get(key)
-        if ks is None:
-            return False
-        if model:
-            return ks.model_cooldowns.get(model) == until
-        return ks.cooldown_until == until
 
     def profile(self, profile_id: str) -> Profile:
         slot = self._slots.get(profile_id)
@@ -248,16 +211,7 @@ class Engine:
 
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        slot = self._slots[profile_id]
-        p = slot.profile
-        if self._disabled(slot):
-            return "disabled"
-        ks = self._keys[p.secret.key]
-        if ks.invalid or (p.expires is not None and p.expires <= now):
-            return "invalid"
-        if ks.cooling(now) is not None:
-            return "cooldown"
-        return "ready"
+        return self._sel.state(self._slots[profile_id], now)
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -292,157 +246,17 @@ class Engine:
                     self._slots[pid].removed = True
                 else:
                     del self._slots[pid]
-        self._order = {k: list(v) for k, v in profiles.order.items()}
-        self._reindex()
+        self._sel.config = config
+        self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
         self._gc_keys()
         self._outbox.changed = True
         self._serve_waiters(now)
-
-    def _reindex(self) -> None:
-        by: dict[str, list[str]] = {}
-        for pid, slot in self._slots.items():
-            if not slot.removed:
-                by.setdefault(slot.profile.provider, []).append(pid)
-        for provider, ids in by.items():
-            explicit = {pid: i for i, pid in enumerate(self._order.get(provider, ()))}
-            ids.sort(
-                key=lambda pid: (
-                    explicit.get(pid, len(explicit)),
-                    self._slots[pid].profile.priority,
-                    self._slots[pid].profile.rank,
-                )
-            )
-        self._by_provider = by
-        self._tiers = {}
-        self._tier_of = {}
-        for provider, ids in by.items():
-            tiers: list[Tier] = []
-            if provider in self._order:
-                tiers.append(Tier(dict.fromkeys(ids), lru=False))
-            else:
-                last: tuple[int, int] | None = None
-                for pid in ids:
-                    p = self._slots[pid].profile
-                    if (p.priority, p.rank) != last:
-                        tiers.append(Tier({}, lru=True))
-                        last = (p.priority, p.rank)
-                    tiers[-1].ids[pid] = None
-                for tier in tiers:  # least recently leased first
-                    tier.ids = dict.fromkeys(sorted(tier.ids, key=lambda i: self._slots[i].seq))
-            for tier in tiers:
-                tier.budgeted = any(self._budgeted(pid) for pid in tier.ids)
-                for pid in tier.ids:
-                    self._tier_of[pid] = tier
-            self._tiers[provider] = tiers
-
-    def _budgeted(self, pid: str) -> bool:
-        b = self._keys[self._slots[pid].profile.secret.key].known_budget
-        return b.requests is not None or b.tokens is not None or b.demoted
 
     def _gc_keys(self) -> None:
         used = {s.profile.secret.key for s in self._slots.values()}
         for key in list(self._keys):
             if key not in used:
                 del self._keys[key]
-
-    # ------------------------------------------------------------ selection
-
-    def _disabled(self, slot: Slot) -> bool:
-        if slot.user_disabled is not None:
-            return slot.user_disabled
-        return slot.profile.disabled
-
-    def _ready(self, slot: Slot, model: str | None, now: float) -> bool:
-        p = slot.profile
-        if slot.removed or self._disabled(slot) or not p.serves(model):
-            return False
-        if p.expires is not None and p.expires <= now:
-            return False
-        if p.max_concurrent is not None and slot.active >= p.max_concurrent:
-            return False
-        ks = self._keys[p.secret.key]
-        if ks.invalid or ks.cooling(now, model) is not None or ks.probe_busy:
-            return False
-        refill = ks.blocked_until(now)
-        if refill is not None:
-            if ks.refill_noted != refill:  # once per refill time, not once per look
-                ks.refill_noted = refill
-                self._push(self._refill_heap, (refill, p.secret.key))
-            return False
-        return True
-
-    def _pick(
-        self,
-        provider: str,
-        model: str | None,
-        now: float,
-        *,
-        session: str | None = None,
-        exclude: str | None = None,
-    ) -> Slot | None:
-        """The profile to lease next for `provider`, or None if none is ready."""
-        ids = self._by_provider.get(provider)
-        if not ids:
-            return None
-        if session is not None:
-            held = self._sessions.get(session)
-            if held is not None:
-                slot = self._slots.get(held[0])
-                fresh = now - held[1] < self.config.lease.affinity_idle
-                if slot is not None and fresh and slot.profile.provider != provider:
-                    pass  # held on another target of a route: asking this one must not forget it
-                elif (
-                    slot is not None
-                    and fresh
-                    and held[0] != exclude
-                    and self._ready(slot, model, now)
-                ):
-                    return slot
-                else:
-                    del self._sessions[session]
-        for tier in self._tiers[provider]:
-            if not tier.budgeted:
-                for pid in tier.ids:  # in order: the first ready one is the answer
-                    slot = self._slots[pid]
-                    if pid != exclude and self._ready(slot, model, now):
-                        return slot
-                continue
-            best: Slot | None = None
-            best_rank: tuple[bool, float, int] = (False, 0.0, 0)
-            for pid in tier.ids:
-                slot = self._slots[pid]
-                if pid == exclude or not self._ready(slot, model, now):
-                    continue
-                if not tier.lru:
-                    return slot
-                rank = self._preference(slot, now)
-                if best is None or rank < best_rank:
-                    best, best_rank = slot, rank
-            if best is not None:
-                return best
-        return None
-
-    def _preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
-        """Order inside a tier: a nearly spent subscription window last, then the
-        most rate budget left, then the least recently leased."""
-        budget = self._keys[slot.profile.secret.key].known_budget
-        return (budget.demoted, -budget.headroom(now), slot.seq)
-
-    def _targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
-        """(route name, [(provider, model)]) a lease request may be served from."""
-        if params.route is not None:
-            targets = self.config.route_targets(params.route)
-            if targets is None:
-                raise UnknownRoute(f"no route {params.route!r}", route=params.route)
-            if params.model is not None:
-                targets = [(prov, params.model) for prov, _ in targets]
-            return params.route, targets
-        if params.provider is None:
-            raise InvalidParams("invalid params: lease needs `provider` or `route`")
-        provider = normalise_provider(params.provider)
-        if provider not in self._by_provider:
-            raise UnknownProvider(f"no profile for provider {provider!r}", provider=provider)
-        return None, [(provider, params.model)]
 
     def _try_lease(
         self,
@@ -453,10 +267,10 @@ class Engine:
         start: int = 0,
         exclude: str | None = None,
     ) -> LeaseResult | None:
-        route, targets = self._targets(params)
+        route, targets = self._sel.targets(params)
         for i in range(start, len(targets)):
             provider, model = targets[i]
-            slot = self._pick(provider, model, now, session=params.session, exclude=exclude)
+            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude)
             if slot is not None:
                 return self._grant(slot, params, conn, now, route=route, target=i, model=model)
             exclude = None  # only the failed profile's own provider excludes it
@@ -493,18 +307,12 @@ class Engine:
         self._leases[lease.id] = lease
         self._push(self._lease_heap, (lease.expires_at, lease.id))
         slot.active += 1
-        slot.seq = next(self._seq)
-        tier = self._tier_of.get(p.id)
-        if tier is not None and tier.lru:
-            del tier.ids[p.id]
-            tier.ids[p.id] = None
+        self._sel.granted(slot, params.session, now)
         ks = self._keys[p.secret.key]
         ks.last_used = now
         ks.requests += 1
         ks.active += 1
         lease.grant = ks.own_budget().grant(now)
-        if params.session is not None:
-            self._sessions[params.session] = (p.id, now)
         self._count(f"leases_granted:{p.provider}")
         # Usage counters alone do not call for a save: they go with the next
         # change that does, the adapter's periodic save, or the one at shutdown.
@@ -523,45 +331,6 @@ class Engine:
             model=model,
         )
 
-    def _unavailable(self, params: LeaseParams, now: float) -> NoProfileAvailable:
-        """The `no_profile_available` error, with when and why."""
-        _, targets = self._targets(params)
-        states: list[dict[str, object]] = []
-        soonest: float | None = None
-        for provider, model in targets:
-            for pid in self._by_provider.get(provider, ()):
-                slot = self._slots[pid]
-                p = slot.profile
-                ks = self._keys[p.secret.key]
-                state: str = self.state_of(pid, now)
-                until = ks.cooling(now, model)
-                when: float | None = None
-                if state in ("disabled", "invalid") or not p.serves(model):
-                    pass
-                elif until is not None:
-                    state, when = "cooldown", until
-                elif p.max_concurrent is not None and slot.active >= p.max_concurrent:
-                    state = "busy"
-                    when = min(
-                        (le.expires_at for le in self._leases.values() if le.profile_id == pid),
-                        default=None,
-                    )
-                elif ks.probe_busy:
-                    state = "probing"
-                    when = min((le.expires_at for le in self._leases.values()
-                                if le.key == p.secret.key), default=None)
-                elif (refill := ks.blocked_until(now)) is not None:
-                    state, when = "budget", refill
-                if when is not None:
-                    soonest = when if soonest is None else min(soonest, when)
-                states.append({"id": pid, "state": state, "until": until})
-        what = f"route {params.route!r}" if params.route else f"provider {targets[0][0]!r}"
-        retry = None if soonest is None else max(0.0, soonest - now)
-        msg = f"no profile of {what} is ready"
-        if retry is not None:
-            msg += f"; one may be in {retry:.0f}s"
-        return NoProfileAvailable(msg, retry_after=retry, profiles=states)
-
     # ------------------------------------------------------------ leases
 
     def lease(self, params: LeaseParams, *, conn: int | None, now: float) -> LeaseResult:
@@ -578,7 +347,7 @@ class Engine:
         # take a profile from under an earlier waiter.
         granted = self._try_lease(params, conn, now)
         if granted is None:
-            raise self._unavailable(params, now)
+            raise self._sel.unavailable(params, self._leases.values(), now)
         return granted
 
     def wait(self, params: LeaseParams, *, conn: int | None, now: float) -> int:
@@ -590,7 +359,7 @@ class Engine:
         self._tick(now)
         if params.ttl is not None and params.ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
-        self._targets(params)
+        self._sel.targets(params)
         wid = next(self._waiter_ids)
         deadline = now + max(0.0, params.wait)
         self._waiters[wid] = Waiter(wid, params, conn, deadline)
@@ -610,16 +379,8 @@ class Engine:
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
         lease.expires_at = now + ttl
         self._push(self._lease_heap, (lease.expires_at, lease.id))
-        self._touch_session(lease, now)
+        self._sel.touch_session(lease.session, lease.profile_id, now)
         return lease.expires_at
-
-    def _touch_session(self, lease: Lease, now: float) -> None:
-        """A session that still uses its profile is not idle (its prompt cache is warm)."""
-        if lease.session is not None:
-            held = self._sessions.get(lease.session)
-            if held is not None and held[0] == lease.profile_id:
-                self._sessions[lease.session] = (lease.profile_id, now)
-
     def _lease(self, lease_id: str) -> Lease:
         lease = self._leases.get(lease_id)
         if lease is None:
@@ -654,7 +415,7 @@ class Engine:
             if limits is not None:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
                               lease.grant, now)
-        self._touch_session(lease, now)
+        self._sel.touch_session(lease.session, lease.profile_id, now)
         self._end_lease(lease)
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
@@ -744,34 +505,18 @@ class Engine:
         ks.failures += 1
         ks.last_error = kind if params.status is None else f"{kind} ({params.status})"
         self._outbox.changed = True
-        effect = EFFECTS[kind]
-        if effect == "invalid":
+        verdict = cooldown.on_failure(ks, kind, params.retry_after, model, self.config, now)
+        if verdict.invalid:
             ks.invalid = True
-            return
-        backoff = self.config.cooldown.backoff(kind)
-        if effect != "cooldown" or backoff is None:
-            return
-        if ks.cooling(now, model) is not None:
-            return  # already cooling: a burst of reports must not extend or escalate it
-        n = ks.streak.get(kind, 0) + 1
-        ks.streak[kind] = n
-        if params.retry_after is not None and params.retry_after >= 0:
-            duration = min(params.retry_after, self.config.cooldown.retry_after_cap)
-        else:
-            duration = backoff.duration(n)
-        if duration <= 0:
-            return  # `retry_after: 0` means retry now: a window ending now would only linger
-        self._start_cooldown(p, key, kind, now + duration, model, now)
+        if verdict.streak is not None:
+            ks.streak[kind] = verdict.streak
+        if verdict.until is not None:
+            self._start_cooldown(p, key, kind, verdict.until, model, now)
 
     def _start_cooldown(
         self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
     ) -> None:
-        ks = self._keys[key]
-        if model is not None:
-            ks.model_cooldowns[model] = until
-        else:
-            ks.cooldown_until = until
-            ks.cooldown_kind = kind
+        cooldown.start(self._keys[key], kind, until, model)
         self._push(self._cool_heap, (until, key, model or ""))
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
@@ -786,18 +531,10 @@ class Engine:
         # The reporting lease (if any) is still out: the others are the in-flight ones.
         others = ks.active - 1 if grant is not None else ks.active
         ks.own_budget().observe(limits, grant, others, now)
-        for slot in self._slots.values() if key not in self._budget_keys else ():
-            tier = self._tier_of.get(slot.profile.id)
-            if tier is not None and slot.profile.secret.key == key:
-                tier.budgeted = True
-        self._budget_keys.add(key)
-        reset = limits.unified_reset
-        if limits.unified_status == "rejected" and reset is not None and reset > now:
-            # A subscription's 5-hour or weekly window is spent: cool until it reopens.
-            until = min(reset, now + self.config.cooldown.retry_after_cap)
-            current = ks.cooling(now)
-            if current is None or current < until:
-                self._start_cooldown(p, key, "quota", until, None, now)
+        self._sel.note_budget(key)
+        until = cooldown.on_limits(ks, limits, self.config, now)
+        if until is not None:
+            self._start_cooldown(p, key, "quota", until, None, now)
 
     def _failover(
         self, failed: Profile, lease: Lease | None, kind: FailureKind, conn: int | None,
@@ -825,14 +562,7 @@ class Engine:
         """Clear cooldowns, error counts and the invalid mark of a profile."""
         self._tick(now)
         p = self.profile(profile_id)
-        ks = self._keys[p.secret.key]
-        ks.cooldown_until = None
-        ks.cooldown_kind = None
-        ks.model_cooldowns.clear()
-        ks.streak.clear()
-        ks.error_count = 0
-        ks.invalid = False
-        ks.last_error = None
+        cooldown.clear(self._keys[p.secret.key])
         self._outbox.changed = True
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
@@ -862,23 +592,12 @@ class Engine:
                 self._end_lease(lease)
                 self._emit("expire", now, profile=lease.profile_id, lease_id=lid)
                 changed = True
-        heap2 = self._cool_heap
-        while heap2 and heap2[0][0] <= now:
-            until, key, model = heapq.heappop(heap2)
+        cool = self._cool_heap
+        while cool and cool[0][0] <= now:
+            until, key, model = heapq.heappop(cool)
             ks = self._keys.get(key)
-            if ks is None:
-                continue
-            if model:
-                if ks.model_cooldowns.get(model) == until:
-                    del ks.model_cooldowns[model]
-                else:
-                    continue
-            elif ks.cooldown_until == until:
-                ks.cooldown_until = None
-                ks.cooldown_kind = None
-                ks.cooldown_ended()
-            else:
-                continue
+            if ks is None or not cooldown.end(ks, until, model):
+                continue  # a reset or a later cooldown replaced it
             for slot in self._slots.values():
                 if slot.profile.secret.key == key:
                     self._emit("cooldown_end", now, profile=slot.profile.id, model=model or None)
@@ -886,11 +605,7 @@ class Engine:
         refills = self._refill_heap
         while refills and refills[0][0] <= now:
             heapq.heappop(refills)  # the waiters it held back are served below
-        if now - self._last_sweep >= SWEEP_EVERY:
-            self._last_sweep = now
-            idle = self.config.lease.affinity_idle
-            for session in [s for s, (_, t) in self._sessions.items() if now - t >= idle]:
-                del self._sessions[session]
+        self._sel.sweep(now)
         if changed:
             self._outbox.changed = True
         self._serve_waiters(now)
@@ -906,7 +621,7 @@ class Engine:
             try:
                 result = self._try_lease(w.params, w.conn, now)
                 if result is None and w.deadline <= now:
-                    result = self._unavailable(w.params, now)
+                    result = self._sel.unavailable(w.params, self._leases.values(), now)
             except ArgentError as exc:
                 result = exc
             if result is not None:
@@ -951,9 +666,7 @@ class Engine:
             if ks is None:
                 continue
             ks.restore(k)
-            if ks.cooldown_until is not None:
-                self._push(self._cool_heap, (ks.cooldown_until, key, ""))
-            for model, until in ks.model_cooldowns.items():
+            for until, model in cooldown.entries(ks):
                 self._push(self._cool_heap, (until, key, model))
         for pid, ps in snap.profiles.items():
             slot = self._slots.get(pid)

@@ -1,0 +1,377 @@
+"""Selection order: which profile of a provider a lease request gets.
+
+Theory of operation
+-------------------
+A profile is *ready* for a request when it is enabled, not invalid, not
+expired, not cooling down (for the requested model, when the cooldown is
+model-scoped), not being probed by another lease, within its rate budget,
+below `max_concurrent`, and not removed by a reload.
+
+Each provider's profiles are split into *tiers* (`reindex`), walked in order
+(`pick`); the first tier with a ready profile answers:
+
+- a provider with an explicit `order` is one tier in that order, and its
+  first ready profile wins;
+- otherwise profiles are grouped by (`priority`, `rank`), and inside a tier
+  the least recently leased ready profile wins (the tier's `ids` are kept in
+  that order, so the first ready one is the answer without looking at the
+  rest). Once a provider reported a rate budget for any profile of a tier,
+  the tier is compared by `preference` instead: a nearly spent subscription
+  window last, then the most budget left, then the least recently leased.
+
+Session affinity: a lease with a `session` returns to the profile that
+session last had while it is ready and was used within `affinity_idle`
+(its prompt cache is warm). Renewing or releasing a lease keeps it fresh;
+idle sessions are swept every `SWEEP_EVERY` seconds.
+
+The `Selector` holds no rotation state of its own besides the order: it
+reads the engine's `Slot`s and `KeyState`s, which it shares by reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from argent_client.protocol import (
+    InvalidParams,
+    LeaseParams,
+    NoProfileAvailable,
+    ProfileState,
+    UnknownProvider,
+    UnknownRoute,
+)
+
+from .config import Config
+from .keystate import KeyState
+from .model import Profile, normalise_provider
+
+SWEEP_EVERY: Final = 60.0
+"""Seconds between sweeps of idle session affinities."""
+
+
+@dataclass(slots=True)
+class Slot:
+    """One profile id: its current Profile and runtime flags."""
+
+    profile: Profile
+    seq: int = 0
+    """Order of the last grant; lower was leased longer ago (spreads load)."""
+    active: int = 0
+    user_disabled: bool | None = None
+    """Set by disable/enable; None follows the file's `disabled`."""
+    removed: bool = False
+    """Gone from the file, kept only while its leases finish."""
+
+    @property
+    def disabled(self) -> bool:
+        """Disabled by the user, or else by the file."""
+        if self.user_disabled is not None:
+            return self.user_disabled
+        return self.profile.disabled
+
+
+@dataclass(slots=True)
+class Tier:
+    """Profiles of one provider that selection treats as equals.
+
+    `ids` is kept least recently leased first (`lru`), so the first ready
+    one is the answer and selection does not look at every profile; an
+    explicit `order` keeps its own order instead. Once the provider has
+    reported a budget for one of them (`budgeted`), the whole tier is
+    compared by headroom.
+    """
+
+    ids: dict[str, None]
+    lru: bool
+    budgeted: bool = False
+
+
+class Held(Protocol):
+    """What selection reads of a lease that is out (the engine's `Lease`)."""
+
+    @property
+    def profile_id(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+
+
+class Selector:
+    """The selection order over the engine's slots and key states."""
+
+    def __init__(
+        self,
+        slots: dict[str, Slot],
+        keys: dict[str, KeyState],
+        config: Config,
+        note_refill: Callable[[float, str], None],
+        *,
+        now: float,
+    ) -> None:
+        """`slots` and `keys` are the engine's own dicts (read, never replaced).
+
+        `note_refill(when, key)` is told once per refill time when a key is
+        held back only by its rate budget, so the engine wakes its waiters then.
+        """
+        self.slots = slots
+        self.keys = keys
+        self.config = config
+        self._note_refill = note_refill
+        self.by_provider: dict[str, list[str]] = {}
+        """Profile ids per provider, in selection order (removed ones left out)."""
+        self._tiers: dict[str, list[Tier]] = {}
+        self._tier_of: dict[str, Tier] = {}
+        self._budget_keys: set[str] = set()
+        """Keys a provider has reported a budget for (their tiers compare headroom)."""
+        self._sessions: dict[str, tuple[str, float]] = {}
+        """session -> (profile id, last use)."""
+        self._seq = itertools.count(1)
+        self._last_sweep = now
+
+    # ------------------------------------------------------------ order
+
+    def reindex(self, order: dict[str, list[str]]) -> None:
+        """Rebuild the tiers from the slots and the explicit `order` per provider."""
+        slots = self.slots
+        by: dict[str, list[str]] = {}
+        for pid, slot in slots.items():
+            if not slot.removed:
+                by.setdefault(slot.profile.provider, []).append(pid)
+        for provider, ids in by.items():
+            explicit = {pid: i for i, pid in enumerate(order.get(provider, ()))}
+            ids.sort(
+                key=lambda pid: (
+                    explicit.get(pid, len(explicit)),
+                    slots[pid].profile.priority,
+                    slots[pid].profile.rank,
+                )
+            )
+        self.by_provider = by
+        self._tiers = {}
+        self._tier_of = {}
+        for provider, ids in by.items():
+            tiers: list[Tier] = []
+            if provider in order:
+                tiers.append(Tier(dict.fromkeys(ids), lru=False))
+            else:
+                last: tuple[int, int] | None = None
+                for pid in ids:
+                    p = slots[pid].profile
+                    if (p.priority, p.rank) != last:
+                        tiers.append(Tier({}, lru=True))
+                        last = (p.priority, p.rank)
+                    tiers[-1].ids[pid] = None
+                for tier in tiers:  # least recently leased first
+                    tier.ids = dict.fromkeys(sorted(tier.ids, key=lambda i: slots[i].seq))
+            for tier in tiers:
+                tier.budgeted = any(self._budgeted(pid) for pid in tier.ids)
+                for pid in tier.ids:
+                    self._tier_of[pid] = tier
+            self._tiers[provider] = tiers
+
+    def _budgeted(self, pid: str) -> bool:
+        b = self.keys[self.slots[pid].profile.secret.key].known_budget
+        return b.requests is not None or b.tokens is not None or b.demoted
+
+    def note_budget(self, key: str) -> None:
+        """A provider reported a budget for `key`: its tiers now compare headroom."""
+        if key in self._budget_keys:
+            return
+        for slot in self.slots.values():
+            tier = self._tier_of.get(slot.profile.id)
+            if tier is not None and slot.profile.secret.key == key:
+                tier.budgeted = True
+        self._budget_keys.add(key)
+
+    # ------------------------------------------------------------ picking
+
+    def ready(self, slot: Slot, model: str | None, now: float) -> bool:
+        """Whether `slot` may take a lease for `model` at `now` (module docstring)."""
+        p = slot.profile
+        if slot.removed or slot.disabled or not p.serves(model):
+            return False
+        if p.expires is not None and p.expires <= now:
+            return False
+        if p.max_concurrent is not None and slot.active >= p.max_concurrent:
+            return False
+        ks = self.keys[p.secret.key]
+        if ks.invalid or ks.cooling(now, model) is not None or ks.probe_busy:
+            return False
+        refill = ks.blocked_until(now)
+        if refill is not None:
+            if ks.refill_noted != refill:  # once per refill time, not once per look
+                ks.refill_noted = refill
+                self._note_refill(refill, p.secret.key)
+            return False
+        return True
+
+    def pick(
+        self,
+        provider: str,
+        model: str | None,
+        now: float,
+        *,
+        session: str | None = None,
+        exclude: str | None = None,
+    ) -> Slot | None:
+        """The profile to lease next for `provider`, or None if none is ready.
+
+        `exclude` (a profile id) is passed over: the one a failover leaves.
+        """
+        ids = self.by_provider.get(provider)
+        if not ids:
+            return None
+        if session is not None:
+            held = self._sessions.get(session)
+            if held is not None:
+                slot = self.slots.get(held[0])
+                fresh = now - held[1] < self.config.lease.affinity_idle
+                if slot is not None and fresh and slot.profile.provider != provider:
+                    pass  # held on another target of a route: asking this one must not forget it
+                elif (
+                    slot is not None
+                    and fresh
+                    and held[0] != exclude
+                    and self.ready(slot, model, now)
+                ):
+                    return slot
+                else:
+                    del self._sessions[session]
+        for tier in self._tiers[provider]:
+            if not tier.budgeted:
+                for pid in tier.ids:  # in order: the first ready one is the answer
+                    slot = self.slots[pid]
+                    if pid != exclude and self.ready(slot, model, now):
+                        return slot
+                continue
+            best: Slot | None = None
+            best_rank: tuple[bool, float, int] = (False, 0.0, 0)
+            for pid in tier.ids:
+                slot = self.slots[pid]
+                if pid == exclude or not self.ready(slot, model, now):
+                    continue
+                if not tier.lru:
+                    return slot
+                rank = self.preference(slot, now)
+                if best is None or rank < best_rank:
+                    best, best_rank = slot, rank
+            if best is not None:
+                return best
+        return None
+
+    def preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
+        """Order inside a tier: a nearly spent subscription window last, then the
+        most rate budget left, then the least recently leased."""
+        budget = self.keys[slot.profile.secret.key].known_budget
+        return (budget.demoted, -budget.headroom(now), slot.seq)
+
+    def granted(self, slot: Slot, session: str | None, now: float) -> None:
+        """`slot` was just leased: it goes last in its tier, and `session` sticks to it."""
+        pid = slot.profile.id
+        slot.seq = next(self._seq)
+        tier = self._tier_of.get(pid)
+        if tier is not None and tier.lru:
+            del tier.ids[pid]
+            tier.ids[pid] = None
+        if session is not None:
+            self._sessions[session] = (pid, now)
+
+    # ------------------------------------------------------------ requests
+
+    def state(self, slot: Slot, now: float) -> ProfileState:
+        """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
+        p = slot.profile
+        if slot.disabled:
+            return "disabled"
+        ks = self.keys[p.secret.key]
+        if ks.invalid or (p.expires is not None and p.expires <= now):
+            return "invalid"
+        if ks.cooling(now) is not None:
+            return "cooldown"
+        return "ready"
+
+    def targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
+        """(route name, [(provider, model)]) a lease request may be served from, in order.
+
+        Raises `UnknownRoute`, `UnknownProvider` or `InvalidParams`.
+        """
+        if params.route is not None:
+            targets = self.config.route_targets(params.route)
+            if targets is None:
+                raise UnknownRoute(f"no route {params.route!r}", route=params.route)
+            if params.model is not None:
+                targets = [(prov, params.model) for prov, _ in targets]
+            return params.route, targets
+        if params.provider is None:
+            raise InvalidParams("invalid params: lease needs `provider` or `route`")
+        provider = normalise_provider(params.provider)
+        if provider not in self.by_provider:
+            raise UnknownProvider(f"no profile for provider {provider!r}", provider=provider)
+        return None, [(provider, params.model)]
+
+    def unavailable(
+        self, params: LeaseParams, leases: Collection[Held], now: float
+    ) -> NoProfileAvailable:
+        """The `no_profile_available` error for `params`, saying when and why.
+
+        `leases` are the leases out: a busy or probing profile frees up when
+        its first one ends.
+        """
+        _, targets = self.targets(params)
+        states: list[dict[str, object]] = []
+        soonest: float | None = None
+        for provider, model in targets:
+            for pid in self.by_provider.get(provider, ()):
+                slot = self.slots[pid]
+                p = slot.profile
+                ks = self.keys[p.secret.key]
+                state: str = self.state(slot, now)
+                until = ks.cooling(now, model)
+                when: float | None = None
+                if state in ("disabled", "invalid") or not p.serves(model):
+                    pass
+                elif until is not None:
+                    state, when = "cooldown", until
+                elif p.max_concurrent is not None and slot.active >= p.max_concurrent:
+                    state = "busy"
+                    when = min(
+                        (le.expires_at for le in leases if le.profile_id == pid),
+                        default=None,
+                    )
+                elif ks.probe_busy:
+                    state = "probing"
+                    when = min((le.expires_at for le in leases
+                                if le.key == p.secret.key), default=None)
+                elif (refill := ks.blocked_until(now)) is not None:
+                    state, when = "budget", refill
+                if when is not None:
+                    soonest = when if soonest is None else min(soonest, when)
+                states.append({"id": pid, "state": state, "until": until})
+        what = f"route {params.route!r}" if params.route else f"provider {targets[0][0]!r}"
+        retry = None if soonest is None else max(0.0, soonest - now)
+        msg = f"no profile of {what} is ready"
+        if retry is not None:
+            msg += f"; one may be in {retry:.0f}s"
+        return NoProfileAvailable(msg, retry_after=retry, profiles=states)
+
+    # ------------------------------------------------------------ sessions
+
+    def touch_session(self, session: str | None, profile_id: str, now: float) -> None:
+        """A session that still uses its profile is not idle (its prompt cache is warm)."""
+        if session is not None:
+            held = self._sessions.get(session)
+            if held is not None and held[0] == profile_id:
+                self._sessions[session] = (profile_id, now)
+
+    def sweep(self, now: float) -> None:
+        """Forget idle session affinities, at most once every SWEEP_EVERY seconds."""
+        if now - self._last_sweep < SWEEP_EVERY:
+            return
+        self._last_sweep = now
+        idle = self.config.lease.affinity_idle
+        for session in [s for s, (_, t) in self._sessions.items() if now - t >= idle]:
+            del self._sessions[session]
