@@ -605,7 +605,8 @@ class Engine:
         refills = self._refill_heap
         while refills and refills[0][0] <= now:
             heapq.heappop(refills)  # the waiters it held back are served below
-        self._sel.sweep(now)
+        if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
+            self._sel.sweep(now)
         if changed:
             self._outbox.changed = True
         self._serve_waiters(now)

@@ -19,6 +19,10 @@ Each provider's profiles are split into *tiers* (`reindex`), walked in order
   the tier is compared by `preference` instead: a nearly spent subscription
   window last, then the most budget left, then the least recently leased.
 
+A request names a provider or a route; a route's targets, (provider,
+model) pairs, are tried in order (`targets`). When none is ready,
+`unavailable` says why per profile and when the first one may be.
+
 Session affinity: a lease with a `session` returns to the profile that
 session last had while it is ready and was used within `affinity_idle`
 (its prompt cache is warm). Renewing or releasing a lease keeps it fresh;
@@ -130,7 +134,9 @@ class Selector:
         self._sessions: dict[str, tuple[str, float]] = {}
         """session -> (profile id, last use)."""
         self._seq = itertools.count(1)
-        self._last_sweep = now
+        self.next_sweep = now + SWEEP_EVERY
+        """When `sweep` next has work (sweeping early or late only costs memory:
+        `pick` checks a session's idle time itself)."""
 
     # ------------------------------------------------------------ order
 
@@ -369,9 +375,9 @@ class Selector:
 
     def sweep(self, now: float) -> None:
         """Forget idle session affinities, at most once every SWEEP_EVERY seconds."""
-        if now - self._last_sweep < SWEEP_EVERY:
+        if now < self.next_sweep:
             return
-        self._last_sweep = now
+        self.next_sweep = now + SWEEP_EVERY
         idle = self.config.lease.affinity_idle
         for session in [s for s, (_, t) in self._sessions.items() if now - t >= idle]:
             del self._sessions[session]
