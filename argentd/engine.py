@@ -32,10 +32,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import secrets
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -59,62 +57,10 @@ from argent_client.protocol import (
 from . import cooldown
 from .config import DEFAULT_CONFIG, Config
 from .keystate import KeyState
+from .leases import Lease, Outbox, Waiter, new_lease_id
 from .model import Profile, ProfileSet, auth_headers
 from .selection import Selector, Slot
 from .snapshot import ProfileSnapshot, Snapshot
-
-
-@dataclass(slots=True)
-class Lease:
-    id: str
-    profile_id: str
-    conn: int | None
-    client: str | None
-    expires_at: float
-    detached: bool
-    model: str | None
-    session: str | None
-    route: str | None
-    target: int
-    """Index into the route's targets this lease was granted for."""
-    params: LeaseParams
-    """The request it answered: a failover asks again with the same ttl and model."""
-    key: str
-    """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
-    grant: int = 0
-    """Its number among the grants on that key (rate budgets count from it)."""
-
-
-@dataclass(slots=True)
-class Waiter:
-    id: int
-    params: LeaseParams
-    conn: int | None
-    deadline: float
-
-
-@dataclass(slots=True)
-class Outbox:
-    events: list[Event] = field(default_factory=list)
-    served: list[tuple[int, LeaseResult | ArgentError]] = field(default_factory=list)
-    """(waiter id, its lease or its error), in the order they were decided."""
-    changed: bool = False
-    """Persistent state changed: the adapter should schedule a save."""
-
-
-_ID_BATCH: Final = 512
-
-
-def _lease_ids() -> Iterator[str]:
-    """Unguessable lease ids, `l_` + 16 hex: one urandom read per 512 ids
-    (a getrandom call per lease was a fifth of a lease's cost)."""
-    while True:
-        pool = secrets.token_bytes(8 * _ID_BATCH).hex()
-        for i in range(0, len(pool), 16):
-            yield "l_" + pool[i : i + 16]
-
-
-_new_lease_id = _lease_ids().__next__
 
 
 class Engine:
@@ -126,7 +72,7 @@ class Engine:
         config: Config = DEFAULT_CONFIG,
         *,
         now: float = 0.0,
-        lease_id: Callable[[], str] = _new_lease_id,
+        lease_id: Callable[[], str] = new_lease_id,
     ) -> None:
         self.config = config
         self._new_id = lease_id
