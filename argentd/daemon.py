@@ -276,7 +276,10 @@ class Daemon:
             task_status.started()
             async for signum in sigs:
                 if signum == signal.SIGHUP:
-                    await self.reload("SIGHUP")
+                    try:
+                        await self.reload("SIGHUP")
+                    except Exception:  # a reload bug must not stop the daemon
+                        log.exception("reload on SIGHUP failed")
                     continue
                 log.info("stopping on %s", signal.Signals(signum).name)
                 self.notifier.stopping()

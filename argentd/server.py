@@ -226,8 +226,14 @@ class Server:
                 with trio.move_on_after(delay):
                     await self._timer_wakeup.wait()
                     continue
-            self.engine.advance(self.clock())
-            self.after_change()
+            try:
+                self.engine.advance(self.clock())
+                self.after_change()
+            except Exception:
+                # A bug here must not take every client down with the timer:
+                # log it and try again shortly.
+                log.exception("advancing the engine failed")
+                await trio.sleep(1.0)
 
     # ------------------------------------------------------------ connections
 
