@@ -71,7 +71,9 @@ class Bucket:
             return now
         if not self.rate:
             return None
-        return now + (need - level) / self.rate
+        # Never further than the horizon: a skewed rate or an absurd usage
+        # report must not hold a key for longer than a provider window.
+        return now + min((need - level) / self.rate, MAX_HORIZON)
 
     def observe(
         self, limit: int | None, remaining: int | None, reset: float | None,

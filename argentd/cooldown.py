@@ -153,3 +153,4 @@ def clear(ks: KeyState) -> None:
     ks.error_count = 0
     ks.invalid = False
     ks.last_error = None
+    ks.budget = None  # a reset also forgets the predicted rate budget
