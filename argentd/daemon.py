@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from argent_client import protocol as P
+from argent_client.gateway import token_path
 from argent_client.paths import (
     default_config_path,
     home_profiles_path,
@@ -29,6 +30,7 @@ from argent_client.paths import (
 from . import log as logmod
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .engine import Engine
+from .gateway import Gateway
 from .model import ProfileSet
 from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
 from .reload import watch_files
@@ -137,7 +139,12 @@ class Daemon:
             config_status=self.config_status,
             on_change=self._changed,
             peer_uid=peer_uid,
+            gateway_status=lambda: self.gateway.status(),
+            extra_metrics=lambda: self.gateway.metrics(),
         )
+        # Its listen address is read once, at start; the rest of [gateway] follows reloads.
+        self.gateway = Gateway(self.server, listen=self.loaded.config.gateway.listen,
+                               token_path=token_path())
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
 
@@ -223,6 +230,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
+                await nursery.start(self.gateway.run)
                 await nursery.start(self.saver.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:

@@ -261,11 +261,19 @@ class ConfigStatus(msgspec.Struct):
     config_path: str | None = None
 
 
+class GatewayStatus(msgspec.Struct):
+    """`status.gateway`: where the HTTP gateway listens (`url` None when off) and why not."""
+
+    url: str | None = None
+    error: str | None = None
+
+
 class StatusResult(msgspec.Struct):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
+    gateway: GatewayStatus | None = None
 
 
 class ProfileStateResult(msgspec.Struct):
