@@ -15,7 +15,7 @@ Modes:
   `503`, `401` (authentication_error), `quota` (400 "credit balance is too
   low"), `unified` (429 with `anthropic-ratelimit-unified-status: rejected`
   and a reset an hour ahead);
-- `hang` — reads the request and never answers (until the server stops);
+- `hang` — reads the request and never answers (until the fake closes);
 - `reset` — starts a stream, sends its first event, then resets the
   connection;
 - `slow` — a stream whose first event leaves at once and the rest
@@ -24,19 +24,23 @@ Modes:
 
 Every request is recorded (`seen`: path, lower-cased headers, body) so a
 test can check which credential went where and that the local token never
-left the gateway. Unknown keys answer 401.
+left the gateway. Unknown keys answer 401. It runs trio and h11 in a thread of
+the test process (a thread per connection would not carry 1,000 at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import h11
+import trio
 
 
 @dataclass
@@ -56,8 +60,9 @@ class Fake:
     modes: dict[str, list[str]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     slow_delay: float = 1.0
+    requests_limit: int = 1_000_000
+    """What the rate-limit headers of every answer state (remaining is one less)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
 
     def next_mode(self, key: str | None) -> str:
         with self.lock:
@@ -84,30 +89,62 @@ def _openai_error(etype: str, code: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": etype, "param": None, "code": code}}
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: FakeServer
+class Handler:
+    """One client connection of the fake, on h11 over a trio stream."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
+    def __init__(self, fake: Fake, stream: trio.SocketStream) -> None:
+        self.fake = fake
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER)
 
-    def do_GET(self) -> None:
-        self._handle()
+    async def _next(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.stream.receive_some(65536)
+            self.conn.receive_data(data)
 
-    def do_POST(self) -> None:
-        self._handle()
+    async def serve(self) -> None:
+        try:
+            while True:
+                event = await self._next()
+                if not isinstance(event, h11.Request):
+                    return
+                parts = []
+                while True:
+                    ev = await self._next()
+                    if isinstance(ev, h11.Data):
+                        parts.append(bytes(ev.data))
+                    elif isinstance(ev, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                keep = await self._handle(event, b"".join(parts))
+                if not keep or self.conn.our_state is not h11.DONE:
+                    return
+                self.conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
+            return
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _send(self, *events: Any) -> None:
+        data = b"".join(self.conn.send(e) or b"" for e in events)
+        await self.stream.send_all(data)
 
     # ------------------------------------------------------------ plumbing
 
-    def _handle(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
+    async def _handle(self, request: h11.Request, body: bytes) -> bool:
+        """Answer one request; False when the connection must end."""
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         key = _key_of(headers)
-        fake = self.server.fake
-        path = self.path.split("?")[0]
+        fake = self.fake
+        target = request.target.decode()
+        path = target.split("?")[0]
         with fake.lock:
-            fake.seen.append(Seen(self.command, self.path, headers, body, key))
+            fake.seen.append(Seen(request.method.decode(), target, headers, body, key))
         mode = fake.next_mode(key)
         openai = "/chat/completions" in path or "/responses" in path or path.endswith("/models")
         try:
@@ -116,20 +153,18 @@ class Handler(BaseHTTPRequestHandler):
             req = {}
         stream = isinstance(req, dict) and req.get("stream") is True
         if mode == "hang":
-            fake.stop.wait(60)
-            self.close_connection = True
-            return
+            await trio.sleep_forever()
         if mode in ("429", "529", "503", "401", "quota", "unified"):
-            self._error(mode, openai)
-            return
+            await self._error(mode, openai)
+            return True
         if path.endswith("/models"):
-            self._json(200, {"object": "list", "data": [{"id": "gpt-fake", "object": "model",
-                                                         "created": 0, "owned_by": "fake"}]},
-                       openai=True)
-            return
+            await self._json(200, {"object": "list", "data": [
+                {"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]},
+                openai=True)
+            return True
         if path.endswith("/count_tokens"):
-            self._json(200, {"input_tokens": 7})
-            return
+            await self._json(200, {"input_tokens": 7})
+            return True
         model = req.get("model", "m") if isinstance(req, dict) else "m"
         if "/chat/completions" in path:
             events = _chat_events(model) if stream else None
@@ -141,49 +176,45 @@ class Handler(BaseHTTPRequestHandler):
             events = _message_events(model, mode == "stream_error") if stream else None
             answer = _message(model)
         else:
-            self._json(404, _openai_error("invalid_request_error", "not_found", "no such path"),
-                       openai=True)
-            return
+            await self._json(404, _openai_error("invalid_request_error", "not_found",
+                                                "no such path"), openai=True)
+            return True
         if events is None:
-            self._json(200, answer, openai=openai)
-        else:
-            self._stream(events, mode, openai)
+            await self._json(200, answer, openai=openai)
+            return True
+        return await self._stream(events, mode, openai)
 
     def _limits(self, openai: bool) -> list[tuple[str, str]]:
+        limit = self.fake.requests_limit
         if openai:
-            return [("x-ratelimit-limit-requests", "100"),
-                    ("x-ratelimit-remaining-requests", "99"),
+            return [("x-ratelimit-limit-requests", str(limit)),
+                    ("x-ratelimit-remaining-requests", str(limit - 1)),
                     ("x-ratelimit-reset-requests", "1s")]
         reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
-        return [("anthropic-ratelimit-requests-limit", "100"),
-                ("anthropic-ratelimit-requests-remaining", "99"),
+        return [("anthropic-ratelimit-requests-limit", str(limit)),
+                ("anthropic-ratelimit-requests-remaining", str(limit - 1)),
                 ("anthropic-ratelimit-requests-reset", reset)]
 
-    def _json(self, status: int, obj: Any, *, openai: bool = False,
-              extra: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+    async def _json(self, status: int, obj: Any, *, openai: bool = False,
+                    extra: tuple[tuple[str, str], ...] = ()) -> None:
         data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.send_header("request-id", "req_fake")
-        for k, v in [*self._limits(openai), *extra]:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        headers = [("content-type", "application/json"), ("content-length", str(len(data))),
+                   ("request-id", "req_fake"), *self._limits(openai), *extra]
+        await self._send(h11.Response(status_code=status, headers=headers),
+                         h11.Data(data=data), h11.EndOfMessage())
 
-    def _error(self, mode: str, openai: bool) -> None:
-        extra: list[tuple[str, str]] = []
+    async def _error(self, mode: str, openai: bool) -> None:
+        extra: tuple[tuple[str, str], ...] = ()
         if mode == "429":
             status = 429
-            extra = [("retry-after", "30")]
+            extra = (("retry-after", "30"),)
             obj = (_openai_error("requests", "rate_limit_exceeded", "Rate limit reached")
                    if openai else _anthropic_error("rate_limit_error", "Rate limited"))
         elif mode == "unified":
             status = 429
-            extra = [("anthropic-ratelimit-unified-status", "rejected"),
+            extra = (("anthropic-ratelimit-unified-status", "rejected"),
                      ("anthropic-ratelimit-unified-reset", str(int(time.time()) + 3600)),
-                     ("anthropic-ratelimit-unified-5h-utilization", "1.0")]
+                     ("anthropic-ratelimit-unified-5h-utilization", "1.0"))
             obj = _anthropic_error("rate_limit_error", "This request would exceed your limit")
         elif mode == "529":
             status = 529
@@ -199,33 +230,23 @@ class Handler(BaseHTTPRequestHandler):
             status = 401
             obj = (_openai_error("invalid_request_error", "invalid_api_key", "Incorrect API key")
                    if openai else _anthropic_error("authentication_error", "invalid x-api-key"))
-        self._json(status, obj, openai=openai, extra=extra)
+        await self._json(status, obj, openai=openai, extra=extra)
 
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _stream(self, events: list[bytes], mode: str, openai: bool) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.send_header("cache-control", "no-cache")
-        for k, v in self._limits(openai):
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.flush()
+    async def _stream(self, events: list[bytes], mode: str, openai: bool) -> bool:
+        headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache"),
+                   *self._limits(openai)]
+        await self._send(h11.Response(status_code=200, headers=headers))
         for i, event in enumerate(events):
-            self._chunk(event)
+            await self._send(h11.Data(data=event))
             if i == 0 and mode == "reset":
                 # RST instead of FIN: the reader sees a broken connection.
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
-                self.connection.close()
-                self.close_connection = True
-                return
+                sock = self.stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return False
             if i == 0 and mode == "slow":
-                self.server.fake.stop.wait(self.server.fake.slow_delay)
-        self._chunk(b"")
+                await trio.sleep(self.fake.slow_delay)
+        await self._send(h11.EndOfMessage())
+        return True
 
 
 def _sse(event: str | None, data: Any) -> bytes:
@@ -313,25 +334,34 @@ def _responses_events(model: str) -> list[bytes]:
     return events
 
 
-class FakeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: Fake) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.fake = fake
-
-
 class FakeUpstream:
-    """A running fake provider; use as a context manager or call `close()`."""
+    """A running fake provider (trio in a thread); use as a context manager or `close()`."""
 
     def __init__(self) -> None:
         self.fake = Fake()
-        self.server = FakeServer(self.fake)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        kwargs={"poll_interval": 0.05})
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._port = 0
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
         self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake upstream did not start")
+        self.url = f"http://127.0.0.1:{self._port}"
+
+    async def _main(self) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
+        self._port = listeners[0].socket.getsockname()[1]
+        self._token = trio.lowlevel.current_trio_token()
+
+        async def handle(stream: trio.SocketStream) -> None:
+            await Handler(self.fake, stream).serve()
+
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, handle, listeners)
+                self._ready.set()
 
     def script(self, key: str, *modes: str) -> None:
         """The next answers for `key` (the last mode sticks); `ok` if none given."""
@@ -347,9 +377,11 @@ class FakeUpstream:
         return [s.key for s in self.seen]
 
     def close(self) -> None:
-        self.fake.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        if self._token is not None and self._cancel is not None:
+            scope = self._cancel
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(scope.cancel, trio_token=self._token)
+        self._thread.join(10)
 
     def __enter__(self) -> FakeUpstream:
         return self

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import Daemon, make_secret
 from tests.fake_upstream import FakeUpstream
@@ -80,7 +83,7 @@ wait = {wait}
 
 [gateway.timeouts]
 read = {read}
-connect = 2.0
+connect = 15.0
 
 [upstream.anthropic]
 anthropic = "{fake.url}"
@@ -129,3 +132,10 @@ def start(daemon_factory: Any, fake: FakeUpstream,
     gw = d.call("status")["gateway"]
     assert gw["error"] is None, gw
     return GW(d, fake, gw["url"], keys)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """A fake provider for one test."""
+    with FakeUpstream() as f:
+        yield f

@@ -7,7 +7,6 @@ the local token, SDK defaults otherwise); the fake records what reached it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -16,15 +15,11 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.gateway_harness import GW, start
+from tests.gateway_harness import GW, fake, start
+
+__all__ = ["fake"]  # the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as f:
-        yield f
 
 
 @pytest.fixture

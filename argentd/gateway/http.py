@@ -90,6 +90,30 @@ class Exchange:
             else:
                 raise BadRequest("the connection ended inside the request body")
 
+    async def until_gone(self) -> None:
+        """Return when the client closes its connection (it gave up on the answer).
+
+        Bytes it sends meanwhile (a pipelined next request) are kept for h11,
+        up to `MAX_HEAD`; past that the watch stops (and never returns).
+        """
+        conn = self._conn
+        kept = 0
+        while kept <= MAX_HEAD:
+            try:
+                data = await conn.stream.receive_some(RECV_SIZE)
+            except (trio.BrokenResourceError, OSError):
+                return
+            except trio.ClosedResourceError:
+                return
+            if not data:
+                return
+            kept += len(data)
+            try:
+                conn.h11.receive_data(bytes(data))
+            except h11.RemoteProtocolError:
+                return
+        await trio.sleep_forever()
+
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the answer's head."""
         if not self.body_read:

@@ -42,6 +42,7 @@ from argent_client.classify import Failure, classify, parse_limits
 from ..server import Server
 from . import dialects as D
 from .http import BodyTooLarge, ClientGone, Exchange
+from .pool import ShardedPool
 from .stats import Record, Stats
 from .upstreams import Dialect, NotFound, Plan, Target, Upstreams
 
@@ -109,7 +110,8 @@ class Context:
     body: bytes
     params: P.LeaseParams
     rec: Record
-    conns: list[int] = field(default_factory=list)
+    open: set[int] = field(default_factory=set)
+    """Connection ids that may still hold a lease or a waiter."""
     bodies: dict[int, bytes] = field(default_factory=dict)
     sse: bool = False
     """Whether the answer streaming back is an event stream."""
@@ -118,7 +120,7 @@ class Context:
 class Proxy:
     """The request path of the gateway, around the daemon's one engine."""
 
-    def __init__(self, server: Server, pool: httpcore.AsyncConnectionPool, stats: Stats,
+    def __init__(self, server: Server, pool: ShardedPool, stats: Stats,
                  token_ok: Callable[[Exchange, str | None], bool]) -> None:
         self.server = server
         self.engine = server.engine
@@ -144,7 +146,7 @@ class Proxy:
         try:
             ctx = await self._prepare(ex, path, query, rec)
             if ctx is not None:
-                await self._serve(ctx)
+                await self._serve_while_there(ctx)
         except ClientGone:
             rec.note = "client gone"
             if not rec.status:
@@ -203,6 +205,24 @@ class Proxy:
 
     # ------------------------------------------------------------ attempts
 
+    async def _serve_while_there(self, ctx: Context) -> None:
+        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up."""
+        gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal gone
+                await ctx.ex.until_gone()
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await self._serve(ctx)
+            nursery.cancel_scope.cancel()
+            return  # answered: a hang-up now (the client done with us) changes nothing
+        if gone:
+            raise ClientGone("the client hung up")
+
     async def _serve(self, ctx: Context) -> None:
         config = self.engine.config.gateway
         wait_until = self.server.clock() + config.wait
@@ -236,12 +256,12 @@ class Proxy:
             here = held.index
             more = plan.route is not None and here + 1 < len(plan.targets)
             if fault.kind == "profile":
-                result = self._report(held, fault, failover=True)
+                result = self._report(ctx, held, fault, failover=True)
                 self.stats.count("rotations", target.provider)
                 held = None if result.next is None else Held(result.next, here, held.conn)
                 index = here + 1 if held is None and more else here
                 continue
-            self._report(held, fault, failover=False)
+            self._report(ctx, held, fault, failover=False)
             held = None
             if not more:
                 break
@@ -266,9 +286,11 @@ class Proxy:
             try:
                 lease = self.engine.lease(self._params(ctx, targets[i]), conn=conn, now=now)
             except P.NoProfileAvailable as exc:
+                ctx.open.discard(conn)
                 busy.append((i, exc))
                 continue
             except (P.UnknownProvider, P.UnknownRoute) as exc:
+                ctx.open.discard(conn)
                 unknown = unknown or exc
                 continue
             finally:
@@ -312,6 +334,7 @@ class Proxy:
         for conn in conns.values():
             if conn != winner.conn:
                 self.engine.disconnect(conn, now=now)  # a second grant, or a waiter left
+                ctx.open.discard(conn)
         self.server.after_change()
         return winner
 
@@ -321,7 +344,7 @@ class Proxy:
 
     def _conn(self, ctx: Context) -> int:
         conn = next(self._ids)
-        ctx.conns.append(conn)
+        ctx.open.add(conn)
         return conn
 
     def _body_for(self, ctx: Context, held: Held, target: Target) -> bytes:
@@ -341,7 +364,7 @@ class Proxy:
         body = self._body_for(ctx, held, target)
         headers = _forward_headers(ex.headers, held.lease.headers)
         t = self.engine.config.gateway.timeouts
-        timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.connect}
+        timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.read}
         started = time.perf_counter()
         try:
             async with self.pool.stream(ex.method, target.url, headers=headers, content=body,
@@ -352,7 +375,7 @@ class Proxy:
                 httpcore.UnsupportedProtocol) as exc:
             if ex.started:
                 # Mid-stream: bytes went out, the answer cannot go again.
-                self._report(held, Fault("provider", Failure(
+                self._report(ctx, held, Fault("provider", Failure(
                     kind="timeout" if isinstance(exc, httpcore.TimeoutException)
                     else "server_error", message=f"upstream broke mid-answer: "
                     f"{type(exc).__name__}"), None, None), failover=False)
@@ -384,9 +407,9 @@ class Proxy:
                 return Fault("provider", failure, limits, answer)
             rec.status = status
             if failure is not None:  # 5xx: counted against the profile, no cooldown
-                self._report(held, Fault("provider", failure, limits, answer), failover=False)
+                self._report(ctx, held, Fault("provider", failure, limits, answer), failover=False)
             else:  # a 4xx about the request itself: the credential worked
-                self._release(held, None, limits)
+                self._release(ctx, held, None, limits)
             await ex.answer(status, _without_length(back), answer.body)
             return None
         rec.status = status
@@ -408,9 +431,9 @@ class Proxy:
             if failure is not None:
                 failure = msgspec.structs.replace(failure, status=None)  # the 200 says nothing
                 rec.note = f"stream error {failure.kind}"
-                self._report(held, Fault("provider", failure, limits, None), failover=False)
+                self._report(ctx, held, Fault("provider", failure, limits, None), failover=False)
                 return None
-        self._release(held, usage, limits)
+        self._release(ctx, held, usage, limits)
         return None
 
     async def _break_off(self, ctx: Context) -> None:
@@ -426,7 +449,8 @@ class Proxy:
 
     # ------------------------------------------------------------ engine calls
 
-    def _report(self, held: Held, fault: Fault, *, failover: bool) -> P.ReportResult:
+    def _report(self, ctx: Context, held: Held, fault: Fault, *,
+                failover: bool) -> P.ReportResult:
         f = fault.failure
         params = P.ReportParams(
             kind=f.kind, lease_id=held.lease.lease_id, retry_after=f.retry_after,
@@ -435,8 +459,12 @@ class Proxy:
         )
         now = self.server.clock()
         try:
-            return self.engine.report(params, conn=held.conn, now=now)
-        except P.LeaseNotFound:  # expired meanwhile: the profile still pays
+            result = self.engine.report(params, conn=held.conn, now=now)
+            if result.next is None:
+                ctx.open.discard(held.conn)
+            return result
+        except P.LeaseNotFound:
+            ctx.open.discard(held.conn)  # expired meanwhile: the profile still pays
             params = msgspec.structs.replace(params, lease_id=None,
                                              profile=held.lease.profile, failover=False)
             try:
@@ -446,7 +474,9 @@ class Proxy:
         finally:
             self.server.after_change()
 
-    def _release(self, held: Held, usage: P.Usage | None, limits: P.Limits | None) -> None:
+    def _release(self, ctx: Context, held: Held, usage: P.Usage | None,
+                 limits: P.Limits | None) -> None:
+        ctx.open.discard(held.conn)
         try:
             self.engine.release(held.lease.lease_id, now=self.server.clock(), usage=usage,
                                 limits=limits)
@@ -457,13 +487,12 @@ class Proxy:
 
     def _let_go(self, ctx: Context) -> None:
         """End without success whatever the request still holds."""
-        if not ctx.conns:
+        if not ctx.open:
             return
         now = self.server.clock()
-        live = {le.conn for le in self.engine.leases()} if len(ctx.conns) > 1 else None
-        for conn in ctx.conns:
-            if live is None or conn in live:
-                self.engine.disconnect(conn, now=now)
+        for conn in ctx.open:
+            self.engine.disconnect(conn, now=now)
+        ctx.open.clear()
         self.server.after_change()
 
     # ------------------------------------------------------------ answers

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Final
 
-import httpcore
 import trio
 
 from argent_client import protocol as P
@@ -24,6 +23,7 @@ from argent_client.gateway import TokenFileError, ensure_token, read_token
 from .. import log as logmod
 from ..server import Server
 from .http import ClientGone, Exchange, HttpConnection
+from .pool import ShardedPool
 from .proxy import Proxy
 from .stats import Stats
 
@@ -31,8 +31,6 @@ log = logging.getLogger("argentd.gateway")
 
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                            errno.ENOBUFS})
-KEEPALIVE_UPSTREAM: Final = 128
-"""Idle upstream connections kept open for reuse."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -128,22 +126,19 @@ class Gateway:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{sockname[1]}"
         config = self.server.engine.config.gateway
-        pool = httpcore.AsyncConnectionPool(
-            max_connections=config.upstream_connections,
-            max_keepalive_connections=KEEPALIVE_UPSTREAM,
-            keepalive_expiry=30.0,
-            retries=0,
-        )
+        pool = ShardedPool(config.upstream_connections)
         proxy = Proxy(self.server, pool, self.stats, self._tokens.ok)
         slots = trio.Semaphore(config.max_connections)
         log.info("gateway listening on %s", self.url)
         try:
-            async with pool, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery, slots, proxy)
                 task_status.started()
         finally:
             self.url = None
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
             for listener in listeners:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()
