@@ -65,7 +65,10 @@ def test_check_profiles_file_bad_json_names_the_place(tmp_path: Path) -> None:
     path = write(tmp_path / "auth.json", '{\n  "openai:a": {"token": "sk-secret-value"\n')
     check = by_name(check_profiles_file(path))["profiles_parse"]
     assert check.status == "fail"
-    assert "invalid JSON at line 3" in check.detail
+    assert check.detail == (
+        f"{path}: not valid JSON: line 3 column 1: the text ends early;"
+        " likely a missing } or ], or a cut-off file"
+    )
     assert "sk-secret-value" not in check.detail
 
 

@@ -289,12 +289,18 @@ def test_fingerprint_agrees_with_daemon() -> None:
     assert providers.fingerprint("sk-ant-oat01-") == daemon_fingerprint("sk-ant-oat01-")
 
 
-def test_fallback_env_agrees_with_daemon() -> None:
-    from argentd.profiles import ENV_SOURCES
+def test_fallback_env_is_what_the_daemon_loads() -> None:
+    from argentd.profiles import env_profiles
 
-    mine = [(p, t, v) for p, pairs in providers.FALLBACK_ENV.items() for v, t in pairs]
-    theirs = [(p, t, v) for p, t, names in ENV_SOURCES for v in names]
-    assert sorted(mine) == sorted(theirs)
+    environ = {var: fake("sk-") for pairs in providers.FALLBACK_ENV.values() for var, _ in pairs}
+    loaded = {(p.provider, p.type, p.label) for p in env_profiles(environ)}
+    # One profile per (provider, type): of ZAI_API_KEY / Z_AI_API_KEY the first wins.
+    assert loaded == {
+        (provider, type_, var)
+        for provider, pairs in providers.FALLBACK_ENV.items()
+        for var, type_ in pairs
+        if var != "Z_AI_API_KEY"
+    }
 
 
 @pytest.mark.parametrize(
@@ -471,7 +477,7 @@ def test_cli_profiles_add_refuses_broken_file(cli_env: dict[str, str]) -> None:
     path.write_text('{"openai:a": {')
     r = argentctl(cli_env, "setup", "--provider", "openai", "--name", "b", stdin=fake("sk-"))
     assert r.returncode == 7
-    assert "invalid JSON at line 1" in r.stderr
+    assert "not valid JSON: line 1 column 15: the text ends early" in r.stderr
     assert path.read_text() == '{"openai:a": {'
 
 

@@ -25,12 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .facts import (
+    RESERVED_NAMES,
+    SECRET_FIELD,
+    TYPE_ALIASES,
+    fingerprint,
+    id_is_shown,
+    json_syntax_error,
+    normalise_provider,
+    shown_id,
+    utf8_error,
+)
 from .protocol import ProfileType
-from .providers import TYPE_ALIASES, fingerprint, normalise_provider
 
 _NAME: re.Pattern[str] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
-RESERVED_NAMES = frozenset({"env", "env-key"})
-"""Names the daemon keeps for its environment fallback (`anthropic:env`)."""
 
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a profile name, or None."""
@@ -41,10 +49,10 @@ def name_problem(name: str) -> str | None:
     return None
 
 # The versioned store spells types its own way; these are what we write there.
-_STORE_TYPE: dict[ProfileType, tuple[str, str]] = {
-    "setup-token": ("token", "token"),
-    "api-key": ("api_key", "key"),
-    "oauth": ("oauth", "access"),
+_STORE_TYPE: dict[ProfileType, str] = {
+    "setup-token": "token",
+    "api-key": "api_key",
+    "oauth": "oauth",
 }
 
 
@@ -94,7 +102,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ProfilesFileError(f"duplicate key {key!r}")
+            shown = json.dumps(key) if id_is_shown(key) else "(not shown: it may be a secret)"
+            raise ProfilesFileError(f"duplicate key {shown}")
         out[key] = value
     return out
 
@@ -107,10 +116,10 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
     """
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ProfilesFileError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    except json.JSONDecodeError:
+        raise ProfilesFileError(f"{path}: not valid JSON: {json_syntax_error(text)}") from None
+    except RecursionError:
+        raise ProfilesFileError(f"{path}: not valid JSON: nested too deeply") from None
     except ProfilesFileError as exc:
         raise ProfilesFileError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
@@ -124,11 +133,13 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
             )
     else:
         profiles = data
-    for key, value in profiles.items():
+    for index, (key, value) in enumerate(profiles.items()):
         if not isinstance(value, dict):
             where = "$.profiles" if versioned else "$"
+            shown = shown_id(key, index)
+            step = json.dumps(key) if shown == key else shown
             raise ProfilesFileError(
-                f"{path}: profile {key!r} is not an object (at {where}[{key!r}])"
+                f"{path}: profile {step} is not an object (at {where}[{step}])"
             )
     return ProfilesDoc(data=data, versioned=versioned, exists=True)
 
@@ -142,8 +153,10 @@ def read_profiles(path: Path) -> ProfilesDoc:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return ProfilesDoc()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfilesFileError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProfilesFileError(f"{path}: {utf8_error(path.read_bytes())}") from None
+    except OSError as exc:
+        raise ProfilesFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_profiles(text, path)
 
 
@@ -262,8 +275,7 @@ def make_entry(
     """The JSON object for one profile in the given file shape."""
     entry: dict[str, Any]
     if versioned:
-        store_type, secret_key = _STORE_TYPE[type]
-        entry = {"type": store_type, "provider": provider, secret_key: secret}
+        entry = {"type": _STORE_TYPE[type], "provider": provider, SECRET_FIELD[type]: secret}
     else:
         entry = {"provider": provider, "type": type, "token": secret}
     if label:
