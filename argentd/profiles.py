@@ -358,6 +358,9 @@ class _Loader:
         id_provider, sep, name = pid.partition(":")
         if not sep or not id_provider.strip() or not name.strip():
             raise _Fault('the id must be "provider:name"')
+        if not id_is_shown(pid):
+            # Longer ids may be a secret pasted as the id (the name is the label too).
+            raise _Fault('the id must be "provider:name", a name of at most 64 characters')
         if name in RESERVED_NAMES:
             raise _Fault(f'the name "{name}" is reserved for the environment fallback')
         p = (_STORE_PROFILE if is_store else _FLAT_PROFILE).decode(raw)

@@ -774,6 +774,17 @@ def test_load_profiles_invalid_utf8_is_a_file_fault(tmp_path: Path) -> None:
     )
 
 
+def test_load_profiles_refuses_a_token_pasted_as_the_name(tmp_path: Path) -> None:
+    token = fake() + secrets.token_hex(30)  # real setup tokens are ~108 characters
+    path = write(tmp_path, {f"anthropic:{token}": GOOD})
+    result = load_profiles(path, NO_ENV)
+    assert result.profiles == []
+    assert result.errors == [
+        f'{path}: profile #1: the id must be "provider:name", a name of at most 64 characters'
+        " - at $[#1]"
+    ]
+
+
 def test_load_profiles_provider_typo_suggested(tmp_path: Path) -> None:
     path = write(tmp_path, {"antrhopic:x": {**GOOD, "provider": "antrhopic"}})
     result = load_profiles(path, NO_ENV)
