@@ -34,6 +34,7 @@ __all__ = [
     "PROVIDER_ALIASES",
     "TOKEN_SHAPES",
     "TYPE_ALIASES",
+    "a_or_an",
     "auth_headers",
     "conflicting_vars",
     "env_vars",
@@ -108,6 +109,11 @@ forms, Z.AI keys have no prefix) has no known shape: any plausible secret passes
 MIN_SECRET_LEN: Final = 16
 
 
+def a_or_an(word: str) -> str:
+    """The indefinite article for `word`: `an api-key`, `a setup-token`."""
+    return "an" if word[:1].lower() in "aeio" else "a"
+
+
 def shape_problem(provider: str, type: ProfileType, secret: str) -> str | None:
     """Why `secret` does not look like a `provider` `type` secret, or None if it does.
 
@@ -125,7 +131,7 @@ def shape_problem(provider: str, type: ProfileType, secret: str) -> str | None:
             t for (p, t), prefixes in TOKEN_SHAPES.items()
             if p == provider and t != type and secret.startswith(prefixes)
         ]
-        hint = f"; it looks like a {other[0]}" if other else ""
+        hint = f"; it looks like {a_or_an(other[0])} {other[0]}" if other else ""
         shown = " or ".join(f"{p!r}" for p in expected)
         return f"{provider} {type} secrets start with {shown}{hint}"
     return None
