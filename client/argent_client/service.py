@@ -1,7 +1,7 @@
 """`argentctl service install|uninstall|status`: argentd as a systemd user service or LaunchAgent.
 
 Theory of operation: the unit texts are templates in `units`. `Host.detect()`
-gathers every fact of the machine the plan depends on (platform, home, uid,
+(`machine`) gathers every fact of the machine the plan depends on (platform, home, uid,
 where `argentd` is, whether user namespaces work, whether a user bus
 answers); `plan_install` / `plan_uninstall` turn a `Host` into an ordered
 list of `Step`s (`steps`) without touching anything; `execute` carries the
@@ -13,19 +13,24 @@ answers `hello`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO, TypeAlias
 
 import msgspec
 
-from .paths import default_socket_path
+from .machine import (
+    Host,
+    Platform,
+    ServiceError,
+    current_platform,
+    find_argentd,
+    user_bus_missing,
+    userns_blocked,
+)
 from .protocol import decode_incoming, decode_result, encode_request
 from .steps import (
     Completed,
@@ -67,6 +72,7 @@ __all__ = [
     "Completed",
     "Host",
     "MakeDir",
+    "Platform",
     "RemoveDir",
     "RemoveFile",
     "Run",
@@ -74,7 +80,9 @@ __all__ = [
     "Step",
     "StepResult",
     "WriteFile",
+    "current_platform",
     "execute",
+    "find_argentd",
     "plan_install",
     "plan_uninstall",
     "render_launchd_plist",
@@ -84,9 +92,10 @@ __all__ = [
     "step_to_json",
     "step_to_shell",
     "systemd_quote",
+    "user_bus_missing",
+    "userns_blocked",
 ]
 
-Platform: TypeAlias = Literal["linux", "darwin"]
 Action: TypeAlias = Literal["install", "uninstall", "status"]
 
 EXIT_OK: Final = 0
@@ -94,129 +103,6 @@ EXIT_FAILED: Final = 1
 """A command failed or argentd was not found (argentctl's "failure")."""
 EXIT_UNREACHABLE: Final = 3
 """`status`: the socket does not answer (argentctl's "daemon not reachable")."""
-
-# ---------------------------------------------------------------- the machine
-
-
-class ServiceError(Exception):
-    """A service action cannot be planned or carried out; the message says why."""
-
-
-def find_argentd() -> Path:
-    """The `argentd` of this installation: beside `sys.executable`, else on PATH.
-
-    Raises `ServiceError` when neither exists.
-    """
-    # The venv's own script comes first: it is the argentd that matches this
-    # argentctl, whatever PATH says. sys.executable is not resolved, because a
-    # venv's python is a symlink to the base interpreter.
-    beside = Path(sys.executable).absolute().parent / "argentd"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("argentd")
-    if found:
-        return Path(found).absolute()
-    raise ServiceError(
-        f"argentd not found beside {sys.executable} or on PATH; install the argentd package first"
-    )
-
-
-def userns_blocked(proc_sys: Path = Path("/proc/sys")) -> str | None:
-    """Why unprivileged user namespaces are blocked here, or None when they look usable."""
-    checks = (
-        ("user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
-        ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
-        (
-            "kernel/apparmor_restrict_unprivileged_userns",
-            "1",
-            "AppArmor restricts unprivileged user namespaces",
-        ),
-    )
-    for name, bad, reason in checks:
-        try:
-            value = (proc_sys / name).read_text().strip()
-        except OSError:
-            continue
-        if value == bad:
-            return reason
-    return None
-
-
-@dataclass(frozen=True)
-class Host:
-    """Every fact about this machine that a plan depends on."""
-
-    platform: Platform
-    home: Path
-    uid: int
-    config_home: Path
-    """`$XDG_CONFIG_HOME` (when absolute), else `~/.config`: systemd's user unit root."""
-    argentd: Path | None
-    """None when not found (install then fails; uninstall and status do not need it)."""
-    userns_blocked: str | None = None
-    socket_path: Path = field(default_factory=default_socket_path)
-
-    @classmethod
-    def detect(
-        cls, platform: Platform | None = None, *, environ: Mapping[str, str] | None = None
-    ) -> Host:
-        """The running machine; `platform` overrides `sys.platform` (tests).
-
-        Raises `ServiceError` on a platform that is neither Linux nor macOS.
-        """
-        env = os.environ if environ is None else environ
-        plat = platform or current_platform()
-        home = Path(env.get("HOME") or Path.home())
-        xdg = env.get("XDG_CONFIG_HOME", "")
-        config_home = Path(xdg) if os.path.isabs(xdg) else home / ".config"
-        try:
-            argentd: Path | None = find_argentd()
-        except ServiceError:
-            argentd = None
-        return cls(
-            platform=plat,
-            home=home,
-            uid=os.getuid(),
-            config_home=config_home,
-            argentd=argentd,
-            userns_blocked=userns_blocked() if plat == "linux" else None,
-        )
-
-    @property
-    def unit_dir(self) -> Path:
-        return self.config_home / "systemd" / "user"
-
-    @property
-    def plist_path(self) -> Path:
-        return self.home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "Library" / "Logs" / "argentos"
-
-    def unit_files(self) -> list[Path]:
-        """Every file an install may write on this platform."""
-        if self.platform == "darwin":
-            return [self.plist_path]
-        return [self.unit_dir / rel for rel in render_systemd_units(Path("argentd"))]
-
-    def require_argentd(self) -> Path:
-        if self.argentd is None:
-            raise ServiceError(
-                f"argentd not found beside {sys.executable} or on PATH; "
-                "install the argentd package first"
-            )
-        return self.argentd
-
-
-def current_platform() -> Platform:
-    """`linux` or `darwin`; raises `ServiceError` elsewhere."""
-    if sys.platform.startswith("linux"):
-        return "linux"
-    if sys.platform == "darwin":
-        return "darwin"
-    raise ServiceError(f"no service support on {sys.platform}: only Linux (systemd) and macOS")
-
 
 _SYSTEMCTL: Final = ("systemctl", "--user")
 
@@ -375,6 +261,15 @@ def _change(
     runner: Runner,
     sleep: Callable[[float], None],
 ) -> int:
+    if action == "install" and host.platform == "linux" and host.no_user_bus and not dry_run:
+        # Checked first: without a user manager the units would be written and
+        # then `systemctl --user` would fail with "Failed to connect to bus".
+        raise ServiceError(
+            f"{host.no_user_bus}; nothing was written. Run argentd by hand instead"
+            " (`argentd`, e.g. in tmux or with `nohup argentd &`), or give your user a"
+            " manager that outlives logins: `sudo loginctl enable-linger $USER`, log in"
+            " again and rerun `argentctl service install`"
+        )
     steps = plan_install(host) if action == "install" else plan_uninstall(host)
     head: dict[str, Any] = {"action": action, "platform": host.platform, "dry_run": dry_run}
     if action == "install" and host.platform == "linux":
