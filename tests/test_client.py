@@ -754,3 +754,51 @@ def test_client_request_refused_at_send_goes_again(client: Client) -> None:
     lease = client.acquire("openai", detached=True)
     assert lease.profile == "openai:main"
     client.release(lease.lease_id)
+
+
+# ============================================================ report when the lease is gone
+
+
+def test_client_failure_after_lease_ended_is_reported_by_profile(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="argent_client")
+    with pytest.raises(httpx.HTTPStatusError), client.lease("anthropic") as lease:
+        client.release(lease.lease_id)  # stands in for a TTL that ran out meanwhile
+        raise http_error(429, {"retry-after": "600"})
+    one = profile(client, "anthropic:one")
+    assert (one.state, one.error_count) == ("cooldown", 1)
+    assert "could not report" not in caplog.text
+    with client.lease("openai") as gone:
+        client.release(gone.lease_id)
+        result = gone.fail("quota", retry_after=3600)
+    assert (result.profile_state, result.next) == ("cooldown", None)
+
+
+def test_client_failover_after_lease_ended_leases_again(client: Client) -> None:
+    seen: list[str] = []
+
+    def call(lease: Lease) -> str:
+        seen.append(lease.profile)
+        if lease.profile == "anthropic:one":
+            client.release(lease.lease_id)
+            raise http_error(429, {"retry-after": "600"})
+        return "answer"
+
+    assert client.call_with_failover(call, provider="anthropic", model="claude-x") == "answer"
+    assert seen == ["anthropic:one", "anthropic:two"]
+    assert profile(client, "anthropic:one").state == "cooldown"
+    assert client.status().leases == []
+
+
+@pytest.mark.anyio
+async def test_async_failure_after_lease_ended_is_reported_by_profile(
+    aclient_factory: Any,
+) -> None:
+    async with aclient_factory() as client:
+        with pytest.raises(httpx.HTTPStatusError):
+            async with client.lease("openai") as lease:
+                await client.release(lease.lease_id)
+                raise http_error(429, {"retry-after": "600"})
+        main = await aprofile(client, "openai:main")
+        assert (main.state, main.error_count) == ("cooldown", 1)
