@@ -85,6 +85,7 @@ class Engine:
         self._leases: dict[str, Lease] = {}
         self._waiters = WaitQueue()
         self._due = Deadlines()
+        self._now = now
         self._sel = Selector(self._slots, self._keys, config, now=now)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
@@ -164,7 +165,7 @@ class Engine:
         """
         self._tick(now)
         self.config = config
-        self._books.merge(profiles.profiles)
+        self._books.merge(profiles.profiles, now)
         self._sel.config = config
         self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
         self._outbox.changed = True
@@ -311,11 +312,11 @@ class Engine:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
                               lease.grant, now)
         self._sel.touch_session(lease.session, lease.profile_id, now)
-        self._end_lease(lease)
+        self._end_lease(lease, now)
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
 
-    def _end_lease(self, lease: Lease) -> Slot:
+    def _end_lease(self, lease: Lease, now: float) -> Slot:
         del self._leases[lease.id]
         self._due.rebuild_leases(((le.expires_at, le.id) for le in self._leases.values()),
                                  len(self._leases))
@@ -323,7 +324,7 @@ class Engine:
         if ks is not None:
             ks.active -= 1
         slot = self._slots[lease.profile_id]
-        self._books.lease_ended(slot)
+        self._books.lease_ended(slot, now)
         return slot
 
     def disconnect(self, conn: int, *, now: float) -> None:
@@ -332,7 +333,7 @@ class Engine:
         self._waiters.drop_conn(conn)
         ended = False
         for lease in [le for le in self._leases.values() if le.conn == conn]:
-            self._end_lease(lease)
+            self._end_lease(lease, now)
             self._emit("release", now, profile=lease.profile_id, lease_id=lease.id,
                        message="connection closed")
             ended = True
@@ -373,7 +374,7 @@ class Engine:
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
         )
         if lease is not None:
-            self._end_lease(lease)
+            self._end_lease(lease, now)
         if params.failover:
             result.next = self._failover(slot.profile, lease, params.kind, conn, now)
         self._serve_waiters(now)
@@ -469,11 +470,12 @@ class Engine:
         self._tick(now)
 
     def _tick(self, now: float) -> None:
+        self._now = now
         changed = False
         for lid in self._due.due_leases(now):
             lease = self._leases.get(lid)
             if lease is not None and lease.expires_at <= now:
-                self._end_lease(lease)
+                self._end_lease(lease, now)
                 self._emit("expire", now, profile=lease.profile_id, lease_id=lid)
                 changed = True
         for until, key, model in self._due.due_cooldowns(now):
@@ -532,11 +534,11 @@ class Engine:
         Profiles removed by a reload (kept only while their leases finish) are
         left out: a restart would not load them.
         """
-        return self._books.snapshot()
+        return self._books.snapshot(self._now)
 
     def restore(self, snap: Snapshot, *, now: float) -> None:
         """Take back the state of `snap` for every profile whose secret is unchanged."""
-        for entry in self._books.restore(snap):
+        for entry in self._books.restore(snap, now):
             self._due.cooldown(*entry)
         self._tick(now)
 

@@ -43,6 +43,8 @@ class KeyState:
     """The provider's rate budget as last reported, predicted forward (not persisted:
     it refills within a minute or two). Made on first use: 10,000 idle profiles
     carry none."""
+    orphaned_at: float | None = None
+    """Since when no loaded profile holds this secret (books.py), or None."""
     active: int = 0
     """Leases out on this secret, over every profile that holds it."""
     probing: bool = False
