@@ -33,9 +33,8 @@ FailureKind: TypeAlias = Literal[
 ]
 FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
 PROFILE_FAULTS: Final = frozenset({"rate_limit", "quota", "auth"})
-"""Kinds that blame the profile: failover stays with the same provider."""
-PROVIDER_FAULTS: Final = frozenset({"overloaded", "timeout", "server_error"})
-"""Kinds that blame the provider: failover moves to the next route target."""
+"""Kinds that blame the profile: failover stays with the same provider (the
+other kinds blame the provider: failover moves to the next route target)."""
 
 ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
 ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid"]
@@ -252,6 +251,11 @@ class ProfileStatus(msgspec.Struct):
     model_cooldowns: dict[str, float] = {}
     budget: Budget | None = None
     removed: bool = False
+    reason: str = "ready"
+    """Why a lease (for no model in particular) would not get it now: `ready`,
+    `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
+    until: float | None = None
+    """When `reason` ends by itself, if time alone ends it."""
 
 
 class LeaseStatus(msgspec.Struct):
