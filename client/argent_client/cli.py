@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     target(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which profile was leased (on stderr)")
+    p.add_argument("--gateway", action="store_true",
+                   help="point the command at argentd's HTTP gateway instead (base URL +"
+                        " local token): it rotates on every request (docs/gateway.md)")
     p.set_defaults(func=cmd_exec, cmd=[])
 
     p = add(
@@ -320,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("install", "uninstall", "status"))
     p.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
     p.set_defaults(func=cmd_service)
+    from .gateway_cmd import add_parser as add_gateway_parser
+
+    add_gateway_parser(add)
     return parser
 
 

@@ -137,10 +137,6 @@ _CREDENTIAL_VARS: Final[dict[str, tuple[str, ...]]] = {
 """Variables that would make the tool send another credential than the local token."""
 
 
-def route_dialect_var(dialect: str) -> str:
-    return "ANTHROPIC_BASE_URL" if dialect == "anthropic" else "OPENAI_BASE_URL"
-
-
 def gateway_env(
     base: Mapping[str, str],
     url: str,
@@ -148,33 +144,38 @@ def gateway_env(
     *,
     provider: str | None = None,
     route: str | None = None,
-    dialect: str = "anthropic",
-    drop: tuple[str, ...] = (),
+    drop_providers: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, str]:
     """`base` with a tool pointed at the gateway at `url` (`http://HOST:PORT`).
 
     For a provider, its base-URL variable gets the provider URL; for a route,
-    `dialect` picks the variable (`anthropic` or `openai`) and it gets the
-    route URL. The matching API-key variable holds `token`; `drop` and the
-    provider's other credential variables are removed. Raises `ValueError`
-    for a provider without a known base-URL variable.
+    both `ANTHROPIC_BASE_URL` and `OPENAI_BASE_URL` get the route URL (it
+    speaks both dialects). The matching API-key variables hold `token`; the
+    credential variables of the provider (or of `drop_providers`, the
+    route's) are removed. Raises `ValueError` for a provider without a known
+    base-URL variable.
     """
     url = url.rstrip("/")
+    values: dict[str, str] = {}
     if route is not None:
-        var = route_dialect_var(dialect)
-        value = f"{url}/route/{route}" + ("/v1" if var == "OPENAI_BASE_URL" else "")
+        values["ANTHROPIC_BASE_URL"] = f"{url}/route/{route}"
+        values["OPENAI_BASE_URL"] = f"{url}/route/{route}/v1"
+        providers = set(drop_providers)
     else:
         if provider is None or provider not in BASE_URL_VARS:
             known = ", ".join(BASE_URL_VARS)
             raise ValueError(f"no base-URL variable known for provider {provider!r} "
                              f"(known: {known}); use --route or set it by hand")
         var, path = BASE_URL_VARS[provider]
-        value = url + path
-    unset = set(drop) | set(_CREDENTIAL_VARS.get(var, ()))
-    for prov in [provider] if provider else []:
+        values[var] = url + path
+        providers = {provider, *drop_providers}
+    unset: set[str] = set()
+    for var in list(values):
+        unset |= set(_CREDENTIAL_VARS.get(var, ()))
+        values[_API_KEY_VAR[var]] = token
+    for prov in providers:
         unset |= set(env_vars(prov, "api-key")) | set(conflicting_vars(prov, "api-key"))
     env = {k: v for k, v in base.items() if k not in unset}
-    env[var] = value
-    env[_API_KEY_VAR[var]] = token
+    env.update(values)
     env["ARGENT_GATEWAY"] = url
     return env
