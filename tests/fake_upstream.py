@@ -7,6 +7,7 @@ as JSON or, with `"stream": true`, as Server-Sent Events sent chunk by chunk.
 Behaviour is scripted per credential (the `x-api-key`, bearer or
 `x-goog-api-key` value it receives): `script(key, "429", "ok")` makes the
 next two requests of that key answer 429 then 200, and the last mode sticks.
+A request header `x-fake-mode: MODE` picks the mode of that request alone.
 Modes:
 
 - `ok` — a normal answer with rate-limit headers (`anthropic-ratelimit-*`
@@ -64,11 +65,15 @@ class Fake:
     """What the rate-limit headers of every answer state (remaining is one less)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    default_mode: str = "401"
+    """The mode of a key nobody scripted."""
+    record: bool = True
+
     def next_mode(self, key: str | None) -> str:
         with self.lock:
             script = self.modes.get(key or "")
             if not script:
-                return "401"
+                return self.default_mode
             return script.pop(0) if len(script) > 1 else script[0]
 
 
@@ -143,9 +148,10 @@ class Handler:
         fake = self.fake
         target = request.target.decode()
         path = target.split("?")[0]
-        with fake.lock:
-            fake.seen.append(Seen(request.method.decode(), target, headers, body, key))
-        mode = fake.next_mode(key)
+        if fake.record:
+            with fake.lock:
+                fake.seen.append(Seen(request.method.decode(), target, headers, body, key))
+        mode = headers.get("x-fake-mode") or fake.next_mode(key)
         openai = "/chat/completions" in path or "/responses" in path or path.endswith("/models")
         try:
             req = json.loads(body) if body else {}
@@ -388,3 +394,25 @@ class FakeUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main() -> None:
+    """`python -m tests.fake_upstream [--slow-delay S]`: every key `ok`; prints the URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a fake Anthropic/OpenAI provider")
+    parser.add_argument("--slow-delay", type=float, default=1.0)
+    args = parser.parse_args()
+    up = FakeUpstream()
+    up.fake.default_mode = "ok"
+    up.fake.record = False
+    up.fake.slow_delay = args.slow_delay
+    print(up.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        up.close()
+
+
+if __name__ == "__main__":
+    main()

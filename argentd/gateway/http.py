@@ -56,7 +56,8 @@ class Exchange:
         self.headers: list[tuple[bytes, bytes]] = list(request.headers)
         self.http_version = request.http_version
         self.started = False
-        """Whether the answer's head went out (after it, no other answer is possible)."""
+        """Whether the answer has begun (after it, no other answer is possible)."""
+        self._head: bytes | None = b""
         self.body_read = False
 
     def header(self, name: bytes) -> str | None:
@@ -115,21 +116,27 @@ class Exchange:
         await trio.sleep_forever()
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Send the answer's head."""
+        """Begin the answer: its head goes out with the first part of the body (one
+        write instead of two; the head alone is of no use to the client)."""
         if not self.body_read:
             headers = [*headers, (b"connection", b"close")]
         self.started = True
-        await self._conn.write(self._conn.h11.send(
-            h11.Response(status_code=status, headers=headers)) or b"")
+        self._head = self._conn.h11.send(h11.Response(status_code=status, headers=headers))
 
     async def send(self, data: bytes) -> None:
         """Send part of the answer's body."""
         if data:
-            await self._conn.write(self._conn.h11.send(h11.Data(data=data)) or b"")
+            out = self._conn.h11.send(h11.Data(data=data)) or b""
+            if self._head:
+                out, self._head = self._head + out, b""
+            await self._conn.write(out)
 
     async def end(self) -> None:
         """Finish the answer."""
-        await self._conn.write(self._conn.h11.send(h11.EndOfMessage()) or b"")
+        out = self._conn.h11.send(h11.EndOfMessage()) or b""
+        if self._head:
+            out, self._head = self._head + out, b""
+        await self._conn.write(out)
 
     async def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole answer at once."""
