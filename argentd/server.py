@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ import trio
 from argent_client import protocol as P
 
 from . import __version__
+from .clock import Clock
 from .engine import Engine
 from .views import metrics, status
 
@@ -44,6 +46,14 @@ RECV_SIZE: Final = 65536
 EVENT_QUEUE: Final = 1024
 """A subscriber that falls this many events behind is disconnected."""
 LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""accept() out of resources: wait `ACCEPT_BACKOFF` and try again (as trio's serve_listeners)."""
+ACCEPT_IGNORABLE_ERRNOS: Final = frozenset(
+    getattr(errno, name) for name in ("ECONNABORTED", "EPROTO", "EPERM", "ETIMEDOUT",
+                                      "ECONNRESET") if hasattr(errno, name)
+)
+"""accept() failed for that one connection (as trio's SocketListener): take the next."""
+ACCEPT_BACKOFF: Final = 0.1
 
 
 @dataclass(eq=False)
@@ -111,6 +121,8 @@ class Server:
     `reload` is the daemon's reload coroutine (returns the `reload` result);
     `config_status` returns the current `status.config`; `on_change` is
     called after every engine change that should reach the state file.
+    `clock` gives the engine its `now` (the daemon's; tests pass
+    `Clock.fake(epoch)` to run under `MockClock`).
     """
 
     def __init__(
@@ -120,7 +132,7 @@ class Server:
         reload: Callable[[str], Awaitable[P.ReloadResult]],
         config_status: Callable[[], P.ConfigStatus],
         on_change: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         uid: int | None = None,
         peer_uid: Callable[[Any], int | None] | None = None,
     ) -> None:
@@ -128,7 +140,8 @@ class Server:
         self._reload = reload
         self._config_status = config_status
         self._on_change = on_change
-        self.clock = clock
+        self.clock = clock or Clock()
+        self.now = self.clock.now
         self.uid = os.getuid() if uid is None else uid
         self._peer_uid = peer_uid
         self._conn_ids = 0
@@ -141,17 +154,6 @@ class Server:
         self._lat_sum = 0.0
         self._lat_n = 0
         self._want_events()
-        self._handlers: dict[str, Callable[[Conn, Any], msgspec.Struct]] = {
-            "hello": self._hello,
-            "renew": self._renew,
-            "release": self._release,
-            "report_failure": self._report,
-            "status": self._status,
-            "reset": self._reset,
-            "disable": self._disable,
-            "enable": self._enable,
-            "metrics": self._metrics,
-        }
 
     # ------------------------------------------------------------ lifecycle
 
@@ -161,23 +163,33 @@ class Server:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections on the listening socket until cancelled."""
+        """Accept connections on the listening socket until cancelled.
+
+        Out of descriptors or memory (`ACCEPT_CAPACITY_ERRNOS`), accept is
+        tried again after `ACCEPT_BACKOFF` seconds; a connection that died
+        in the backlog is skipped; any other `OSError` is a bug (a closed or
+        wrong listener) and propagates.
+        """
         listener.setblocking(False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._timer)
             task_status.started()
             while True:
+                await trio.lowlevel.wait_readable(listener)
                 try:
-                    await trio.lowlevel.wait_readable(listener)
                     sock, _ = listener.accept()
-                    sock.setblocking(False)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    # EMFILE and friends: back off instead of spinning.
-                    log.warning("accept failed: %s", exc.strerror or exc)
-                    await trio.sleep(0.1)
+                    if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                        continue
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.warning("accept failed: %s; trying again in %.1f s",
+                                exc.strerror or exc, ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF)
                     continue
+                sock.setblocking(False)
                 nursery.start_soon(self._connection, sock)
 
     def after_change(self) -> None:
@@ -214,20 +226,26 @@ class Server:
             self._timer_wakeup.set()
 
     async def _timer(self) -> None:
+        """Advance the engine at its deadlines (sleeping on the clock `now` reads).
+
+        With a wall clock to follow, it wakes at least every
+        `clock.resync_every` seconds to re-sync (after a suspend a deadline
+        is then at most that late).
+        """
+        longest = self.clock.resync_every or math.inf
         while True:
             self._timer_wakeup = trio.Event()
             deadline = self.engine.next_deadline()
             self._timer_target = math.inf if deadline is None else deadline
-            if deadline is None:
-                await self._timer_wakeup.wait()
-                continue
-            delay = deadline - self.clock()
+            delay = math.inf if deadline is None else deadline - self.now()
             if delay > 0:
-                with trio.move_on_after(delay):
+                with trio.move_on_after(min(delay, longest)):
                     await self._timer_wakeup.wait()
+                self.clock.resync()
+                if deadline is None or self.now() < deadline:
                     continue
             try:
-                self.engine.advance(self.clock())
+                self.engine.advance(self.now())
                 self.after_change()
             except Exception:
                 # A bug here must not take every client down with the timer:
@@ -263,7 +281,7 @@ class Server:
             conn.close()
             self._conns.pop(conn.id, None)
             self._drop_subscriber(conn)
-            self.engine.disconnect(conn.id, now=self.clock())
+            self.engine.disconnect(conn.id, now=self.now())
             self.after_change()
 
     async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
@@ -323,17 +341,7 @@ class Server:
                 method, req_id, params = typed
                 notify = req_id is msgspec.UNSET
                 rid = None if isinstance(req_id, msgspec.UnsetType) else req_id
-            if method == "lease":
-                assert isinstance(params, P.LeaseParams)
-                result = self._lease(conn, rid, notify, params, nursery)
-            elif method == "subscribe":
-                self._subscribe(conn, nursery)
-                result = P.SubscribeResult()
-            elif method == "reload":
-                nursery.start_soon(self._reload_task, conn, rid, notify)
-                result = None
-            else:
-                result = self._handlers[method](conn, params)
+            result = self._dispatch(conn, rid, notify, method, params, nursery)
             reply = None if notify or result is None else P.encode_result(rid, result)
         except P.ArgentError as exc:
             reply = None if notify else P.encode_error(rid, exc)
@@ -345,6 +353,42 @@ class Server:
         self._observe(time.perf_counter() - start)
         return reply
 
+    def _dispatch(
+        self, conn: Conn, rid: P.RequestId, notify: bool, method: str, params: msgspec.Struct,
+        nursery: trio.Nursery,
+    ) -> msgspec.Struct | None:
+        """The result of one decoded request, or None when its reply comes later."""
+        now = self.now()
+        engine = self.engine
+        match method, params:
+            case "hello", _:
+                return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
+            case "lease", P.LeaseParams() as p:
+                return self._lease(conn, rid, notify, p, nursery, now)
+            case "renew", P.RenewParams() as p:
+                return P.RenewResult(engine.renew(p.lease_id, p.ttl, now=now))
+            case "release", P.ReleaseParams() as p:
+                engine.release(p.lease_id, now=now, usage=p.usage, limits=p.limits)
+                return P.ReleaseResult()
+            case "report_failure", P.ReportParams() as p:
+                return engine.report(p, conn=conn.id, now=now)
+            case "status", _:
+                return status(engine, self._config_status(), now=now)
+            case "reset", P.ProfileParams() as p:
+                return P.ProfileStateResult(engine.reset(p.profile, now=now))
+            case "disable" | "enable", P.ProfileParams() as p:
+                state = engine.set_disabled(p.profile, method == "disable", now=now)
+                return P.ProfileStateResult(state)
+            case "metrics", _:
+                return self._metrics(now)
+            case "subscribe", _:
+                self._subscribe(conn, nursery)
+                return P.SubscribeResult()
+            case "reload", _:
+                nursery.start_soon(self._reload_task, conn, rid, notify)
+                return None
+        raise P.MethodNotFound(f"unknown method {method!r}")  # decode let through a new one
+
     def _observe(self, seconds: float) -> None:
         self._lat_n += 1
         self._lat_sum += seconds
@@ -354,15 +398,11 @@ class Server:
 
     # ------------------------------------------------------------ methods
 
-    def _hello(self, conn: Conn, params: Any) -> msgspec.Struct:
-        return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
-
     def _lease(
         self, conn: Conn, rid: P.RequestId, notify: bool, params: P.LeaseParams,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery, now: float,
     ) -> P.LeaseResult | None:
         """A lease now, or None when the request waits (its reply comes later)."""
-        now = self.clock()
         try:
             return self.engine.lease(params, conn=conn.id, now=now)
         except P.NoProfileAvailable:
@@ -393,38 +433,13 @@ class Server:
         else:
             await self._send_quietly(conn, P.encode_result(rid, result))
 
-    def _renew(self, conn: Conn, params: P.RenewParams) -> msgspec.Struct:
-        return P.RenewResult(self.engine.renew(params.lease_id, params.ttl, now=self.clock()))
-
-    def _release(self, conn: Conn, params: P.ReleaseParams) -> msgspec.Struct:
-        self.engine.release(params.lease_id, now=self.clock(), usage=params.usage,
-                            limits=params.limits)
-        return P.ReleaseResult()
-
-    def _report(self, conn: Conn, params: P.ReportParams) -> msgspec.Struct:
-        return self.engine.report(params, conn=conn.id, now=self.clock())
-
-    def _status(self, conn: Conn, params: Any) -> msgspec.Struct:
-        return status(self.engine, self._config_status(), now=self.clock())
-
-    def _reset(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        return P.ProfileStateResult(self.engine.reset(params.profile, now=self.clock()))
-
-    def _disable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        state = self.engine.set_disabled(params.profile, True, now=self.clock())
-        return P.ProfileStateResult(state)
-
-    def _enable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        state = self.engine.set_disabled(params.profile, False, now=self.clock())
-        return P.ProfileStateResult(state)
-
-    def _metrics(self, conn: Conn, params: Any) -> msgspec.Struct:
+    def _metrics(self, now: float) -> P.MetricsResult:
         cumulative = []
         total = 0
         for bound, n in zip(LATENCY_BUCKETS, self._lat_counts, strict=True):
             total += n
             cumulative.append((bound, total))
-        text = metrics(self.engine, now=self.clock(), latency_buckets=cumulative,
+        text = metrics(self.engine, now=now, latency_buckets=cumulative,
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
         return P.MetricsResult(text)
 
