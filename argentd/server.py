@@ -1,13 +1,22 @@
 """The wire-protocol server: one trio task per connection around the engine.
 
 Theory of operation: a connection task reads bytes, cuts them into lines
-and answers every complete line at once (the engine is synchronous), so
-pipelined requests cost one send for a whole batch of replies. Only two
-kinds of request outlive their line: a `lease` that `wait`s (a task in the
-connection's nursery parks on the waiter's result) and `reload` (file I/O in
-a thread). Whatever the engine decided besides the reply — events, waiters
-it served, a new deadline — is drained by `Server.after_change()` after
-every call. One timer task sleeps until the engine's next deadline.
+and answers the complete lines of each read at once (the engine is
+synchronous), so pipelined requests cost one send for a batch of replies;
+replies are sent as soon as they reach `FLUSH_AT` bytes, so a peer that does
+not read stops its own pipeline (back-pressure) instead of making the daemon
+build every reply first. Only two kinds of request outlive their line: a
+`lease` that `wait`s (a task in the connection's nursery parks on the
+waiter's result) and `reload` (file I/O in a thread); each connection may
+have at most `MAX_WAITING` and `MAX_RELOADS` of them at once. Whatever the
+engine decided besides the reply — events, waiters it served, a new
+deadline — is drained by `Server.after_change()` after every call. One timer
+task sleeps until the engine's next deadline, on the same `Clock` that
+gives the engine its `now`.
+
+Unfinished lines are bounded: a line must end within `LINE_TIMEOUT` seconds
+of its first byte, and all connections together may hold `MAX_BUFFERED`
+bytes of them; past either, the connection is told why and closed.
 
 Every connection is wrapped: an exception in one is logged and ends that
 connection only. A connection's writes go through one lock, so a reply, a
@@ -54,6 +63,16 @@ ACCEPT_IGNORABLE_ERRNOS: Final = frozenset(
 )
 """accept() failed for that one connection (as trio's SocketListener): take the next."""
 ACCEPT_BACKOFF: Final = 0.1
+MAX_WAITING: Final = 256
+"""Waiting `lease` requests one connection may have at once (`limit_exceeded` past it)."""
+MAX_RELOADS: Final = 4
+"""`reload` requests one connection may have in flight at once."""
+MAX_BUFFERED: Final = 64 * 1024 * 1024
+"""Bytes of unfinished lines all connections together may hold in the daemon."""
+LINE_TIMEOUT: Final = 30.0
+"""Seconds a line may stay unfinished before its connection is closed."""
+FLUSH_AT: Final = 64 * 1024
+"""Replies to one read are sent once they reach this many bytes, not all at the end."""
 
 
 @dataclass(eq=False)
@@ -71,6 +90,13 @@ class Conn:
     lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
     events: trio.MemorySendChannel[bytes] | None = None
     closed: bool = False
+    partial: int = 0
+    """Bytes of an unfinished line held for it (counted against `MAX_BUFFERED`)."""
+    waiting: int = 0
+    """Its `lease` requests parked until a profile is ready (at most `MAX_WAITING`)."""
+    reloads: int = 0
+    """Its `reload` requests in flight (at most `MAX_RELOADS`)."""
+    warned_notify: bool = False
 
     async def recv(self) -> bytes:
         """The next bytes from the peer (b"" at EOF)."""
@@ -150,6 +176,8 @@ class Server:
         self._waiting: dict[int, tuple[trio.Event, list[P.LeaseResult | P.ArgentError]]] = {}
         self._timer_wakeup = trio.Event()
         self._timer_target = math.inf
+        self._buffered = 0
+        """Bytes of unfinished lines held across connections."""
         self._lat_counts = [0] * len(LATENCY_BUCKETS)
         self._lat_sum = 0.0
         self._lat_n = 0
@@ -279,6 +307,7 @@ class Server:
             log.exception("connection %d failed", conn.id)
         finally:
             conn.close()
+            self._hold(conn, 0)
             self._conns.pop(conn.id, None)
             self._drop_subscriber(conn)
             self.engine.disconnect(conn.id, now=self.now())
@@ -286,23 +315,41 @@ class Server:
 
     async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
         buf = bytearray()  # a partial line (amortised appends: no quadratic copies)
+        line_deadline = math.inf
         while True:
-            data = await conn.recv()
+            if not buf:
+                data = await conn.recv()
+            else:
+                with trio.move_on_at(line_deadline) as waited:
+                    data = await conn.recv()
+                if waited.cancelled_caught:
+                    await self._refuse(conn, P.InvalidRequest(
+                        f"a line stayed unfinished for {LINE_TIMEOUT:g} s; closing the "
+                        f"connection"))
+                    return
             if not data:
                 return
             if not buf and data[-1:] == b"\n" and data.count(b"\n") == 1:
                 # The common case, one whole request: no splitting, no copies.
                 lines = [data[:-1]]
             else:
+                started = not buf
                 buf += data
-                if b"\n" not in data:
-                    if len(buf) > P.MAX_LINE:
-                        await self._too_long(conn)
-                        return
-                    continue
-                *lines, rest = bytes(buf).split(b"\n")
-                buf = bytearray(rest)
+                if b"\n" in data:
+                    *lines, rest = bytes(buf).split(b"\n")
+                    buf = bytearray(rest)
+                    started = bool(rest)
+                else:
+                    lines = []
+                if started:
+                    line_deadline = trio.current_time() + LINE_TIMEOUT
+                if not self._hold(conn, len(buf)):
+                    await self._refuse(conn, P.InvalidRequest(
+                        f"the daemon holds {MAX_BUFFERED} bytes of unfinished lines from all "
+                        f"connections; closing this one"))
+                    return
             replies: list[bytes] = []
+            size = 0
             for line in lines:
                 if len(line) > P.MAX_LINE:
                     if replies:
@@ -314,14 +361,33 @@ class Server:
                 reply = self._handle_line(conn, line, nursery)
                 if reply:
                     replies.append(reply)
+                    size += len(reply)
+                    if size >= FLUSH_AT:
+                        # Send as we go: a peer that does not read stops this loop
+                        # (back-pressure), and the others get their turn meanwhile.
+                        await conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
+                        replies.clear()
+                        size = 0
+                        await trio.lowlevel.checkpoint()
             if replies:
                 await conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
             if len(buf) > P.MAX_LINE:
                 await self._too_long(conn)
                 return
 
+    def _hold(self, conn: Conn, size: int) -> bool:
+        """Account `size` bytes of unfinished line for `conn`; False past `MAX_BUFFERED`."""
+        self._buffered += size - conn.partial
+        conn.partial = size
+        return self._buffered <= MAX_BUFFERED or size == 0
+
     async def _too_long(self, conn: Conn) -> None:
-        err = P.InvalidRequest(f"line longer than {P.MAX_LINE} bytes; closing the connection")
+        await self._refuse(conn, P.InvalidRequest(
+            f"line longer than {P.MAX_LINE} bytes; closing the connection"))
+
+    async def _refuse(self, conn: Conn, err: P.ArgentError) -> None:
+        """Say why the connection ends (the caller then returns, which closes it)."""
+        log.warning("connection %d: %s", conn.id, err.message)
         await conn.send(P.encode_error(None, err))
 
     def _handle_line(self, conn: Conn, line: bytes, nursery: trio.Nursery) -> bytes | None:
@@ -345,6 +411,8 @@ class Server:
             reply = None if notify or result is None else P.encode_result(rid, result)
         except P.ArgentError as exc:
             reply = None if notify else P.encode_error(rid, exc)
+        except RecursionError:  # msgspec's depth limit: a parse error like any other
+            reply = P.encode_error(None, P.ParseError("parse error: JSON nested too deeply"))
         except Exception as exc:
             log.exception("internal error answering a request")
             reply = None if notify else P.encode_error(rid, P.InternalError(
@@ -364,13 +432,18 @@ class Server:
             case "hello", _:
                 return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
             case "lease", P.LeaseParams() as p:
-                return self._lease(conn, rid, notify, p, nursery, now)
+                if notify:
+                    self._ignored_lease(conn)
+                    return None
+                return self._lease(conn, rid, p, nursery, now)
             case "renew", P.RenewParams() as p:
                 return P.RenewResult(engine.renew(p.lease_id, p.ttl, now=now))
             case "release", P.ReleaseParams() as p:
                 engine.release(p.lease_id, now=now, usage=p.usage, limits=p.limits)
                 return P.ReleaseResult()
             case "report_failure", P.ReportParams() as p:
+                if notify and p.failover:  # nobody would learn the next lease's id
+                    p = msgspec.structs.replace(p, failover=False)
                 return engine.report(p, conn=conn.id, now=now)
             case "status", _:
                 return status(engine, self._config_status(), now=now)
@@ -385,6 +458,11 @@ class Server:
                 self._subscribe(conn, nursery)
                 return P.SubscribeResult()
             case "reload", _:
+                if conn.reloads >= MAX_RELOADS:
+                    raise P.LimitExceeded(
+                        f"this connection already has {MAX_RELOADS} reloads in flight; wait "
+                        f"for their replies", limit=MAX_RELOADS)
+                conn.reloads += 1
                 nursery.start_soon(self._reload_task, conn, rid, notify)
                 return None
         raise P.MethodNotFound(f"unknown method {method!r}")  # decode let through a new one
@@ -398,9 +476,16 @@ class Server:
 
     # ------------------------------------------------------------ methods
 
+    def _ignored_lease(self, conn: Conn) -> None:
+        """A `lease` without an `id`: granting it would strand a lease nobody can name."""
+        if not conn.warned_notify:
+            conn.warned_notify = True
+            log.warning("connection %d sent `lease` as a notification (no id); ignored, "
+                        "since its reply is the only way to learn the lease id", conn.id)
+
     def _lease(
-        self, conn: Conn, rid: P.RequestId, notify: bool, params: P.LeaseParams,
-        nursery: trio.Nursery, now: float,
+        self, conn: Conn, rid: P.RequestId, params: P.LeaseParams, nursery: trio.Nursery,
+        now: float,
     ) -> P.LeaseResult | None:
         """A lease now, or None when the request waits (its reply comes later)."""
         try:
@@ -408,25 +493,29 @@ class Server:
         except P.NoProfileAvailable:
             if params.wait <= 0:
                 raise
+            if conn.waiting >= MAX_WAITING:
+                raise P.LimitExceeded(
+                    f"this connection already has {MAX_WAITING} leases waiting; wait for "
+                    f"their replies before asking for more", limit=MAX_WAITING) from None
         wid = self.engine.wait(params, conn=conn.id, now=now)
         done = trio.Event()
         box: list[P.LeaseResult | P.ArgentError] = []
         self._waiting[wid] = (done, box)
-        nursery.start_soon(self._await_lease, conn, rid, notify, wid, done, box)
+        conn.waiting += 1
+        nursery.start_soon(self._await_lease, conn, rid, wid, done, box)
         return None
 
     async def _await_lease(
-        self, conn: Conn, rid: P.RequestId, notify: bool, wid: int, done: trio.Event,
+        self, conn: Conn, rid: P.RequestId, wid: int, done: trio.Event,
         box: list[P.LeaseResult | P.ArgentError],
     ) -> None:
         try:
             await done.wait()
         finally:
+            conn.waiting -= 1
             if not box:  # cancelled: the connection is closing
                 self._waiting.pop(wid, None)
                 self.engine.cancel_wait(wid)
-        if notify:
-            return
         result = box[0]
         if isinstance(result, P.ArgentError):
             await self._send_quietly(conn, P.encode_error(rid, result))
@@ -444,7 +533,10 @@ class Server:
         return P.MetricsResult(text)
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
-        result = await self._reload("reload method")
+        try:
+            result = await self._reload("reload method")
+        finally:
+            conn.reloads -= 1
         if not notify:
             await self._send_quietly(conn, P.encode_result(rid, result))
 

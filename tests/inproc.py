@@ -37,6 +37,8 @@ from .conftest import make_secret
 
 EPOCH: Final = 1_800_000_000.0
 """Unix time at fake time 0: `now` in the engine is `EPOCH + trio.current_time()`."""
+FAKE_LIMIT: Final = 30 * 24 * 3600.0
+"""Fake seconds after which a test in `serving()` fails rather than hangs."""
 
 PREFIX: Final[dict[ProfileType, str]] = {"setup-token": "sk-ant-oat01-",
                                           "api-key": "sk-ant-api03-", "oauth": "sk-ant-oat01-"}
@@ -176,14 +178,16 @@ async def serving(
     listener.listen(4096)
     inproc = InProc(engine, server, path, configs)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve, listener)
-            try:
-                yield inproc
-            finally:
-                for peer in inproc.peers:
-                    peer.close()
-                nursery.cancel_scope.cancel()
+        # In fake time a test that hangs would hang for real: fail it instead.
+        with trio.fail_after(FAKE_LIMIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, listener)
+                try:
+                    yield inproc
+                finally:
+                    for peer in inproc.peers:
+                        peer.close()
+                    nursery.cancel_scope.cancel()
     finally:
         listener.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio.testing import MockClock
 
 from argentd.server import ACCEPT_BACKOFF
@@ -484,3 +485,167 @@ def test_server_other_uid_refused(daemon: Daemon) -> None:
     reply = json.loads(out.stdout)
     assert error_code(reply) == (-32006, "permission_denied")
     assert daemon.call("hello")["server"] == "argentd"
+
+
+# ---------------------------------------------------------------- bounds and abuse
+
+
+@pytest.mark.trio
+async def test_server_lease_notification_is_not_granted(
+    srv: InProc, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = await srv.connect()
+    await c.send(c.line("lease", {"provider": "openai"}, notify=True) * 3)
+    assert (await c.call("status"))["leases"] == []  # nobody could ever release it
+    assert caplog.text.count("sent `lease` as a notification") == 1  # once per connection
+    assert (await c.call("lease", {"provider": "openai"}))["profile"] == "openai:main"
+
+
+@pytest.mark.trio
+async def test_server_report_notification_does_not_fail_over(
+    srv: InProc, autojump_clock: MockClock
+) -> None:
+    c = await srv.connect()
+    lease = await c.call("lease", {"provider": "anthropic"})
+    await c.send(c.line("report_failure", {"lease_id": lease["lease_id"], "kind": "rate_limit",
+                                           "failover": True}, notify=True))
+    st = await c.call("status")
+    assert st["leases"] == []  # the report counted; no next lease was made for nobody
+    assert {p["id"]: p["state"] for p in st["profiles"]}["anthropic:one"] == "cooldown"
+
+
+@pytest.mark.trio
+async def test_server_waiting_leases_bounded_per_connection(
+    srv: InProc, autojump_clock: MockClock
+) -> None:
+    from argentd.server import MAX_WAITING
+
+    c = await srv.connect()
+    await c.call("lease", {"provider": "openai"})  # max_concurrent 1: the rest must wait
+    greedy = await srv.connect()
+    await greedy.send(b"".join(greedy.line("lease", {"provider": "openai", "wait": 100})
+                               for _ in range(MAX_WAITING + 1)))
+    reply = await greedy.read()  # the only immediate answer: the one past the bound
+    assert reply["id"] == MAX_WAITING + 1
+    assert error_code(reply) == (-32010, "limit_exceeded")
+    assert reply["error"]["data"]["limit"] == MAX_WAITING
+    # Everyone else is still served at once, waiting leases included.
+    other = await srv.connect()
+    assert (await other.call("lease", {"provider": "anthropic"}))["profile"] == "anthropic:one"
+    await other.send(other.line("lease", {"provider": "openai", "wait": 200}))
+    assert trio.current_time() == 0
+    # When the parked ones time out, the connection may wait again.
+    for _ in range(MAX_WAITING):
+        assert error_code(await greedy.read())[1] == "no_profile_available"
+    assert trio.current_time() == 100
+    reply = await greedy.request("lease", {"provider": "openai", "wait": 50})
+    assert error_code(reply)[1] == "no_profile_available" and trio.current_time() == 150
+
+
+@pytest.mark.trio
+async def test_server_reloads_bounded_per_connection(autojump_clock: MockClock) -> None:
+    from argentd.server import MAX_RELOADS
+
+    release = trio.Event()
+    started: list[str] = []
+
+    async def slow_reload(reason: str) -> Any:
+        started.append(reason)
+        await release.wait()
+        from argent_client import protocol as P
+
+        return P.ReloadResult(3)
+
+    async with serving(*three(), reload=slow_reload) as s:
+        c = await s.connect()
+        await c.send(b"".join(c.line("reload") for _ in range(MAX_RELOADS + 1)))
+        reply = await c.read()
+        assert reply["id"] == MAX_RELOADS + 1
+        assert error_code(reply) == (-32010, "limit_exceeded")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(started) == MAX_RELOADS
+        release.set()
+        assert sorted([(await c.read())["id"] for _ in range(MAX_RELOADS)]) == list(
+            range(1, MAX_RELOADS + 1))
+        assert (await c.call("reload")) == {"profiles": 3}  # in flight again: allowed
+
+
+@pytest.mark.trio
+async def test_server_unfinished_line_times_out(
+    srv: InProc, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from argentd.server import LINE_TIMEOUT
+
+    c = await srv.connect()
+    await c.send(b'{"jsonrpc":"2.0","method":"hel')
+    await trio.sleep(LINE_TIMEOUT - 1)
+    await c.send(b'lo","id":1}\n{"jsonrpc":')  # finishes in time, starts the next line
+    assert (await c.read())["result"]["server"] == "argentd"
+    reply = await c.read()
+    assert trio.current_time() == 2 * LINE_TIMEOUT - 1  # LINE_TIMEOUT after the second began
+    assert error_code(reply) == (-32600, "invalid_request")
+    assert "unfinished" in reply["error"]["message"]
+    assert await c.eof()
+    assert "stayed unfinished" in caplog.text
+    assert srv.server._buffered == 0
+
+
+@pytest.mark.trio
+async def test_server_unfinished_lines_bounded_across_connections(
+    srv: InProc, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from argentd import server as server_mod
+
+    monkeypatch.setattr(server_mod, "MAX_BUFFERED", 10_000)
+    first, second = await srv.connect(), await srv.connect()
+    await first.send(b'{"jsonrpc":"2.0","method":"hello","id":1,"x":"' + b"a" * 6000)
+    await trio.testing.wait_all_tasks_blocked()  # the server has read it
+    await second.send(b'{"jsonrpc":"2.0","method":"hello","id":1,"x":"' + b"b" * 6000)
+    reply = await second.read()
+    assert error_code(reply) == (-32600, "invalid_request")
+    assert "unfinished lines" in reply["error"]["message"]
+    assert await second.eof()
+    await first.send(b'"}\n')  # the first one finishes its line: served
+    assert (await first.read())["id"] == 1
+    assert srv.server._buffered == 0
+    third = await srv.connect()  # the budget freed by the closed connection is usable again
+    await third.send(b'{"jsonrpc":"2.0","method":"hello","id":3,"x":"' + b"c" * 6000)
+    await third.send(b'"}\n')
+    assert (await third.read())["id"] == 3
+
+
+@pytest.mark.trio
+async def test_server_pipelined_statuses_do_not_hold_others(
+    autojump_clock: MockClock,
+) -> None:
+    many = [profile(f"anthropic:p{i:04d}", label="x" * 40) for i in range(2000)]
+    async with serving(*many, profile("openai:main")) as s:
+        greedy = await s.connect()
+        await greedy.send(b"".join(greedy.line("status") for _ in range(40)))  # never read
+        other = await s.connect()
+        assert (await other.call("lease", {"provider": "openai"}))["profile"] == "openai:main"
+        # Replies go out as they are made: a peer that does not read stops its own
+        # pipeline after a reply or two, instead of forty being built first.
+        assert len(s.configs) <= 3
+        got = 0
+        while got < 40:  # and it gets every reply once it reads
+            line = await greedy.read_line()
+            got += b'"profiles"' in line
+        assert len(s.configs) == 40
+
+
+@pytest.mark.trio
+async def test_server_deeply_nested_json_is_a_parse_error(
+    srv: InProc, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = await srv.connect()
+    for depth in (500_000, 100_000):
+        await c.send(b"[" * depth + b"]" * depth + b"\n")
+        reply = await c.read()
+        assert error_code(reply) == (-32700, "parse_error") and reply["id"] is None
+        assert "nested too deeply" in reply["error"]["message"]
+    await c.send(b'{"jsonrpc":"2.0","method":"hello","id":1,"params":'
+                 + b"[" * 200_000 + b"]" * 200_000 + b"}\n")
+    assert error_code(await c.read())[1] == "parse_error"
+    assert (await c.call("hello"))["server"] == "argentd"
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
