@@ -225,7 +225,7 @@ class Proxy:
 
     async def _serve(self, ctx: Context) -> None:
         config = self.engine.config.gateway
-        wait_until = self.server.clock() + config.wait
+        wait_until = self.server.now() + config.wait
         plan, rec = ctx.plan, ctx.rec
         held: Held | None = None
         index = 0
@@ -278,7 +278,7 @@ class Proxy:
         `UnknownProvider` when no target has any profile.
         """
         targets = ctx.plan.targets
-        now = self.server.clock()
+        now = self.server.now()
         busy: list[tuple[int, P.NoProfileAvailable]] = []
         unknown: P.ArgentError | None = None
         for i in range(start, len(targets)):
@@ -330,7 +330,7 @@ class Proxy:
         if not won:
             raise _soonest(waited or busy)
         winner = min(won, key=lambda h: h.index)
-        now = self.server.clock()
+        now = self.server.now()
         for conn in conns.values():
             if conn != winner.conn:
                 self.engine.disconnect(conn, now=now)  # a second grant, or a waiter left
@@ -392,7 +392,7 @@ class Proxy:
         ex, rec = ctx.ex, ctx.rec
         status = resp.status
         header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
-        now = self.server.clock()
+        now = self.server.now()
         limits = parse_limits(header_map, now=now)
         back = [(k, v) for k, v in resp.headers if k.lower() not in KEEP_BACK]
         if status >= 400:
@@ -457,7 +457,7 @@ class Proxy:
             status=f.status, message=f.message, limits=fault.limits, failover=failover,
             model=None,
         )
-        now = self.server.clock()
+        now = self.server.now()
         try:
             result = self.engine.report(params, conn=held.conn, now=now)
             if result.next is None:
@@ -478,7 +478,7 @@ class Proxy:
                  limits: P.Limits | None) -> None:
         ctx.open.discard(held.conn)
         try:
-            self.engine.release(held.lease.lease_id, now=self.server.clock(), usage=usage,
+            self.engine.release(held.lease.lease_id, now=self.server.now(), usage=usage,
                                 limits=limits)
         except P.LeaseNotFound:
             pass
@@ -489,7 +489,7 @@ class Proxy:
         """End without success whatever the request still holds."""
         if not ctx.open:
             return
-        now = self.server.clock()
+        now = self.server.now()
         for conn in ctx.open:
             self.engine.disconnect(conn, now=now)
         ctx.open.clear()
