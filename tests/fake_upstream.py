@@ -21,7 +21,8 @@ Modes:
   connection;
 - `slow` — a stream whose first event leaves at once and the rest
   `slow_delay` seconds later;
-- `stream_error` — a 200 stream with an `error` event (overloaded_error) in it.
+- `stream_error` — a 200 stream with an `error` event (overloaded_error) in it;
+- `big` — a stream with 64 MiB of SSE comments after its first event.
 
 Every request is recorded (`seen`: path, lower-cased headers, body) so a
 test can check which credential went where and that the local token never
@@ -251,6 +252,10 @@ class Handler:
                 return False
             if i == 0 and mode == "slow":
                 await trio.sleep(self.fake.slow_delay)
+            if i == 0 and mode == "big":
+                pad = b": " + b"x" * 65533 + b"\n"  # an SSE comment line of 64 KiB
+                for _ in range(1024):
+                    await self._send(h11.Data(data=pad))
         await self._send(h11.EndOfMessage())
         return True
 

@@ -210,3 +210,25 @@ def test_gateway_upstream_refusing_connections_is_502_in_shape(daemon_factory: A
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_error"  # type: ignore[index]
     assert gw.profile("openai:a")["last_error"] == "server_error"
+
+
+def test_gateway_client_that_stops_reading_is_dropped_after_the_write_timeout(
+        daemon_factory: Any, fake: FakeUpstream) -> None:
+    gw = start(daemon_factory, fake, extra="")
+    text = gw.daemon.config.read_text().replace("[gateway.timeouts]\n",
+                                                "[gateway.timeouts]\nwrite = 1.0\n")
+    gw.daemon.config.write_text(text)
+    gw.daemon.call("reload")
+    fake.script(gw.keys["anthropic:one"], "big")
+    body = json.dumps({"model": "m", "max_tokens": 1, "stream": True, "messages": []})
+    head = (f"POST /anthropic/v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: {gw.token}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n")
+    with socket.create_connection(_host_port(gw)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(head.encode() + body.encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        # ...and read no more: the gateway holds one chunk, then gives up on us
+        line = gw.wait_log("(client gone)", timeout=20)
+        assert "status=200" in line
+        assert gw.status()["leases"] == []
+        assert gw.daemon.call("hello")["server"] == "argentd"

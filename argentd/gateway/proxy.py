@@ -217,9 +217,13 @@ class Proxy:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            await self._serve(ctx)
+            try:
+                await self._serve(ctx)
+            except ClientGone:
+                gone = True  # a write that failed or timed out (raised here, not grouped)
             nursery.cancel_scope.cancel()
-            return  # answered: a hang-up now (the client done with us) changes nothing
+            if not gone:
+                return  # answered: a hang-up now (the client done with us) changes nothing
         if gone:
             raise ClientGone("the client hung up")
 
