@@ -148,7 +148,9 @@ class Daemon:
             extra_metrics=lambda: self.gateway.metrics(),
         )
         # Its listen address is read once, at start; the rest of [gateway] follows reloads.
-        self.gateway = Gateway(self.server, listen=self.loaded.config.gateway.listen,
+        # $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).
+        listen = os.environ.get("ARGENT_GATEWAY_LISTEN", self.loaded.config.gateway.listen)
+        self.gateway = Gateway(self.server, listen=listen,
                                token_path=token_path())
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()

@@ -113,6 +113,7 @@ def start(daemon_factory: Any, fake: FakeUpstream,
     """Start a daemon serving `profiles` (id -> (provider, type, secret prefix)),
     every secret scripted `ok` on the fake, and return the gateway around it."""
     d: Daemon = daemon_factory()
+    d.env.pop("ARGENT_GATEWAY_LISTEN")  # argentd.toml says where (port 0 unless told)
     keys: dict[str, str] = {}
     data: dict[str, Any] = {}
     for i, (pid, (provider, type_, prefix)) in enumerate(

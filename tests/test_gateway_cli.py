@@ -82,6 +82,7 @@ def test_gateway_port_in_use_leaves_the_socket_serving(daemon_factory: Any,
         taken.listen()
         port = taken.getsockname()[1]
         d: Daemon = daemon_factory()
+        d.env.pop("ARGENT_GATEWAY_LISTEN")
         d.write_profiles({})
         d.config.parent.mkdir(parents=True, exist_ok=True)
         d.config.write_text(config_text(fake, listen=f"127.0.0.1:{port}"))
@@ -100,6 +101,7 @@ def test_gateway_port_in_use_leaves_the_socket_serving(daemon_factory: Any,
 
 def test_gateway_listen_empty_turns_it_off(daemon_factory: Any, fake: FakeUpstream) -> None:
     d: Daemon = daemon_factory()
+    d.env.pop("ARGENT_GATEWAY_LISTEN")
     d.write_profiles({})
     d.config.parent.mkdir(parents=True, exist_ok=True)
     d.config.write_text('[gateway]\nlisten = ""\n')
@@ -166,3 +168,13 @@ def test_gateway_exec_claude_code(daemon_factory: Any, fake: FakeUpstream) -> No
     assert "Hello from the fake." in r.stdout
     assert gw.keys["anthropic:two"] in fake.keys_seen()
     gw.assert_no_token_leak()
+
+
+def test_gateway_listen_from_the_environment_wins(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()  # conftest sets ARGENT_GATEWAY_LISTEN=127.0.0.1:0
+    d.write_profiles({})
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text('[gateway]\nlisten = ""\n')
+    d.start()
+    url = d.call("status")["gateway"]["url"]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":8411")

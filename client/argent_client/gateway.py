@@ -10,7 +10,7 @@ not a provider credential.
 `gateway_env` builds the environment of `argentctl exec --gateway`: the
 provider's base-URL variable at the gateway, its API-key variable holding
 the local token, and every other credential variable of that provider
-removed. Light (stdlib and `providers`): the daemon imports this module.
+removed. Stdlib only at import: the daemon imports this module.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
-
-from .providers import conflicting_vars, env_vars
 
 TOKEN_FILE: Final = "gateway.token"
 TOKEN_PREFIX: Final = "argent-gw-"
@@ -169,6 +167,8 @@ def gateway_env(
         var, path = BASE_URL_VARS[provider]
         values[var] = url + path
         providers = {provider, *drop_providers}
+    from .providers import conflicting_vars, env_vars
+
     unset: set[str] = set()
     for var in list(values):
         unset |= set(_CREDENTIAL_VARS.get(var, ()))

@@ -283,7 +283,7 @@ class GatewayStatus(msgspec.Struct):
     error: str | None = None
 
 
-class StatusResult(msgspec.Struct):
+class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
