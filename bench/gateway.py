@@ -14,6 +14,13 @@ every key answering at once), one argentd with two API-key profiles whose
 - 256 streams held open at once (the fake holds each after its first event
   for `--hold` seconds): the daemon's RSS before and at the peak.
 
+- goodput (`--goodput SECONDS`, 0 to skip): `bench/fake_provider.py` with
+  three rate-limited keys (shape `steady`: burst 5, 20 req/s each) behind
+  a second argentd; 8 threads, each an `anthropic.Anthropic` with SDK
+  defaults (2 retries), call as fast as they can through the gateway. The
+  figures: the fake's 200s as a share of the keys' capacity over the run,
+  and the share of answers the SDKs saw as 429 (after their retries).
+
 LiteLLM's proxy is measured the same way with `--litellm` when
 `litellm[proxy]` is installed (`pip install 'litellm[proxy]'`); otherwise
 the run says it was not.
@@ -26,6 +33,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,6 +147,78 @@ async def many_streams(base_url: str, key: str, count: int, pid: int) -> dict[st
     return {"streams": count, "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1)}
 
 
+def goodput(seconds: float) -> dict[str, Any]:
+    import json
+    import threading
+    import urllib.request
+
+    import anthropic
+    import fake_provider as fp
+
+    keys = fp.make_keys(fp.SHAPES["steady"])
+    cfg = Path(tempfile.mkdtemp()) / "fake.json"
+    fp.write_config(str(cfg), keys, latency=fp.DEFAULT_LATENCY, reset_precision="ms")
+    fake = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_provider.py"),
+                             "--config", str(cfg)], stdout=subprocess.PIPE)
+    assert fake.stdout is not None
+    port = int(fake.stdout.readline().split()[1])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with Proc("goodput") as proc:
+            config = proc.root / "config" / "argentos" / "argentd.toml"
+            config.parent.mkdir(parents=True)
+            config.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\n\n'
+                              f'[upstream.anthropic]\nanthropic = "{url}"\n')
+            proc.start_argentd({f"anthropic:{k.label}": {"provider": "anthropic",
+                                                         "type": "api-key", "token": k.key}
+                                for k in keys})
+            client = Client(proc.socket)
+            gw = client.status().gateway
+            client.close()
+            assert gw is not None and gw.url
+            token = (Path(proc.env["XDG_RUNTIME_DIR"]) / "argentos" / "gateway.token"
+                     ).read_text().strip()
+            urllib.request.urlopen(urllib.request.Request(url + "/admin/reset", method="POST"))
+            counts = {"ok": 0, "429": 0, "other": 0}
+            lock = threading.Lock()
+            stop = time.monotonic() + seconds
+
+            def worker() -> None:
+                sdk = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=token)
+                while time.monotonic() < stop:
+                    try:
+                        sdk.messages.create(model="m", max_tokens=8, messages=[
+                            {"role": "user", "content": "hi"}])
+                        what = "ok"
+                    except anthropic.RateLimitError:
+                        what = "429"
+                    except anthropic.APIError:
+                        what = "other"
+                    with lock:
+                        counts[what] += 1
+
+            t0 = time.monotonic()
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - t0
+            stats = json.load(urllib.request.urlopen(url + "/admin/stats"))
+    finally:
+        fake.terminate()
+        fake.wait(10)
+    served = sum(k.get("ok", 0) for k in stats["keys"].values())
+    limited = sum(k.get("429", 0) for k in stats["keys"].values())
+    cap = sum(fp.capacity(k.shape, stats["elapsed"]) for k in keys)
+    answers = sum(counts.values())
+    return {"seconds": round(elapsed, 1), "capacity": round(cap, 1), "served": served,
+            "upstream_429": limited, "goodput": round(served / cap, 4),
+            "client_answers": answers, "client_429": counts["429"],
+            "client_other_errors": counts["other"],
+            "client_429_share": round(counts["429"] / answers, 4) if answers else None}
+
+
 def us(ns: float) -> float:
     return round(ns / 1000, 1)
 
@@ -170,6 +250,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=256)
     parser.add_argument("--hold", type=float, default=3.0,
                         help="seconds the fake holds each of the many streams open")
+    parser.add_argument("--goodput", type=float, default=20.0,
+                        help="seconds of the goodput run (0: skip it)")
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine()}
@@ -181,6 +263,8 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait(10)
+    if args.goodput > 0:
+        result["goodput"] = goodput(args.goodput)
     if args.litellm:
         try:
             import litellm  # type: ignore[import-not-found]  # noqa: F401
@@ -203,6 +287,12 @@ def main() -> None:
     human += (f"\n{s['streams']} streams open at once: daemon RSS {s['rss_before_mb']} MB"
               f" before, {s['rss_peak_mb']} MB at the peak")
     human += f"\nload average at start: {result['machine']['loadavg_at_start']}"
+    if "goodput" in result:
+        g = result["goodput"]
+        human += (f"\ngoodput: {g['served']} of a capacity of {g['capacity']} in {g['seconds']} s"
+                  f" = {g['goodput']:.1%}; upstream 429s {g['upstream_429']}; the SDKs saw "
+                  f"{g['client_429']} 429s of {g['client_answers']} answers"
+                  f" ({g['client_429_share']:.2%}), {g['client_other_errors']} other errors")
     if "litellm" in result:
         human += f"\nLiteLLM proxy: {result['litellm']}"
     report(result, human)
