@@ -183,3 +183,21 @@ def test_gateway_status_and_metrics(gw: GW) -> None:
     assert 'argentd_gateway_attempts_total{provider="anthropic"} 2' in text
     assert 'argentd_gateway_rotations_total{provider="anthropic"} 1' in text
     assert 'argentd_gateway_upstream_seconds_count{provider="anthropic"} 2' in text
+
+
+def test_gateway_session_header_keeps_its_profile_and_count_tokens_passes(gw: GW) -> None:
+    client = gw.anthropic()
+    one, two = gw.keys["anthropic:one"], gw.keys["anthropic:two"]
+    sess = {"x-claude-code-session-id": "s-1"}
+    gw.daemon.call("disable", {"profile": "anthropic:one"})
+    _msg(client, extra_headers=sess)  # the session starts on two
+    gw.daemon.call("enable", {"profile": "anthropic:one"})
+    for _ in range(3):
+        _msg(client)  # no session: the first tier, one
+        assert gw.fake.keys_seen()[-1] == one
+        _msg(client, extra_headers=sess)
+        assert gw.fake.keys_seen()[-1] == two  # the session stays on its account
+    count = client.messages.count_tokens(model="claude-sonnet-4-5",
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert count.input_tokens == 7
+    assert gw.fake.seen[-1].path == "/v1/messages/count_tokens"

@@ -248,6 +248,12 @@ class Proxy:
                     await self._error(ctx.ex, plan.dialect, 404, "not_found",
                                       f"{exc.message} (add a profile: `argentctl setup`)")
                     return
+                except P.ArgentError as exc:  # e.g. a model name the engine refuses
+                    if last is not None:
+                        break
+                    rec.status = 400
+                    await self._error(ctx.ex, plan.dialect, 400, "invalid", exc.message)
+                    return
             rec.attempts += 1
             rec.profile = held.lease.profile
             target = plan.targets[held.index]
