@@ -42,7 +42,6 @@ from argent_client.protocol import (
     Event,
     FailureKind,
     InvalidParams,
-    LeaseNotFound,
     LeaseParams,
     LeaseResult,
     Limits,
@@ -58,7 +57,7 @@ from .books import Books, Slot
 from .config import DEFAULT_CONFIG, Config
 from .deadlines import Deadlines
 from .keystate import KeyState
-from .leases import Lease, Outbox, Waiter, lease_result, new_lease_id
+from .leases import Lease, LeaseBook, Outbox, Waiter, lease_result, new_lease_id
 from .model import Profile, ProfileSet
 from .readiness import Readiness, profile_state
 from .selection import Selector
@@ -82,7 +81,7 @@ class Engine:
         self._books = Books()
         self._keys = self._books.keys
         self._slots = self._books.slots
-        self._leases: dict[str, Lease] = {}
+        self._leases = LeaseBook()
         self._waiters = WaitQueue()
         self._due = Deadlines()
         self._now = now
@@ -102,16 +101,9 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` would change something."""
-        return self._due.next(self._lease_live, self._cool_entry_live, self._waiter_live,
-                              bool(self._waiters))
-
-    def _lease_live(self, at: float, lease_id: str) -> bool:
-        lease = self._leases.get(lease_id)
-        return lease is not None and lease.expires_at == at
-
-    def _waiter_live(self, at: float, waiter_id: int) -> bool:
-        w = self._waiters.get(waiter_id)
-        return w is not None and w.deadline == at
+        times = (self._due.next(self._cool_entry_live), self._leases.next_expiry(),
+                 self._waiters.next_time())
+        return min((t for t in times if t is not None), default=None)
 
     def _cool_entry_live(self, until: float, key: str, model: str) -> bool:
         ks = self._keys.get(key)
@@ -135,7 +127,7 @@ class Engine:
         return [s.profile for s in self._slots.values() if not s.removed]
 
     def leases(self) -> list[Lease]:
-        return list(self._leases.values())
+        return list(self._leases)
 
     def key_state(self, profile_id: str) -> KeyState:
         return self._keys[self.profile(profile_id).secret.key]
@@ -169,6 +161,7 @@ class Engine:
         self._sel.config = config
         self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
         self._outbox.changed = True
+        self._waiters.mark_all()
         self._serve_waiters(now)
 
     def _try_lease(
@@ -217,8 +210,8 @@ class Engine:
             params=params,
             key=p.secret.key,
         )
-        self._leases[lease.id] = lease
-        self._due.lease(lease.expires_at, lease.id)
+        self._leases.add(lease)
+        self._due.pushed(lease.expires_at)
         slot.active += 1
         self._sel.granted(slot, params.session, now)
         ks = self._keys[p.secret.key]
@@ -249,7 +242,7 @@ class Engine:
         # take a profile from under an earlier waiter.
         granted = self._try_lease(params, conn, now)
         if granted is None:
-            raise self._sel.unavailable(params, self._leases.values(), now)
+            raise self._sel.unavailable(params, self._leases, now)
         return granted
 
     def wait(self, params: LeaseParams, *, conn: int | None, now: float) -> int:
@@ -261,9 +254,10 @@ class Engine:
         self._tick(now)
         if params.ttl is not None and params.ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
-        self._sel.targets(params)
-        w = self._waiters.add(params, conn, now + max(0.0, params.wait))
-        self._due.waiter(w.deadline, w.id)
+        _, targets = self._sel.targets(params)
+        w = self._waiters.add(params, conn, now + max(0.0, params.wait),
+                              (prov for prov, _ in targets))
+        self._due.pushed(w.deadline)
         self._serve_waiters(now)
         return w.id
 
@@ -277,20 +271,14 @@ class Engine:
     def renew(self, lease_id: str, ttl: float | None, *, now: float) -> float:
         """Extend a lease to `now + ttl`; returns the new expiry. Raises `LeaseNotFound`."""
         self._tick(now)
-        lease = self._lease(lease_id)
+        lease = self._leases.get(lease_id)
         if ttl is not None and ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
-        lease.expires_at = now + ttl
-        self._due.lease(lease.expires_at, lease.id)
+        self._leases.extend(lease, now + ttl)
+        self._due.pushed(lease.expires_at)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         return lease.expires_at
-    def _lease(self, lease_id: str) -> Lease:
-        lease = self._leases.get(lease_id)
-        if lease is None:
-            raise LeaseNotFound(f"no lease {lease_id!r} (released or expired)", lease_id=lease_id)
-        return lease
-
     def release(
         self,
         lease_id: str,
@@ -301,7 +289,7 @@ class Engine:
     ) -> None:
         """End a lease with success: the profile's error counts reset."""
         self._tick(now)
-        lease = self._lease(lease_id)
+        lease = self._leases.get(lease_id)
         # Before _end_lease: ending the last lease of a removed profile drops its key state.
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
@@ -317,22 +305,30 @@ class Engine:
         self._serve_waiters(now)
 
     def _end_lease(self, lease: Lease, now: float) -> Slot:
-        del self._leases[lease.id]
-        self._due.rebuild_leases(((le.expires_at, le.id) for le in self._leases.values()),
-                                 len(self._leases))
+        self._leases.remove(lease)
         ks = self._keys.get(lease.key)
         if ks is not None:
             ks.active -= 1
         slot = self._slots[lease.profile_id]
+        self._waiters.mark(slot.profile.provider)
+        self._mark_key(lease.key)
         self._books.lease_ended(slot, now)
         return slot
+
+    def _mark_key(self, key: str) -> None:
+        """Something about secret `key` changed: its waiters are to be tried."""
+        if self._waiters:
+            for pid in self._sel.holders.get(key, ()):
+                slot = self._slots.get(pid)
+                if slot is not None:
+                    self._waiters.mark(slot.profile.provider)
 
     def disconnect(self, conn: int, *, now: float) -> None:
         """A connection closed: end its attached leases and drop its waiters."""
         self._tick(now)
         self._waiters.drop_conn(conn)
         ended = False
-        for lease in [le for le in self._leases.values() if le.conn == conn]:
+        for lease in self._leases.of_conn(conn):
             self._end_lease(lease, now)
             self._emit("release", now, profile=lease.profile_id, lease_id=lease.id,
                        message="connection closed")
@@ -350,7 +346,7 @@ class Engine:
         self._tick(now)
         lease: Lease | None = None
         if params.lease_id is not None:
-            lease = self._lease(params.lease_id)
+            lease = self._leases.get(params.lease_id)
             profile_id = lease.profile_id
         elif params.profile is not None:
             profile_id = params.profile
@@ -419,6 +415,7 @@ class Engine:
         others = ks.active - 1 if grant is not None else ks.active
         ks.own_budget().observe(limits, grant, others, now)
         self._sel.note_budget(key)
+        self._mark_key(key)  # a reading may show more budget than predicted
         until = cooldown.on_limits(ks, limits, self.config, now)
         if until is not None:
             self._start_cooldown(p, key, "quota", until, None, now)
@@ -451,15 +448,17 @@ class Engine:
         p = self.profile(profile_id)
         cooldown.clear(self._keys[p.secret.key])
         self._outbox.changed = True
+        self._mark_key(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
     def set_disabled(self, profile_id: str, disabled: bool, *, now: float) -> ProfileState:
         """Disable or enable a profile until the next change of its secret."""
         self._tick(now)
-        self.profile(profile_id)
+        p = self.profile(profile_id)
         self._slots[profile_id].user_disabled = disabled
         self._outbox.changed = True
+        self._waiters.mark(p.provider)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -472,21 +471,20 @@ class Engine:
     def _tick(self, now: float) -> None:
         self._now = now
         changed = False
-        for lid in self._due.due_leases(now):
-            lease = self._leases.get(lid)
-            if lease is not None and lease.expires_at <= now:
-                self._end_lease(lease, now)
-                self._emit("expire", now, profile=lease.profile_id, lease_id=lid)
-                changed = True
+        for lease in self._leases.due(now):
+            self._end_lease(lease, now)
+            self._emit("expire", now, profile=lease.profile_id, lease_id=lease.id)
+            changed = True
         for until, key, model in self._due.due_cooldowns(now):
             ks = self._keys.get(key)
             if ks is None or not cooldown.end(ks, until, model):
                 continue  # a reset or a later cooldown replaced it
-            for slot in self._slots.values():
-                if slot.profile.secret.key == key:
-                    self._emit("cooldown_end", now, profile=slot.profile.id, model=model or None)
+            for pid in self._sel.holders.get(key, ()):
+                if pid in self._slots:
+                    self._emit("cooldown_end", now, profile=pid, model=model or None)
+            self._mark_key(key)
             changed = True
-        self._due.drop_wakes(now)  # the waiters they held back are tried below
+        self._waiters.woken(now)
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
             self._sel.sweep(now)
         if changed:
@@ -494,23 +492,30 @@ class Engine:
         self._serve_waiters(now)
 
     def _serve_waiters(self, now: float) -> None:
+        """Serve the waiters a change may serve, then answer those past their deadline."""
         if not self._waiters:
             return
+
         def attempt(w: Waiter) -> LeaseResult | ArgentError | None:
             try:
                 result = self._try_lease(w.params, w.conn, now)
-                if result is None and w.deadline <= now:
-                    return self._sel.unavailable(w.params, self._leases.values(), now)
                 if result is None:
                     # Try again when what holds its profiles back ends by itself.
                     when = self._sel.soonest(w.params, now)
                     if when is not None and when > now:
-                        self._due.wake(when)
+                        self._waiters.wake(w, when)
+                        self._due.pushed(when)
                 return result
             except ArgentError as exc:
                 return exc
 
-        self._outbox.served += self._waiters.serve(attempt)
+        served = self._outbox.served
+        served += self._waiters.serve(attempt)
+        for w in self._waiters.due(now):
+            try:
+                served.append((w.id, self._sel.unavailable(w.params, self._leases, now)))
+            except ArgentError as exc:
+                served.append((w.id, exc))
 
     # ------------------------------------------------------------ events
 
@@ -540,6 +545,7 @@ class Engine:
         """Take back the state of `snap` for every profile whose secret is unchanged."""
         for entry in self._books.restore(snap, now):
             self._due.cooldown(*entry)
+        self._waiters.mark_all()
         self._tick(now)
 
     def active_profiles(self) -> Iterable[Slot]:

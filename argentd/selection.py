@@ -34,7 +34,7 @@ reads the engine's `Slot`s and `KeyState`s, which it shares by reference.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -98,6 +98,8 @@ class Selector:
         self.slots = slots
         self.keys = keys
         self.config = config
+        self.holders: dict[str, list[str]] = {}
+        """Secret key -> ids of the profiles holding it (removed ones too)."""
         self.by_provider: dict[str, list[str]] = {}
         """Profile ids per provider, in selection order (removed ones left out)."""
         self._tiers: dict[str, list[Tier]] = {}
@@ -117,9 +119,12 @@ class Selector:
         """Rebuild the tiers from the slots and the explicit `order` per provider."""
         slots = self.slots
         by: dict[str, list[str]] = {}
+        holders: dict[str, list[str]] = {}
         for pid, slot in slots.items():
+            holders.setdefault(slot.key, []).append(pid)
             if not slot.removed:
                 by.setdefault(slot.profile.provider, []).append(pid)
+        self.holders = holders
         for provider, ids in by.items():
             explicit = {pid: i for i, pid in enumerate(order.get(provider, ()))}
             ids.sort(
@@ -271,7 +276,7 @@ class Selector:
         return None, [(provider, params.model)]
 
     def unavailable(
-        self, params: LeaseParams, leases: Collection[Held], now: float
+        self, params: LeaseParams, leases: Iterable[Held], now: float
     ) -> NoProfileAvailable:
         """The `no_profile_available` error for `params`, saying when and why.
 

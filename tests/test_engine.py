@@ -1350,4 +1350,4 @@ def test_engine_lease_heap_stays_bounded_under_churn() -> None:
     for i in range(10_000):
         granted = lease(e, now=T0 + i * 0.001, provider="anthropic")
         e.release(granted.lease_id, now=T0 + i * 0.001)
-    assert len(e._due.leases) <= 2 * len(e.leases()) + 65
+    assert len(e._leases.heap) <= 2 * len(e.leases()) + 65
