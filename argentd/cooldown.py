@@ -5,7 +5,9 @@ Theory of operation
 A cooldown belongs to a *secret* (`KeyState`), so every profile holding it
 cools together. It is either profile-wide (`cooldown_until`, with the kind
 that started it) or scoped to one model (`model_cooldowns`), the latter only
-when the failure report names the model.
+when the failure report names the model, the name is at most
+MAX_MODEL_NAME characters, and fewer than MAX_MODEL_COOLDOWNS other models
+cool already (`scope`): else it is profile-wide.
 
 `on_failure` applies the policy table (`config.EFFECTS`, `config.cooldown`)
 to one report:
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from argent_client.protocol import FailureKind, Limits
 
@@ -53,6 +56,36 @@ class Verdict:
 
 
 _NOTHING = Verdict()
+
+MAX_MODEL_NAME: Final = 200
+"""A model name longer than this (characters) never scopes a cooldown."""
+MAX_MODEL_COOLDOWNS: Final = 16
+"""A key cooling for this many models at once cools for every model instead."""
+
+
+def scope(ks: KeyState, model: str | None, now: float) -> str | None:
+    """The model a failure report's cooldown is scoped to: `model`, or None
+    (profile-wide) when the name is longer than MAX_MODEL_NAME or the key
+    already cools for MAX_MODEL_COOLDOWNS other models. So `state.json` holds
+    at most MAX_MODEL_COOLDOWNS short names per secret, whatever clients send."""
+    if model is None:
+        return None
+    if len(model) > MAX_MODEL_NAME:
+        return None
+    if model not in ks.model_cooldowns:
+        live = sum(1 for until in ks.model_cooldowns.values() if until > now)
+        if live >= MAX_MODEL_COOLDOWNS:
+            return None
+    return model
+
+
+def bound(ks: KeyState) -> None:
+    """Hold a restored key to the `scope` rule (an older state file may not):
+    long names go, and only the MAX_MODEL_COOLDOWNS latest-ending stay."""
+    kept = sorted(((until, m) for m, until in ks.model_cooldowns.items()
+                   if len(m) <= MAX_MODEL_NAME), reverse=True)[:MAX_MODEL_COOLDOWNS]
+    if len(kept) != len(ks.model_cooldowns):
+        ks.model_cooldowns = {m: until for until, m in kept}
 
 
 def on_failure(

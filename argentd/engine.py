@@ -354,14 +354,14 @@ class Engine:
         else:
             raise InvalidParams("invalid params: report_failure needs `lease_id` or `profile`")
         slot = self._slots[profile_id]
-        # The cooldown is model-scoped only when the report names the model: a
-        # lease's model says what was asked, not that the limit hit was per model
-        # (a subscription's 5-hour cap is account-wide), and route leases always
-        # carry one.
-        model = params.model
         # A lease's failure is about the secret it handed out, which a reload may
         # have replaced since: the new secret must not pay for it.
         key = lease.key if lease else slot.profile.secret.key
+        # The cooldown is model-scoped only when the report names the model: a
+        # lease's model says what was asked, not that the limit hit was per model
+        # (a subscription's 5-hour cap is account-wide), and route leases always
+        # carry one. Names are bounded (cooldown.scope).
+        model = cooldown.scope(self._keys[key], params.model, now)
         if params.limits is not None:
             self._observe(slot.profile, key, params.limits, lease.grant if lease else None, now)
         self._apply_failure(slot.profile, key, params, model, now)

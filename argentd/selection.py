@@ -33,6 +33,7 @@ reads the engine's `Slot`s and `KeyState`s, which it shares by reference.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,11 +46,12 @@ from argent_client.protocol import (
     UnknownProvider,
     UnknownRoute,
 )
+from argent_client.providers import FALLBACK_ENV
 
 from .books import Slot
 from .config import Config
 from .keystate import KeyState
-from .model import normalise_provider
+from .model import PROVIDERS, normalise_provider
 from .readiness import BUSY, PROBING, READY, Readiness, readiness
 
 SWEEP_EVERY: Final = 60.0
@@ -272,7 +274,7 @@ class Selector:
             raise InvalidParams("invalid params: lease needs `provider` or `route`")
         provider = normalise_provider(params.provider)
         if provider not in self.by_provider:
-            raise UnknownProvider(f"no profile for provider {provider!r}", provider=provider)
+            raise unknown_provider(provider, self.by_provider)
         return None, [(provider, params.model)]
 
     def unavailable(
@@ -337,3 +339,30 @@ class Selector:
         idle = self.config.lease.affinity_idle
         for session in [s for s, (_, t) in self._sessions.items() if now - t >= idle]:
             del self._sessions[session]
+
+
+def unknown_provider(provider: str, served: Iterable[str]) -> UnknownProvider:
+    """The `unknown_provider` error for `provider`, which no profile serves.
+
+    A near miss of a provider argentd knows or the file holds (`served`) is
+    suggested (`data.suggestion`); for a provider the environment fallback
+    reads, the message says that it is the *daemon's* environment, which an
+    `export` in the caller's shell does not reach.
+    """
+    known = sorted(set(PROVIDERS) | set(served))
+    close = [] if provider in PROVIDERS else difflib.get_close_matches(
+        provider, known, n=1, cutoff=0.75)
+    if close:
+        return UnknownProvider(
+            f"no profile for provider {provider!r} (did you mean {close[0]!r}?)",
+            provider=provider, suggestion=close[0])
+    msg = f"no profile for provider {provider!r}: add one with `argentctl profiles add`"
+    names = [var for var, _ in FALLBACK_ENV.get(provider, ())]
+    if names:
+        msg += (
+            f", or give the daemon {' or '.join(names)} in its own environment (argentd"
+            " reads the environment it was started with: an `export` in your shell does"
+            " not reach a running daemon; set it in the service's environment and restart"
+            " argentd)"
+        )
+    return UnknownProvider(msg, provider=provider)
