@@ -286,15 +286,19 @@ class Engine:
         now: float,
         usage: Usage | None = None,
         limits: Limits | None = None,
+        success: bool = True,
     ) -> None:
-        """End a lease with success: the profile's error counts reset."""
+        """End a lease; with `success` (the default) the profile's error counts reset.
+
+        `success=False` ends it without that claim (the outcome is unknown).
+        """
         self._tick(now)
         lease = self._leases.get(lease_id)
         # Before _end_lease: ending the last lease of a removed profile drops its key state.
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
         if ks is not None:
-            if ks.released(lease.grant, usage, now):
+            if ks.released(lease.grant, usage, now, success=success):
                 self._outbox.changed = True  # the success reset persisted counts
             if limits is not None:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,

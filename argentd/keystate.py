@@ -71,14 +71,18 @@ class KeyState:
             self.budget = Budget()
         return self.budget
 
-    def released(self, grant: int, usage: Usage | None, now: float) -> bool:
-        """Lease number `grant` on this secret ended well, having used `usage`:
-        the error counts reset and probing ends. Returns whether a persisted
-        count changed."""
-        changed = bool(self.error_count or self.streak or self.probing)
-        self.streak.clear()
-        self.error_count = 0
-        self.probing = False
+    def released(
+        self, grant: int, usage: Usage | None, now: float, *, success: bool = True
+    ) -> bool:
+        """Lease number `grant` on this secret ended, having used `usage`; with
+        `success` it ended well: the error counts reset and probing ends.
+        Returns whether a persisted count changed."""
+        changed = False
+        if success:
+            changed = bool(self.error_count or self.streak or self.probing)
+            self.streak.clear()
+            self.error_count = 0
+            self.probing = False
         tokens = None
         if usage is not None:
             self.input_tokens += usage.input_tokens or 0

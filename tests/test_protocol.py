@@ -79,7 +79,8 @@ def test_protocol_rpc_codes_are_stable() -> None:
         "parse_error": -32700, "invalid_request": -32600, "method_not_found": -32601,
         "invalid_params": -32602, "internal_error": -32603, "no_profile_available": -32001,
         "unknown_provider": -32002, "unknown_route": -32003, "lease_not_found": -32004,
-        "unknown_profile": -32005, "permission_denied": -32006, "daemon_unavailable": -32099,
+        "unknown_profile": -32005, "permission_denied": -32006, "limit_exceeded": -32010,
+        "daemon_unavailable": -32099,
     }
 
 
@@ -101,3 +102,11 @@ def test_protocol_result_decoding_by_method() -> None:
     assert P.decode_result("renew", inc.result) == P.RenewResult(5.0)
     with pytest.raises(P.ParseError):
         P.decode_incoming(b"{")
+
+
+def test_release_params_success_is_left_out_unless_false() -> None:
+    from argent_client import protocol as P
+
+    assert P.encode_line(P.ReleaseParams(lease_id="L")) == b'{"lease_id":"L"}\n'
+    assert P.encode_line(P.ReleaseParams(lease_id="L", success=False)) == (
+        b'{"lease_id":"L","success":false}\n')
