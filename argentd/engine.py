@@ -59,6 +59,7 @@ from .deadlines import Deadlines
 from .keystate import KeyState
 from .leases import Lease, LeaseBook, Outbox, Waiter, lease_result, new_lease_id
 from .model import Profile, ProfileSet
+from .policy import PAID_TYPES
 from .readiness import Readiness, profile_state
 from .selection import Selector
 from .snapshot import Snapshot
@@ -88,6 +89,8 @@ class Engine:
         self._sel = Selector(self._slots, self._keys, config, now=now)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
+        self._on_paid: set[tuple[str, str | None]] = set()
+        """(provider, client) whose last lease fell through to an API key."""
         self.events_wanted = True
         """The adapter clears this while nobody listens: events then cost nothing."""
         self.load(profiles or ProfileSet(), config, now=now)
@@ -133,16 +136,17 @@ class Engine:
         return self._keys[self.profile(profile_id).secret.key]
 
     def readiness_of(
-        self, profile_id: str, now: float, model: str | None = None
+        self, profile_id: str, now: float, model: str | None = None, client: str | None = None
     ) -> Readiness:
-        """Whether the profile may take a lease for `model` at `now`, and if not
-        why and until when (`readiness.py`). Raises `UnknownProfile`."""
+        """Whether the profile may take a lease of `client` for `model` at `now`,
+        and if not why and until when (`readiness.py`, under the client's
+        policy). Raises `UnknownProfile`."""
         self.profile(profile_id)
-        return self._sel.readiness(self._slots[profile_id], model, now)
+        return self._sel.reason(self._slots[profile_id], model, now, self._sel.rules(client))
 
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        return profile_state(self._sel.readiness(self._slots[profile_id], None, now))
+        return profile_state(self.readiness_of(profile_id, now))
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -174,9 +178,11 @@ class Engine:
         exclude: str | None = None,
     ) -> LeaseResult | None:
         route, targets = self._sel.targets(params)
+        rules = self._sel.rules(params.client)
         for i in range(start, len(targets)):
             provider, model = targets[i]
-            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude)
+            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude,
+                                  rules=rules, only=params.profile)
             if slot is not None:
                 return self._grant(slot, params, conn, now, route=route, target=i, model=model)
             exclude = None  # only the failed profile's own provider excludes it
@@ -224,7 +230,28 @@ class Engine:
         # change that does, the adapter's periodic save, or the one at shutdown.
         self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
                    model=model, client=params.client)
+        if ks.cooling(now) is not None:  # only its early-reset probe leases a cooling key
+            lease.probe = True
+            cooldown.probed(ks, now, self.config.policy.recheck)
+            self._outbox.changed = True
+            self._emit("probe", now, profile=p.id, lease_id=lease.id, provider=p.provider)
+        self._note_paid(p, params.client, now)
         return lease_result(lease, p)
+
+    def _note_paid(self, p: Profile, client: str | None, now: float) -> None:
+        """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
+        provider's subscriptions to its API keys (per provider and client)."""
+        if self._sel.rules(client).paid_fallback != "notify" or not self._sel.subscribed(p):
+            return
+        paid, at = p.type in PAID_TYPES, (p.provider, client)
+        if paid and at not in self._on_paid:
+            self._on_paid.add(at)
+            # Always queued, even with nobody subscribed: the adapter logs it.
+            self._outbox.events.append(Event(
+                type="paid_fallback", at=now, profile=p.id, provider=p.provider,
+                client=client, message="no subscription of the provider is ready"))
+        elif not paid:
+            self._on_paid.discard(at)
 
     # ------------------------------------------------------------ leases
 
@@ -300,6 +327,8 @@ class Engine:
         if ks is not None:
             if ks.released(lease.grant, usage, now, success=success):
                 self._outbox.changed = True  # the success reset persisted counts
+            if lease.probe and success and cooldown.probe_succeeded(ks) is not None:
+                self._cooldown_ended(lease.key, "", now)  # the window came back early
             if limits is not None:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
                               lease.grant, now)
@@ -403,7 +432,7 @@ class Engine:
     def _start_cooldown(
         self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
     ) -> None:
-        cooldown.start(self._keys[key], kind, until, model)
+        cooldown.start(self._keys[key], kind, until, model, now, self.config.policy.recheck)
         self._due.cooldown(until, key, model or "")
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
@@ -483,10 +512,7 @@ class Engine:
             ks = self._keys.get(key)
             if ks is None or not cooldown.end(ks, until, model):
                 continue  # a reset or a later cooldown replaced it
-            for pid in self._sel.holders.get(key, ()):
-                if pid in self._slots:
-                    self._emit("cooldown_end", now, profile=pid, model=model or None)
-            self._mark_key(key)
+            self._cooldown_ended(key, model, now)
             changed = True
         self._waiters.woken(now)
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
@@ -494,6 +520,13 @@ class Engine:
         if changed:
             self._outbox.changed = True
         self._serve_waiters(now)
+
+    def _cooldown_ended(self, key: str, model: str, now: float) -> None:
+        for pid in self._sel.holders.get(key, ()):
+            if pid in self._slots:
+                self._emit("cooldown_end", now, profile=pid, model=model or None)
+        self._outbox.changed = True
+        self._mark_key(key)
 
     def _serve_waiters(self, now: float) -> None:
         """Serve the waiters a change may serve, then answer those past their deadline."""

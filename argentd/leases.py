@@ -38,6 +38,8 @@ class Lease:
     """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
     grant: int = 0
     """Its number among the grants on that key (rate budgets count from it)."""
+    probe: bool = False
+    """The early-reset probe of a cooling profile: its success ends the cooldown."""
 
 
 class LeaseBook:
@@ -121,6 +123,7 @@ def lease_result(lease: Lease, p: Profile) -> LeaseResult:
         expires_at=lease.expires_at,
         source=p.source,
         model=lease.model,
+        probe=lease.probe,
     )
 
 

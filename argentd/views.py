@@ -49,6 +49,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 removed=slot.removed,
                 reason=ready.reason,
                 until=ready.until,
+                windows={} if ks.budget is None else ks.budget.window_view(now),
             )
         )
     profiles.sort(key=lambda s: (s.provider, s.id))
