@@ -11,27 +11,22 @@ What a call decides beyond its return value goes to the *outbox*: events for
 subscribers and the results of waiters it served. The adapter drains it with
 `take_outbox()` after each call and sleeps until `next_deadline()`.
 
-State lives in three places:
-- `_books` (books.py): a `Slot` per profile id (the Profile, its leases, its
-  user disable flag) and a `KeyState` per *secret* (`Secret.key`), so two
-  profiles holding one secret share one cooldown and a changed secret
-  starts clean; with their persistent form (`snapshot`/`restore`).
-- `_leases` (leases.py) and `_waiters` (waiters.py): who holds what and who
-  is queued, first come, first served.
-- `_due` (deadlines.py): when the engine next has work.
+State: `_books` (books.py) holds a `Slot` per profile id and a `KeyState`
+per *secret*, so two profiles holding one secret share one cooldown and a
+changed secret starts clean, and their persistent form; `_leases`
+(leases.py) and `_waiters` (waiters.py) hold who holds what and who is
+queued; `_reports` (reports.py) the cooldowns in force.
 
-The decisions live in their own modules, over that state:
-- whether a profile may be leased, and why not: `readiness.py` (one rule,
-  read by selection, `status` and `no_profile_available`);
-- which ready profile a request gets, and session affinity: `selection.py`
-  (the `Selector` the engine owns shares `_slots` and the books' keys);
-- what a failure report or a rejected subscription window does to a key:
-  `cooldown.py` (pure; the engine applies the verdict and keeps the heaps,
-  events and counters).
+Decisions, each in its module: whether a profile may be leased and why not
+(readiness.py: one rule for selection, `status` and `no_profile_available`);
+which one a request gets (selection.py, under the lease's policy.py rules);
+what a failure report or a provider reading does to a secret (cooldown.py,
+applied by reports.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -55,12 +50,12 @@ from argent_client.protocol import (
 from . import cooldown
 from .books import Books, Slot
 from .config import DEFAULT_CONFIG, Config
-from .deadlines import Deadlines
 from .keystate import KeyState
 from .leases import Lease, LeaseBook, Outbox, Waiter, lease_result, new_lease_id
 from .model import Profile, ProfileSet
-from .policy import PAID_TYPES
+from .policy import PAID_TYPES, Switches
 from .readiness import Readiness, profile_state
+from .reports import Reports
 from .selection import Selector
 from .snapshot import Snapshot
 from .waiters import WaitQueue
@@ -84,13 +79,14 @@ class Engine:
         self._slots = self._books.slots
         self._leases = LeaseBook()
         self._waiters = WaitQueue()
-        self._due = Deadlines()
+        self._earliest = math.inf
         self._now = now
         self._sel = Selector(self._slots, self._keys, config, now=now)
+        self._reports = Reports(self._books, self._sel, config, emit=self._emit,
+                                count=self._count, touched=self._touched, pushed=self._pushed)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
-        self._on_paid: set[tuple[str, str | None]] = set()
-        """(provider, client) whose last lease fell through to an API key."""
+        self._paid = Switches()
         self.events_wanted = True
         """The adapter clears this while nobody listens: events then cost nothing."""
         self.load(profiles or ProfileSet(), config, now=now)
@@ -104,13 +100,12 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` would change something."""
-        times = (self._due.next(self._cool_entry_live), self._leases.next_expiry(),
-                 self._waiters.next_time())
+        times = (self._reports.next(), self._leases.next_expiry(), self._waiters.next_time())
         return min((t for t in times if t is not None), default=None)
 
-    def _cool_entry_live(self, until: float, key: str, model: str) -> bool:
-        ks = self._keys.get(key)
-        return ks is not None and cooldown.live(ks, until, model)
+    def _pushed(self, at: float) -> None:
+        if at < self._earliest:
+            self._earliest = at
 
     def take_earliest(self) -> float:
         """The earliest deadline added since the last call (inf if none).
@@ -118,7 +113,8 @@ class Engine:
         Cheaper than `next_deadline` after every request: the adapter needs
         to wake its timer only when a deadline earlier than its own appeared.
         """
-        return self._due.take_earliest()
+        earliest, self._earliest = self._earliest, math.inf
+        return earliest
 
     def profile(self, profile_id: str) -> Profile:
         slot = self._slots.get(profile_id)
@@ -162,7 +158,7 @@ class Engine:
         self._tick(now)
         self.config = config
         self._books.merge(profiles.profiles, now)
-        self._sel.config = config
+        self._sel.config = self._reports.config = config
         self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
         self._outbox.changed = True
         self._waiters.mark_all()
@@ -203,28 +199,17 @@ class Engine:
         ttl = params.ttl if params.ttl is not None else self.config.lease.ttl
         ttl = min(ttl, self.config.lease.max_ttl)
         lease = Lease(
-            id=self._new_id(),
-            profile_id=p.id,
-            conn=None if params.detached else conn,
-            client=params.client,
-            expires_at=now + ttl,
-            detached=params.detached,
-            model=model,
-            session=params.session,
-            route=route,
-            target=target,
-            params=params,
-            key=p.secret.key,
+            id=self._new_id(), profile_id=p.id, conn=None if params.detached else conn,
+            client=params.client, expires_at=now + ttl, detached=params.detached,
+            model=model, session=params.session, route=route, target=target,
+            params=params, key=p.secret.key,
         )
         self._leases.add(lease)
-        self._due.pushed(lease.expires_at)
+        self._pushed(lease.expires_at)
         slot.active += 1
         self._sel.granted(slot, params.session, now)
         ks = self._keys[p.secret.key]
-        ks.last_used = now
-        ks.requests += 1
-        ks.active += 1
-        lease.grant = ks.own_budget().grant(now)
+        lease.grant = ks.granted(now)
         self._count(f"leases_granted:{p.provider}")
         # Usage counters alone do not call for a save: they go with the next
         # change that does, the adapter's periodic save, or the one at shutdown.
@@ -240,18 +225,12 @@ class Engine:
 
     def _note_paid(self, p: Profile, client: str | None, now: float) -> None:
         """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
-        provider's subscriptions to its API keys (per provider and client)."""
-        if self._sel.rules(client).paid_fallback != "notify" or not self._sel.subscribed(p):
-            return
-        paid, at = p.type in PAID_TYPES, (p.provider, client)
-        if paid and at not in self._on_paid:
-            self._on_paid.add(at)
-            # Always queued, even with nobody subscribed: the adapter logs it.
+        provider's subscriptions to its API keys (always queued: the adapter logs it)."""
+        if (self._sel.rules(client).paid_fallback == "notify" and self._sel.subscribed(p)
+                and self._paid.switched(p.provider, client, p.type in PAID_TYPES)):
             self._outbox.events.append(Event(
                 type="paid_fallback", at=now, profile=p.id, provider=p.provider,
                 client=client, message="no subscription of the provider is ready"))
-        elif not paid:
-            self._on_paid.discard(at)
 
     # ------------------------------------------------------------ leases
 
@@ -284,7 +263,7 @@ class Engine:
         _, targets = self._sel.targets(params)
         w = self._waiters.add(params, conn, now + max(0.0, params.wait),
                               (prov for prov, _ in targets))
-        self._due.pushed(w.deadline)
+        self._pushed(w.deadline)
         self._serve_waiters(now)
         return w.id
 
@@ -303,7 +282,7 @@ class Engine:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
         self._leases.extend(lease, now + ttl)
-        self._due.pushed(lease.expires_at)
+        self._pushed(lease.expires_at)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         return lease.expires_at
     def release(
@@ -327,11 +306,11 @@ class Engine:
         if ks is not None:
             if ks.released(lease.grant, usage, now, success=success):
                 self._outbox.changed = True  # the success reset persisted counts
-            if lease.probe and success and cooldown.probe_succeeded(ks) is not None:
-                self._cooldown_ended(lease.key, "", now)  # the window came back early
+            if lease.probe and success:
+                self._reports.probe_succeeded(lease.key, now)
             if limits is not None:
-                self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
-                              lease.grant, now)
+                self._reports.observe(self._slots[lease.profile_id].profile, lease.key, limits,
+                                      lease.grant, now)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         self._end_lease(lease, now)
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
@@ -348,6 +327,11 @@ class Engine:
         self._books.lease_ended(slot, now)
         return slot
 
+    def _touched(self, key: str) -> None:
+        """Secret `key`'s books changed: save them, try its waiters."""
+        self._outbox.changed = True
+        self._mark_key(key)
+
     def _mark_key(self, key: str) -> None:
         """Something about secret `key` changed: its waiters are to be tried."""
         if self._waiters:
@@ -360,14 +344,11 @@ class Engine:
         """A connection closed: end its attached leases and drop its waiters."""
         self._tick(now)
         self._waiters.drop_conn(conn)
-        ended = False
         for lease in self._leases.of_conn(conn):
             self._end_lease(lease, now)
             self._emit("release", now, profile=lease.profile_id, lease_id=lease.id,
                        message="connection closed")
-            ended = True
-        if ended:
-            self._serve_waiters(now)
+        self._serve_waiters(now)
 
     # ------------------------------------------------------------ failures
 
@@ -396,8 +377,9 @@ class Engine:
         # carry one. Names are bounded (cooldown.scope).
         model = cooldown.scope(self._keys[key], params.model, now)
         if params.limits is not None:
-            self._observe(slot.profile, key, params.limits, lease.grant if lease else None, now)
-        self._apply_failure(slot.profile, key, params, model, now)
+            self._reports.observe(slot.profile, key, params.limits,
+                                  lease.grant if lease else None, now)
+        self._reports.failure(slot.profile, key, params, model, now)
         result = ReportResult(
             profile_state=self.state_of(profile_id, now),
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
@@ -408,50 +390,6 @@ class Engine:
             result.next = self._failover(slot.profile, lease, params.kind, conn, now)
         self._serve_waiters(now)
         return result
-
-    def _apply_failure(
-        self, p: Profile, key: str, params: ReportParams, model: str | None, now: float
-    ) -> None:
-        kind: FailureKind = params.kind
-        self._count(f"failures:{kind}")
-        self._emit("failure", now, profile=p.id, lease_id=params.lease_id, kind=kind,
-                   provider=p.provider, model=model)
-        ks = self._keys.get(key)
-        if ks is None:
-            return  # a replaced secret no profile holds any more
-        ks.failed(kind, params.status)
-        self._outbox.changed = True
-        verdict = cooldown.on_failure(ks, kind, params.retry_after, model, self.config, now)
-        if verdict.invalid:
-            ks.invalid = True
-        if verdict.streak is not None:
-            ks.streak[kind] = verdict.streak
-        if verdict.until is not None:
-            self._start_cooldown(p, key, kind, verdict.until, model, now)
-
-    def _start_cooldown(
-        self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
-    ) -> None:
-        cooldown.start(self._keys[key], kind, until, model, now, self.config.policy.recheck)
-        self._due.cooldown(until, key, model or "")
-        self._count("cooldowns_started")
-        self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
-
-    def _observe(
-        self, p: Profile, key: str, limits: Limits, grant: int | None, now: float
-    ) -> None:
-        """Take what a provider response said about the key's budget."""
-        ks = self._keys.get(key)
-        if ks is None:
-            return
-        # The reporting lease (if any) is still out: the others are the in-flight ones.
-        others = ks.active - 1 if grant is not None else ks.active
-        ks.own_budget().observe(limits, grant, others, now)
-        self._sel.note_budget(key)
-        self._mark_key(key)  # a reading may show more budget than predicted
-        until = cooldown.on_limits(ks, limits, self.config, now)
-        if until is not None:
-            self._start_cooldown(p, key, "quota", until, None, now)
 
     def _failover(
         self, failed: Profile, lease: Lease | None, kind: FailureKind, conn: int | None,
@@ -508,25 +446,13 @@ class Engine:
             self._end_lease(lease, now)
             self._emit("expire", now, profile=lease.profile_id, lease_id=lease.id)
             changed = True
-        for until, key, model in self._due.due_cooldowns(now):
-            ks = self._keys.get(key)
-            if ks is None or not cooldown.end(ks, until, model):
-                continue  # a reset or a later cooldown replaced it
-            self._cooldown_ended(key, model, now)
-            changed = True
+        changed = self._reports.due(now) or changed
         self._waiters.woken(now)
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
             self._sel.sweep(now)
         if changed:
             self._outbox.changed = True
         self._serve_waiters(now)
-
-    def _cooldown_ended(self, key: str, model: str, now: float) -> None:
-        for pid in self._sel.holders.get(key, ()):
-            if pid in self._slots:
-                self._emit("cooldown_end", now, profile=pid, model=model or None)
-        self._outbox.changed = True
-        self._mark_key(key)
 
     def _serve_waiters(self, now: float) -> None:
         """Serve the waiters a change may serve, then answer those past their deadline."""
@@ -541,7 +467,7 @@ class Engine:
                     when = self._sel.soonest(w.params, now)
                     if when is not None and when > now:
                         self._waiters.wake(w, when)
-                        self._due.pushed(when)
+                        self._pushed(when)
                 return result
             except ArgentError as exc:
                 return exc
@@ -581,7 +507,7 @@ class Engine:
     def restore(self, snap: Snapshot, *, now: float) -> None:
         """Take back the state of `snap` for every profile whose secret is unchanged."""
         for entry in self._books.restore(snap, now):
-            self._due.cooldown(*entry)
+            self._reports.restored(entry)
         self._waiters.mark_all()
         self._tick(now)
 

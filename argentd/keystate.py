@@ -75,6 +75,13 @@ class KeyState:
             self.budget = Budget()
         return self.budget
 
+    def granted(self, now: float) -> int:
+        """A lease on this secret was granted at `now`; returns its grant number."""
+        self.last_used = now
+        self.requests += 1
+        self.active += 1
+        return self.own_budget().grant(now)
+
     def released(
         self, grant: int, usage: Usage | None, now: float, *, success: bool = True
     ) -> bool:

@@ -81,3 +81,23 @@ class Rules:
 
 
 DEFAULT_RULES: Final = Rules()
+
+
+class Switches:
+    """`paid_fallback = "notify"`: which (provider, client) leases last fell
+    through from the provider's subscriptions to an API key."""
+
+    def __init__(self) -> None:
+        self._on_paid: set[tuple[str, str | None]] = set()
+
+    def switched(self, provider: str, client: str | None, paid: bool) -> bool:
+        """A lease of `client` on `provider` was granted (an API key when `paid`):
+        whether it is a switch onto an API key (to notify once)."""
+        at = (provider, client)
+        if not paid:
+            self._on_paid.discard(at)
+            return False
+        if at in self._on_paid:
+            return False
+        self._on_paid.add(at)
+        return True
