@@ -11,12 +11,15 @@ the state is saved on the way out. Every time comes from one `Clock`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import trio
 
 from argent_client import protocol as P
@@ -43,7 +46,7 @@ from .service import (
     peer_uid,
     raise_fd_limit,
 )
-from .snapshot import decode_snapshot
+from .snapshot import KeySnapshot, ProfileSnapshot, Snapshot
 from .state import Saver, StateStore
 
 log = logging.getLogger("argentd")
@@ -115,6 +118,46 @@ def socket_path(opts: Options, config: Config) -> Path:
     return _first_path(opts.socket, "ARGENT_SOCKET", config.socket, runtime_socket_path())
 
 
+def state_path(opts: Options, config: Config) -> Path:
+    """The state file of the daemon on this socket: two daemons never share one.
+
+    `state.json` for the default socket; for any other,
+    `state-<first 8 hex digits of sha256(absolute socket path)>.json` beside it.
+    """
+    folder = opts.state or state_dir()
+    sock = os.path.abspath(socket_path(opts, config))
+    if sock == os.path.abspath(runtime_socket_path()):
+        return folder / "state.json"
+    digest = hashlib.sha256(os.fsencode(sock)).hexdigest()[:8]
+    return folder / f"state-{digest}.json"
+
+
+def decode_state(raw: dict[str, object]) -> tuple[Snapshot, list[str]]:
+    """The entries of a state file that decode, and a message per entry that does not.
+
+    One wrong-typed field costs its own entry (a key's books or a
+    profile's flags), not the whole file.
+    """
+    problems: list[str] = []
+
+    def entries(name: str, kind: type[KeySnapshot] | type[ProfileSnapshot]) -> dict[str, Any]:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"`$.{name}` is not an object")
+            return {}
+        good: dict[str, Any] = {}
+        for key, value in table.items():
+            try:
+                good[key] = msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                problems.append(f"{exc}".replace("`$", f"`$.{name}[{key!r}]"))
+        return good
+
+    keys = entries("keys", KeySnapshot)
+    profiles = entries("profiles", ProfileSnapshot)
+    return Snapshot(keys=keys, profiles=profiles), problems
+
+
 class Daemon:
     def __init__(self, opts: Options, *, clock: Clock | None = None) -> None:
         self.opts = opts
@@ -124,13 +167,18 @@ class Daemon:
         now = self.clock.now()
         self.loaded_at: float | None = now
         self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
-        self.store = StateStore((opts.state or state_dir()) / "state.json")
+        self.store = StateStore(state_path(opts, self.loaded.config))
+        self.store.prepare()
         raw = self.store.load()
         if raw is not None:
-            try:
-                self.engine.restore(decode_snapshot(raw), now=now)
-            except Exception as exc:  # a well-formed file of the wrong shape
-                log.warning("state file %s ignored: %s", self.store.path, exc)
+            snapshot, problems = decode_state(raw)
+            if problems:
+                self.store.move_aside(
+                    "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
+                                               if len(problems) > 5 else ""),
+                    kept=f"kept the {len(snapshot.keys)} key(s) and "
+                         f"{len(snapshot.profiles)} profile(s) that were readable")
+            self.engine.restore(snapshot, now=now)
         self.engine.take_outbox()
         self.saver = Saver(self.store, self.engine.snapshot, delay=opts.save_delay)
         self.notifier = Notifier()
@@ -162,6 +210,7 @@ class Daemon:
             loaded_at=self.loaded_at,
             error=self.loaded.error,
             config_path=str(self.opts.config or default_config_path()),
+            state_path=str(self.store.path),
         )
 
     def _changed(self) -> None:
@@ -247,7 +296,11 @@ class Daemon:
         finally:
             stop.set()
             with trio.CancelScope(shield=True):
-                await self.saver.save_now()
+                saved = await self.saver.save_now()
+            if not saved:
+                log.warning("stopping without saving the state: changes since the last "
+                            "successful write (cooldowns, counts, flags) are lost; make %s "
+                            "writable", self.store.path.parent)
             if bound is None:
                 listener.close()
             else:

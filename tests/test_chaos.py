@@ -64,7 +64,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
 def read_state(d: Daemon) -> dict[str, Any]:
     """`state.json` as a dict ({} while missing or being replaced)."""
     try:
-        data: dict[str, Any] = json.loads((d.state_dir / "state.json").read_bytes())
+        data: dict[str, Any] = json.loads(d.state_file.read_bytes())
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
         return {}
     return data
@@ -388,7 +388,7 @@ def break_state_dir(d: Daemon, how: str) -> Callable[[], None]:
             aside.rename(folder)
 
         return repair
-    state = folder / "state.json"
+    state = d.state_file
     kept = state.read_bytes()
     state.unlink()
     state.mkdir()
@@ -436,6 +436,7 @@ def test_chaos_state_dir_unwritable_keeps_serving_and_warns_once(
     assert d.stop() == 0  # SIGTERM flushes what the disk refused before
     assert len(warnings()) == 1
     assert "written again" in d.stderr()
+    assert "stopping without saving" not in d.stderr()
     d.start()
     states = {p["id"]: p["state"] for p in d.call("status")["profiles"]}
     assert set(states.values()) == {"cooldown"}
@@ -454,6 +455,9 @@ def test_chaos_state_dir_unwritable_at_stop_warns_once(daemon_factory: Any) -> N
     d.call("disable", {"profile": "anthropic:b"})
     assert d.stop() == 0  # the flush at stop fails again: no second warning, no crash
     assert d.stderr().count("cannot write state file") == 1
+    # ... but it says, at stop, that what was not written is lost.
+    assert d.stderr().count("stopping without saving the state") == 1
+    assert f"make {d.state_dir} writable" in d.stderr()
     assert_no_internal_error(d)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +200,11 @@ def test_daemon_socket_activation(daemon_factory: Any, tmp_path: Path) -> None:
 def test_daemon_corrupt_state_moved_aside(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()
     d.state_dir.mkdir(parents=True)
-    (d.state_dir / "state.json").write_text("{not json")
+    d.state_file.write_text("{not json")
     d.start()
     assert d.call("hello")["server"] == "argentd"
-    assert any(p.name.startswith("state.json.corrupt") for p in d.state_dir.iterdir())
+    assert any(p.name.startswith(d.state_file.name + ".corrupt")
+               for p in d.state_dir.iterdir())
 
 
 def test_daemon_read_only_state_dir_warns(daemon_factory: Any) -> None:
@@ -259,3 +262,91 @@ def test_daemon_config_routes_and_reload(daemon_factory: Any) -> None:
     err = wait_event(sub, "reload_error")
     assert "bogus" in err["message"]
     assert d.call("status")["routes"]["default"] == ["anthropic/claude-sonnet-4-5", "openai/gpt-5"]
+
+
+# ---------------------------------------------------------------- the state file
+
+
+def test_daemon_state_file_per_socket(monkeypatch: Any, tmp_path: Path) -> None:
+    from argentd.config import DEFAULT_CONFIG
+    from argentd.daemon import Options, state_path
+
+    monkeypatch.delenv("ARGENT_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    default = tmp_path / "run" / "argentos" / "argentd.sock"
+    assert state_path(Options(state=tmp_path), DEFAULT_CONFIG) == tmp_path / "state.json"
+    assert state_path(Options(state=tmp_path, socket=default), DEFAULT_CONFIG) == (
+        tmp_path / "state.json")
+    other = tmp_path / "other.sock"
+    digest = hashlib.sha256(str(other).encode()).hexdigest()[:8]
+    assert state_path(Options(state=tmp_path, socket=other), DEFAULT_CONFIG) == (
+        tmp_path / f"state-{digest}.json")
+    monkeypatch.setenv("ARGENT_SOCKET", str(other))  # the same socket named another way
+    assert state_path(Options(state=tmp_path), DEFAULT_CONFIG).name == f"state-{digest}.json"
+
+
+def test_daemon_two_sockets_never_share_a_state_file(daemon_factory: Any) -> None:
+    a: Daemon = daemon_factory()
+    b: Daemon = daemon_factory()
+    b.env["XDG_STATE_HOME"] = a.env["XDG_STATE_HOME"]  # one user, one state folder
+    b.state_dir = a.state_dir
+    b.state_file = a.state_dir / b.state_file.name  # the name is per socket
+    a.write_profiles({"anthropic:x": profile()})
+    b.write_profiles({"anthropic:y": profile()})
+    a.start()
+    b.start()
+    assert a.call("status")["config"]["state_path"] == str(a.state_file)
+    assert b.call("status")["config"]["state_path"] == str(b.state_file)
+    assert a.state_file != b.state_file
+    a.call("report_failure", {"profile": "anthropic:x", "kind": "quota", "retry_after": 900})
+    wait_until(lambda: "cooldown_until" in a.state_file.read_text()
+               if a.state_file.exists() else False)
+    b.call("disable", {"profile": "anthropic:y"})  # b saves too, after a
+    wait_until(lambda: "user_disabled" in b.state_file.read_text()
+               if b.state_file.exists() else False)
+    assert a.proc is not None
+    a.proc.kill()
+    a.stop()
+    a.start()
+    states = {p["id"]: p["state"] for p in a.call("status")["profiles"]}
+    assert states == {"anthropic:x": "cooldown"}
+
+
+def wait_until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_daemon_state_entry_of_wrong_type_costs_only_itself(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from argentd.config import DEFAULT_CONFIG
+    from argentd.daemon import Daemon as RealDaemon
+    from argentd.daemon import Options, state_path
+    from argentd.model import secret_key
+
+    good, bad = profile(), profile()
+    profiles = tmp_path / "auth-profiles.json"
+    write_json(profiles, {"anthropic:good": good, "anthropic:bad": bad})
+    state = tmp_path / "state"
+    sock = tmp_path / "s.sock"
+    opts = Options(profiles=profiles, socket=sock, config=None, state=state)
+    path = state_path(opts, DEFAULT_CONFIG)
+    until = time.time() + 3600
+    kg, kb = secret_key(good["token"]), secret_key(bad["token"])
+    write_json(path, {"version": 1,
+                      "keys": {kg: {"cooldown_until": until, "cooldown_kind": "quota"},
+                               kb: {"cooldown_until": "soon", "error_count": 2}},
+                      "profiles": {"anthropic:good": {"key": kg},
+                                   "anthropic:bad": {"key": kb, "user_disabled": "yes"}}})
+    for name in ("ARGENT_SOCKET", "NOTIFY_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ARGENT_CONFIG", str(tmp_path / "argentd.toml"))  # none
+    d = RealDaemon(opts)
+    assert d.engine.state_of("anthropic:good", time.time()) == "cooldown"
+    assert d.engine.state_of("anthropic:bad", time.time()) == "ready"
+    aside = [p.name for p in state.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1  # the file as found is kept for a look
+    assert d.config_status().state_path == str(path)
