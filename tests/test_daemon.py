@@ -350,3 +350,139 @@ def test_daemon_state_entry_of_wrong_type_costs_only_itself(
     aside = [p.name for p in state.iterdir() if ".corrupt-" in p.name]
     assert len(aside) == 1  # the file as found is kept for a look
     assert d.config_status().state_path == str(path)
+
+
+# ---------------------------------------------------------------- faults while loading
+
+
+LATIN1 = b"caf\xe9"
+"""A label saved in Latin-1: not UTF-8, so not JSON."""
+
+
+def latin1_profiles(d: Daemon) -> None:
+    token = make_secret("sk-ant-api03-").encode()
+    d.profiles.parent.mkdir(parents=True, exist_ok=True)
+    d.profiles.write_bytes(b'{"anthropic:a": {"provider": "anthropic", "type": "api-key", '
+                           b'"token": "' + token + b'", "label": "' + LATIN1 + b'"}}')
+    os.chmod(d.profiles, 0o600)
+
+
+def test_daemon_invalid_utf8_at_start_is_a_file_fault(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    latin1_profiles(d)
+    d.start()  # it starts, serving what it can (here the environment fallback)
+    st = d.call("status")
+    assert st["profiles"] == []
+    assert str(d.profiles) in st["config"]["error"]
+    assert "Traceback" not in d.stderr()
+
+
+def test_daemon_invalid_utf8_on_reload_keeps_profiles_and_says_so(daemon_factory: Any) -> None:
+    d, sub = started(daemon_factory, {f"anthropic:{x}": profile() for x in "abcde"})
+    latin1_profiles(d)
+    err = wait_event(sub, "reload_error")
+    assert str(d.profiles) in err["message"]
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_message("RELOADING=1")
+    d.wait_message("READY=1")  # READY=1 always follows RELOADING=1
+    wait_event(sub, "reload_error")
+    assert len(ids(d)) == 5
+    assert "not reloaded (file changed): kept the 5 previous profiles" in d.stderr()
+    assert "reloaded (file changed): 5 profile(s)" not in d.stderr()
+    assert "Traceback" not in d.stderr()
+
+
+def test_daemon_sigterm_stops_promptly_during_a_slow_load(daemon_factory: Any) -> None:
+    d, _ = started(daemon_factory, {"anthropic:a": profile()})
+    # A `cmd:` reference that takes its time: the load blocks in its worker thread.
+    d.write_profiles({"anthropic:a": {"provider": "anthropic", "type": "api-key",
+                                      "token_ref": "cmd:sleep 8; echo sk-ant-api03-late"}})
+    d.wait_message("RELOADING=1")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)  # a second reload queued behind the first
+    start = time.monotonic()
+    assert d.stop(timeout=20) == 0
+    assert time.monotonic() - start < 4, "SIGTERM waited for the load"
+    assert "stopped" in d.stderr()
+
+
+def test_daemon_load_bug_is_a_file_fault_and_ready_follows(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import trio
+
+    from argentd import daemon as daemon_mod
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "n"))
+    notify.setblocking(False)
+    for name in ("ARGENT_SOCKET", "WATCHDOG_USEC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "n"))
+    monkeypatch.setenv("ARGENT_CONFIG", str(tmp_path / "argentd.toml"))  # none
+    profiles = tmp_path / "auth-profiles.json"
+    write_json(profiles, {"anthropic:a": profile(), "anthropic:b": profile()})
+    opts = daemon_mod.Options(profiles=profiles, socket=tmp_path / "s", state=tmp_path / "st")
+    d = daemon_mod.Daemon(opts)
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte")
+
+    monkeypatch.setattr(daemon_mod, "load_profiles", broken)
+    monkeypatch.setattr(d.server, "after_change", lambda: None)  # keep the outbox for us
+    d.engine.events_wanted = True
+
+    async def main() -> P.ReloadResult:
+        return await d.reload("test")
+
+    from argent_client import protocol as P
+
+    result = trio.run(main)
+    assert result.profiles == 2 and result.error is not None
+    assert f"{profiles}: could not be loaded (UnicodeDecodeError" in result.error
+    events = d.engine.take_outbox().events
+    assert [e.type for e in events] == ["reload_error"]
+    messages = []
+    while True:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            break
+    assert [m.split("\n")[0] for m in messages[:2]] == ["RELOADING=1", "READY=1"]
+    notify.close()
+
+
+def test_daemon_check_json(tmp_path: Path, monkeypatch: Any,
+                           capsys: Any) -> None:
+    from argentd.daemon import Options
+    from argentd.main import check
+
+    monkeypatch.setenv("ARGENT_CONFIG", str(tmp_path / "argentd.toml"))  # none
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_OAUTH_TOKEN", "OPENAI_API_KEY",
+                 "OPENROUTER_API_KEY", "MINIMAX_API_KEY", "ZAI_API_KEY", "Z_AI_API_KEY",
+                 "GEMINI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    secret = make_secret()
+    path = tmp_path / "auth-profiles.json"
+    write_json(path, {"anthropic:a": {"provider": "anthropic", "type": "setup-token",
+                                      "token": secret, "label": "Sub"}})
+    assert check(Options(profiles=path), as_json=True) == 0
+    out = capsys.readouterr().out
+    assert secret not in out
+    report = json.loads(out)
+    assert report["ok"] is True and report["error"] is None
+    assert report["profiles_path"] == str(path)
+    assert [(p["id"], p["type"], p["label"]) for p in report["profiles"]] == [
+        ("anthropic:a", "setup-token", "Sub")]
+    assert report["profiles"][0]["fingerprint"].startswith("sk-ant-oat01-")
+    os.chmod(path, 0o644)
+    assert check(Options(profiles=path), as_json=True) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and f"chmod 600 {path}" in report["error"]
+
+
+def test_daemon_json_needs_check() -> None:
+    out = subprocess.run([sys.executable, "-m", "argentd.main", "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--json goes with --check" in out.stderr
