@@ -107,7 +107,8 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
         kept_profiles = True
     else:
         errors.extend(profiles.errors)
-    return Loaded(config, profiles, "; ".join(errors) or None, kept_profiles, kept_config)
+    # One line per problem: argentctl status and doctor print each on its own.
+    return Loaded(config, profiles, "\n".join(errors) or None, kept_profiles, kept_config)
 
 
 def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:

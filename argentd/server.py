@@ -439,7 +439,8 @@ class Server:
             case "renew", P.RenewParams() as p:
                 return P.RenewResult(engine.renew(p.lease_id, p.ttl, now=now))
             case "release", P.ReleaseParams() as p:
-                engine.release(p.lease_id, now=now, usage=p.usage, limits=p.limits)
+                engine.release(p.lease_id, now=now, usage=p.usage, limits=p.limits,
+                               success=p.success)
                 return P.ReleaseResult()
             case "report_failure", P.ReportParams() as p:
                 if notify and p.failover:  # nobody would learn the next lease's id
