@@ -16,7 +16,6 @@ check (`peer`), timeouts and the environment fallback are those of `Client`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -128,16 +127,7 @@ class AsyncClient(ClientBase):
     attached leases). Must be used from one event loop.
     """
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float | None = 30.0,
-        client_name: str | None = None,
-        fallback_env: bool = True,
-    ) -> None:
-        super().__init__(socket_path, timeout=timeout, client_name=client_name,
-                         fallback_env=fallback_env)
+    def _setup(self) -> None:
         self._conn: _Conn | None = None
         self._connect_lock: anyio.Lock | None = None
 
