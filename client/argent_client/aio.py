@@ -7,7 +7,7 @@ background task is needed — whichever waiting task holds the read lock
 reads the next line and files it under its id, so a task whose reply
 another task read finds it when it next gets the lock. A task that is
 cancelled or times out abandons its request; a lease granted to it
-afterwards is released as soon as its reply is read (see `_core.CallBook`).
+afterwards is released as soon as its reply is read (see `_wire.CallBook`).
 
 Retries (`_wire.Retry`), the steps at a lease's end (`_core`), the socket
 check (`peer`), timeouts and the environment fallback are those of `Client`.
