@@ -431,7 +431,8 @@ class Client(ClientBase):
 
         A classified failure is reported with `failover`; the daemon's `next`
         lease (another profile, or the route's next target) gets the next
-        try. Without a `next`, a `wait` leases again (waiting that long),
+        try. Without a `next`, a `wait` leases again (waiting that long), as
+        does a failure whose lease had already ended (reported by profile);
         otherwise the error is re-raised. After `attempts` tries the last
         error is re-raised; an unclassified exception is re-raised at once
         (the lease is released). A clean return releases the lease.
