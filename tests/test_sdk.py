@@ -58,10 +58,15 @@ def assert_clean(headers: dict[str, str]) -> None:
 
 def test_sdk_anthropic_api_key_goes_as_x_api_key(client: Client, fake: Recorder) -> None:
     client.disable("anthropic:one")
+    fake.headers = {"anthropic-ratelimit-requests-limit": "50",
+                    "anthropic-ratelimit-requests-remaining": "7"}
     with client.lease("anthropic") as lease:
         assert lease.type == "api-key"
         reply = anthropic_client(lease, base_url=fake.url).messages.create(**MESSAGE)
         lease.record_usage(reply)
+        # every response's rate-limit headers reached the lease (sent with the release)
+        assert lease.limits is not None
+        assert (lease.limits.requests_limit, lease.limits.requests_remaining) == (50, 7)
     seen = fake.only()
     assert seen.path == "/v1/messages"
     assert seen.headers["x-api-key"] == lease.token
@@ -83,10 +88,16 @@ def test_sdk_anthropic_setup_token_goes_as_bearer_with_oauth_beta(
 
 
 def test_sdk_openai_key_goes_as_bearer(client: Client, fake: Recorder) -> None:
+    fake.headers = {"x-ratelimit-remaining-requests": "3"}
     with client.lease("openai") as lease:
         reply = openai_client(lease, base_url=fake.url + "/v1").chat.completions.create(**CHAT)
         assert reply.choices[0].message.content == "ok"
-    seen = fake.only()
+        assert lease.limits is not None and lease.limits.requests_remaining == 3
+        quiet = openai_client(lease, base_url=fake.url + "/v1", observe=False)
+        fake.headers = {"x-ratelimit-remaining-requests": "2"}
+        quiet.chat.completions.create(**CHAT)
+        assert lease.limits.requests_remaining == 3
+    seen = fake.requests[0]
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {lease.token}"
     assert "x-api-key" not in seen.headers
@@ -98,15 +109,18 @@ def test_sdk_openai_key_goes_as_bearer(client: Client, fake: Recorder) -> None:
 async def test_sdk_async_clients(daemon: Daemon, fake: Recorder, anyio_backend: str) -> None:
     from argent_client import AsyncClient
 
+    fake.headers = {"x-ratelimit-remaining-requests": "5"}
     async with AsyncClient(daemon.socket, timeout=10, fallback_env=False) as client:
         async with client.lease("anthropic") as lease:
             await async_anthropic_client(lease, base_url=fake.url).messages.create(**MESSAGE)
+            assert lease.limits is not None and lease.limits.requests_remaining == 5
         await client.disable("anthropic:one")
         async with client.lease("anthropic") as key:
             await async_anthropic_client(key, base_url=fake.url).messages.create(**MESSAGE)
         async with client.lease("openai") as oai:
             sdk = async_openai_client(oai, base_url=fake.url + "/v1")
             await sdk.chat.completions.create(**CHAT)
+            assert oai.limits is not None and oai.limits.requests_remaining == 5
     token, api_key, chat = (r.headers for r in fake.requests)
     assert token["authorization"] == f"Bearer {lease.token}" and "x-api-key" not in token
     assert "oauth-2025-04-20" in token["anthropic-beta"].split(",")

@@ -22,6 +22,10 @@ What each builder gets right, and why:
 - **`base_url`**: the argument, else the provider's known base URL for that
   SDK's dialect (OpenRouter for openai; Z.AI and MiniMax for anthropic),
   else the SDK's own default (its environment variable, then the vendor).
+- **Rate-limit headers**: given a `Lease` or `AsyncLease` (not a bare
+  `LeaseResult`) and no `http_client` of yours, every response's headers go
+  to `lease.observe`, so the release carries the provider's budget without
+  `with_raw_response` (`observe=False` turns it off).
 
 The SDKs are optional (`pip install 'argentd[sdk]'`): this module imports
 neither until a builder is called. Extra keyword arguments go to the SDK's
@@ -98,47 +102,55 @@ def sdk_kwargs(sdk: str, lease: LeaseLike, *, base_url: str | None = None,
     return kwargs
 
 
-def _anthropic_kwargs(lease: LeaseLike, base_url: str | None, extra: dict[str, Any],
-                      module: Any) -> dict[str, Any]:
-    kwargs = sdk_kwargs("anthropic", lease, base_url=base_url, omit=getattr(module, "omit", None))
-    return {**kwargs, **extra, "default_headers": {**kwargs["default_headers"],
-                                                   **extra.get("default_headers", {})}}
+def _kwargs(sdk: str, module: Any, lease: LeaseLike, base_url: str | None, observe: bool,
+            asynchronous: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    kwargs = sdk_kwargs(sdk, lease, base_url=base_url, omit=getattr(module, "omit", None))
+    kwargs = {**kwargs, **extra, "default_headers": {**kwargs["default_headers"],
+                                                     **extra.get("default_headers", {})}}
+    seen = getattr(lease, "observe", None)
+    if observe and callable(seen) and "http_client" not in extra:
+        if asynchronous:
+            async def hook(response: Any) -> None:
+                seen(response)
+
+            kwargs["http_client"] = module.DefaultAsyncHttpxClient(
+                event_hooks={"response": [hook]})
+        else:
+            kwargs["http_client"] = module.DefaultHttpxClient(event_hooks={"response": [seen]})
+    return kwargs
 
 
-def _openai_kwargs(lease: LeaseLike, base_url: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    kwargs = sdk_kwargs("openai", lease, base_url=base_url)
-    return {**kwargs, **extra, "default_headers": {**kwargs["default_headers"],
-                                                   **extra.get("default_headers", {})}}
-
-
-def anthropic_client(lease: LeaseLike, *, base_url: str | None = None,
+def anthropic_client(lease: LeaseLike, *, base_url: str | None = None, observe: bool = True,
                      **extra: Any) -> anthropic.Anthropic:
     """An `anthropic.Anthropic` for `lease` (module doc). Raises ImportError without the SDK."""
     module = _sdk("anthropic")
     client: anthropic.Anthropic = module.Anthropic(
-        **_anthropic_kwargs(lease, base_url, extra, module))
+        **_kwargs("anthropic", module, lease, base_url, observe, False, extra))
     return client
 
 
 def async_anthropic_client(lease: LeaseLike, *, base_url: str | None = None,
-                           **extra: Any) -> anthropic.AsyncAnthropic:
+                           observe: bool = True, **extra: Any) -> anthropic.AsyncAnthropic:
     """An `anthropic.AsyncAnthropic` for `lease` (module doc)."""
     module = _sdk("anthropic")
     client: anthropic.AsyncAnthropic = module.AsyncAnthropic(
-        **_anthropic_kwargs(lease, base_url, extra, module))
+        **_kwargs("anthropic", module, lease, base_url, observe, True, extra))
     return client
 
 
-def openai_client(lease: LeaseLike, *, base_url: str | None = None,
+def openai_client(lease: LeaseLike, *, base_url: str | None = None, observe: bool = True,
                   **extra: Any) -> openai.OpenAI:
     """An `openai.OpenAI` for `lease` (module doc). Raises ImportError without the SDK."""
-    client: openai.OpenAI = _sdk("openai").OpenAI(**_openai_kwargs(lease, base_url, extra))
+    module = _sdk("openai")
+    client: openai.OpenAI = module.OpenAI(
+        **_kwargs("openai", module, lease, base_url, observe, False, extra))
     return client
 
 
 def async_openai_client(lease: LeaseLike, *, base_url: str | None = None,
-                        **extra: Any) -> openai.AsyncOpenAI:
+                        observe: bool = True, **extra: Any) -> openai.AsyncOpenAI:
     """An `openai.AsyncOpenAI` for `lease` (module doc)."""
-    client: openai.AsyncOpenAI = _sdk("openai").AsyncOpenAI(
-        **_openai_kwargs(lease, base_url, extra))
+    module = _sdk("openai")
+    client: openai.AsyncOpenAI = module.AsyncOpenAI(
+        **_kwargs("openai", module, lease, base_url, observe, True, extra))
     return client
