@@ -105,7 +105,7 @@ def test_sdk_openai_key_goes_as_bearer(client: Client, fake: Recorder) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_sdk_async_clients(daemon: Daemon, fake: Recorder, anyio_backend: str) -> None:
     from argent_client import AsyncClient
 
