@@ -120,37 +120,39 @@ def _kwargs(sdk: str, module: Any, lease: LeaseLike, base_url: str | None, obser
     return kwargs
 
 
+def _build(sdk: str, cls: str, asynchronous: bool, lease: LeaseLike, base_url: str | None,
+           observe: bool, extra: dict[str, Any]) -> Any:
+    module = _sdk(sdk)
+    return getattr(module, cls)(
+        **_kwargs(sdk, module, lease, base_url, observe, asynchronous, extra))
+
+
 def anthropic_client(lease: LeaseLike, *, base_url: str | None = None, observe: bool = True,
                      **extra: Any) -> anthropic.Anthropic:
     """An `anthropic.Anthropic` for `lease` (module doc). Raises ImportError without the SDK."""
-    module = _sdk("anthropic")
-    client: anthropic.Anthropic = module.Anthropic(
-        **_kwargs("anthropic", module, lease, base_url, observe, False, extra))
+    client: anthropic.Anthropic = _build("anthropic", "Anthropic", False, lease, base_url,
+                                         observe, extra)
     return client
 
 
 def async_anthropic_client(lease: LeaseLike, *, base_url: str | None = None,
                            observe: bool = True, **extra: Any) -> anthropic.AsyncAnthropic:
     """An `anthropic.AsyncAnthropic` for `lease` (module doc)."""
-    module = _sdk("anthropic")
-    client: anthropic.AsyncAnthropic = module.AsyncAnthropic(
-        **_kwargs("anthropic", module, lease, base_url, observe, True, extra))
+    client: anthropic.AsyncAnthropic = _build("anthropic", "AsyncAnthropic", True, lease,
+                                              base_url, observe, extra)
     return client
 
 
 def openai_client(lease: LeaseLike, *, base_url: str | None = None, observe: bool = True,
                   **extra: Any) -> openai.OpenAI:
     """An `openai.OpenAI` for `lease` (module doc). Raises ImportError without the SDK."""
-    module = _sdk("openai")
-    client: openai.OpenAI = module.OpenAI(
-        **_kwargs("openai", module, lease, base_url, observe, False, extra))
+    client: openai.OpenAI = _build("openai", "OpenAI", False, lease, base_url, observe, extra)
     return client
 
 
 def async_openai_client(lease: LeaseLike, *, base_url: str | None = None,
                         observe: bool = True, **extra: Any) -> openai.AsyncOpenAI:
     """An `openai.AsyncOpenAI` for `lease` (module doc)."""
-    module = _sdk("openai")
-    client: openai.AsyncOpenAI = module.AsyncOpenAI(
-        **_kwargs("openai", module, lease, base_url, observe, True, extra))
+    client: openai.AsyncOpenAI = _build("openai", "AsyncOpenAI", True, lease, base_url,
+                                        observe, extra)
     return client
