@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -405,6 +406,58 @@ def test_cli_exec_forwards_sigterm(daemon: Daemon, tmp_path: Path) -> None:
 def test_cli_exec_needs_a_command(daemon: Daemon) -> None:
     assert run(daemon, "exec", "openai").returncode == ExitCode.USAGE
     assert run(daemon, "exec", "openai", "--").returncode == ExitCode.USAGE
+
+
+def test_cli_exec_without_dashes_says_where_the_command_goes(daemon: Daemon) -> None:
+    r = run(daemon, "exec", "anthropic", "env")
+    assert r.returncode == ExitCode.USAGE
+    assert r.stderr == (
+        "argentctl: error: put the command after --: argentctl exec anthropic -- env\n"
+    )
+    r = run(daemon, "exec", "--route", "default", "env")
+    assert r.stderr == (
+        "argentctl: error: put the command after --: argentctl exec --route default -- env\n"
+    )
+    assert active_leases(daemon) == []
+
+
+def test_cli_usage_error_with_json_prints_json(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    r = run(d, "lease", "openai", "--ttl", "soon", "--json")
+    assert r.returncode == ExitCode.USAGE
+    assert json.loads(r.stdout) == {
+        "error": {"code": "usage", "message": "argument --ttl: invalid float value: 'soon'",
+                  "fix": "see `argentctl lease --help`"},
+        "exit_code": 2,
+    }
+    r = run(d, "lease", "openai", "--ttl", "soon")
+    assert r.returncode == ExitCode.USAGE
+    assert r.stdout == ""
+    assert r.stderr.endswith(
+        "argentctl lease: error: argument --ttl: invalid float value: 'soon'\n"
+    )
+
+
+def test_cli_no_profile_message_after_wait(daemon: Daemon) -> None:
+    run_json(daemon, "report", "--profile", "openai:main", "--kind", "rate_limit",
+             "--retry-after", "300")
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert re.fullmatch(
+        r"argentctl: error: no_profile_available: no profile of provider 'openai' is ready;"
+        r" one may be ready in 4m5\ds \(or use --wait SECONDS\)\n", r.stderr), r.stderr
+    r = run(daemon, "lease", "openai", "--wait", "0.2")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert re.fullmatch(
+        r"argentctl: error: no_profile_available: no profile of provider 'openai' is ready"
+        r" after waiting 0.2s; one may be ready in 4m5\ds\n", r.stderr), r.stderr
+
+
+def test_cli_lease_help_says_the_lease_outlives_the_command(daemon_factory: Any) -> None:
+    r = run(daemon_factory(), "lease", "--help")
+    text = " ".join(r.stdout.split())
+    assert "The lease is detached: it outlives argentctl" in text
+    assert "the lease stays out (detached) until `argentctl release \"$ARGENT_LEASE_ID\"`" in text
 
 
 def test_split_exec_argv() -> None:

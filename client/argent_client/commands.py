@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -284,8 +285,18 @@ def cmd_exec(args: argparse.Namespace, out: Out) -> int:
     from .execute import Renewer, child_env, run_child
     from .render import lease_line
 
-    _need_target(args)
     command: list[str] = args.cmd
+    stray: list[str] = getattr(args, "stray", [])
+    if not command and args.route and args.provider:
+        stray = [args.provider, *stray]  # `exec --route R env`: env is not a provider
+        args.provider = None
+    if not command and stray:
+        target = f"--route {args.route}" if args.route else args.provider
+        raise CliError(
+            f"put the command after --: argentctl exec {target} -- {shlex.join(stray)}",
+            ExitCode.USAGE,
+        )
+    _need_target(args)
     if not command:
         raise CliError(
             "no command: put it after --, e.g. argentctl exec anthropic -- claude",
