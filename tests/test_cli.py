@@ -157,6 +157,12 @@ def test_cli_lease_env_in_a_shell_script(daemon: Daemon, tmp_path: Path) -> None
     assert token not in r.stderr
 
 
+def test_cli_lease_unknown_provider_suggests_the_known_one(daemon: Daemon) -> None:
+    r = run(daemon, "lease", "antropic")
+    assert r.returncode == ExitCode.NOT_FOUND
+    assert r.stderr.splitlines()[0].endswith(" (did you mean anthropic?)"), r.stderr
+
+
 def test_cli_lease_unknown_provider_and_route(daemon: Daemon) -> None:
     err = run_json(daemon, "lease", "nosuch", code=ExitCode.NOT_FOUND)
     assert err["error"]["code"] == "unknown_provider"

@@ -363,11 +363,16 @@ def _fail(out: Out, message: str, code: ExitCode, *, error_code: str, fix: str |
     return int(code)
 
 
-def _argent_error(out: Out, exc: ArgentError, waited: float | None = None) -> int:
+def _argent_error(
+    out: Out, exc: ArgentError, waited: float | None = None, provider: str | None = None
+) -> int:
+    from .facts import did_you_mean
     from .render import duration
 
     code = BY_ERROR_CODE.get(exc.code, ExitCode.FAILURE)
     message = f"{exc.code}: {exc.message}"
+    if exc.code == "unknown_provider" and provider and "did you mean" not in message:
+        message += did_you_mean(provider)
     retry = exc.data.get("retry_after")
     if exc.code == "no_profile_available":
         # The daemon says when in seconds; say it once, readably, and only
@@ -416,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         return _fail(out, str(exc), exc.code, error_code="cli", fix=exc.fix)
     except ArgentError as exc:
-        return _argent_error(out, exc, getattr(args, "wait", None))
+        return _argent_error(out, exc, getattr(args, "wait", None),
+                             getattr(args, "provider", None))
     except ProfileExists as exc:
         return _fail(out, str(exc), ExitCode.REFUSED,
                      error_code="profile_exists")
