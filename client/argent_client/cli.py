@@ -25,9 +25,6 @@ from .commands import (
     cmd_lease,
     cmd_metrics,
     cmd_profile_state,
-    cmd_profiles_add,
-    cmd_profiles_list,
-    cmd_profiles_remove,
     cmd_release,
     cmd_reload,
     cmd_report,
@@ -35,6 +32,7 @@ from .commands import (
     cmd_status,
     cmd_watch,
 )
+from .profile_commands import cmd_profiles_add, cmd_profiles_list, cmd_profiles_remove
 from .protocol import FAILURE_KINDS, PROTOCOL_VERSION, ArgentError
 
 __all__ = ["ExitCode", "build_parser", "main", "split_exec_argv"]
