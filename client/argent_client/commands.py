@@ -241,7 +241,13 @@ def cmd_reload(args: argparse.Namespace, out: Out) -> int:
         out.line(f"reloaded: {result.profiles} profile(s)")
     if result.error:
         if not out.json:
-            out.note(f"config error: {result.error}", style="bold red")
+            lines = result.error.splitlines()
+            if len(lines) == 1:
+                out.note(f"config error: {lines[0]}", style="bold red")
+            else:
+                out.note(f"config errors ({len(lines)}):", style="bold red")
+                for line in lines:
+                    out.note(f"  {line}", style="red")
         return ExitCode.REFUSED
     return ExitCode.OK
 
