@@ -152,7 +152,7 @@ def test_cli_lease_env_in_a_shell_script(daemon: Daemon, tmp_path: Path) -> None
                        check=False)
     assert r.returncode == 0, r.stderr
     token = secrets_of(daemon)["anthropic:one"]
-    assert out.read_text().splitlines() == ["anthropic:one", token, token, "unset"]
+    assert out.read_text().splitlines() == ["anthropic:one", token, "", "unset"]
     assert active_leases(daemon) == []
     assert token not in r.stderr
 
@@ -365,7 +365,7 @@ def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> Non
     got = json.loads(out.read_text())
     tokens = secrets_of(daemon)
     assert got["CLAUDE_CODE_OAUTH_TOKEN"] == tokens["anthropic:one"]
-    assert got["ANTHROPIC_AUTH_TOKEN"] == tokens["anthropic:one"]
+    assert got["ANTHROPIC_AUTH_TOKEN"] is None  # read first as a bare bearer: a 401
     assert got["ANTHROPIC_API_KEY"] is None
     assert got["ARGENT_PROFILE"] == "anthropic:one"
     summary = json.loads(r.stderr.strip().splitlines()[-1])

@@ -253,12 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "exec", "run a command with a leased secret in its environment",
         "The secret goes where the provider's tools look: anthropic api-key ->\n"
-        "ANTHROPIC_API_KEY; anthropic setup-token -> CLAUDE_CODE_OAUTH_TOKEN and\n"
-        "ANTHROPIC_AUTH_TOKEN; openai OPENAI_API_KEY; openrouter OPENROUTER_API_KEY;\n"
-        "minimax MINIMAX_API_KEY; zai ZAI_API_KEY; google GEMINI_API_KEY and\n"
-        "GOOGLE_API_KEY; plus ARGENT_LEASE_ID and ARGENT_PROFILE. The lease is renewed\n"
-        "while the command runs and released when it exits; argentctl exits with\n"
-        "the command's status. --json prints a summary on stderr at the end.\n\n"
+        "ANTHROPIC_API_KEY; anthropic setup-token or oauth -> CLAUDE_CODE_OAUTH_TOKEN;\n"
+        "openai OPENAI_API_KEY; openrouter OPENROUTER_API_KEY; minimax MINIMAX_API_KEY;\n"
+        "zai ZAI_API_KEY; google GEMINI_API_KEY and GOOGLE_API_KEY; plus ARGENT_LEASE_ID\n"
+        "and ARGENT_PROFILE. The provider's other credential variables (for anthropic\n"
+        "also ANTHROPIC_AUTH_TOKEN) are removed. The lease is renewed while the command\n"
+        "runs and released when it exits, as a success only if it exited 0; argentctl\n"
+        "exits with the command's status. --json prints a summary on stderr at the end.\n\n"
         "examples:\n"
         "  argentctl exec anthropic -- claude -p 'hello'\n"
         "  argentctl exec --route default --wait 120 -- ./agent.py",

@@ -328,7 +328,9 @@ def cmd_exec(args: argparse.Namespace, out: Out) -> int:
             renewer.stop()
             renewer.join()
         try:
-            client.release(lease.lease_id)
+            # Only a clean exit says the credential worked; a failed or killed
+            # child may have failed on it (e.g. Claude Code after eleven 429s).
+            client.release(lease.lease_id, success=rc == 0)
         except ArgentError as exc:
             out.note(f"argentctl: could not release {lease.lease_id}: {exc.code}: {exc}")
     finally:

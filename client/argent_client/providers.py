@@ -48,8 +48,11 @@ __all__ = [
 # ------------------------------------------------------------ env vars
 
 # What a provider's own tools read. Subscription tokens (setup-token, oauth)
-# and API keys go to different variables for Anthropic: Claude Code reads
-# CLAUDE_CODE_OAUTH_TOKEN, the SDKs read ANTHROPIC_AUTH_TOKEN as a bearer.
+# and API keys go to different variables for Anthropic: Claude Code reads a
+# subscription token from CLAUDE_CODE_OAUTH_TOKEN (and sends it with the
+# OAuth beta header). ANTHROPIC_AUTH_TOKEN is never set: Claude Code 2.1 and
+# the anthropic SDK prefer it and send it as a bare bearer, without that
+# header, which the API refuses for a subscription token (401).
 _KEY_VARS: Final[dict[str, tuple[str, ...]]] = {
     "anthropic": ("ANTHROPIC_API_KEY",),
     "openai": ("OPENAI_API_KEY",),
@@ -59,8 +62,12 @@ _KEY_VARS: Final[dict[str, tuple[str, ...]]] = {
     "google": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
 }
 _TOKEN_VARS: Final[dict[str, tuple[str, ...]]] = {
-    "anthropic": ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"),
+    "anthropic": ("CLAUDE_CODE_OAUTH_TOKEN",),
 }
+_ALSO_READ: Final[dict[str, tuple[str, ...]]] = {
+    "anthropic": ("ANTHROPIC_AUTH_TOKEN",),
+}
+"""Credential variables a provider's tools read that a child never gets (removed)."""
 
 def _generic_var(provider: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", provider.upper()) + "_API_KEY"
@@ -86,7 +93,8 @@ def conflicting_vars(provider: str, type: ProfileType) -> tuple[str, ...]:
     """
     provider = normalise_provider(provider)
     given = set(env_vars(provider, type))
-    every = (*_KEY_VARS.get(provider, ()), *_TOKEN_VARS.get(provider, ()))
+    every = (*_KEY_VARS.get(provider, ()), *_TOKEN_VARS.get(provider, ()),
+             *_ALSO_READ.get(provider, ()))
     every += tuple(var for var, _ in FALLBACK_ENV.get(provider, ()))
     return tuple(dict.fromkeys(v for v in every if v not in given))
 
