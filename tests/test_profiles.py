@@ -774,6 +774,12 @@ def test_load_profiles_invalid_utf8_is_a_file_fault(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("shape", ['{"anthropic:x": %s', '{"version": 1, "profiles": {"a:b": %s'])
+def test_load_profiles_deep_nesting_is_a_file_fault(tmp_path: Path, shape: str) -> None:
+    # msgspec raises RecursionError for JSON nested this deep; it must not escape.
+    assert file_error(tmp_path, shape % ("[" * 500_000)) == "not valid JSON: nested too deeply"
+
+
 def test_load_profiles_refuses_a_token_pasted_as_the_name(tmp_path: Path) -> None:
     token = fake() + secrets.token_hex(30)  # real setup tokens are ~108 characters
     path = write(tmp_path, {f"anthropic:{token}": GOOD})
