@@ -272,6 +272,8 @@ class ConfigStatus(msgspec.Struct):
     loaded_at: float | None
     error: str | None = None
     config_path: str | None = None
+    state_path: str | None = None
+    """The state file this daemon keeps (one per socket)."""
 
 
 class StatusResult(msgspec.Struct):
@@ -412,6 +414,14 @@ class PermissionDenied(ArgentError):
     rpc_code = -32006
 
 
+class LimitExceeded(ArgentError):
+    """One connection asked for more than the daemon holds for it at once (waiting
+    leases, reloads); `data.limit` is the bound."""
+
+    code = "limit_exceeded"
+    rpc_code = -32010
+
+
 class DaemonUnavailable(ArgentError):
     """Client side only: the socket could not be reached."""
 
@@ -433,6 +443,7 @@ ERRORS: Final[dict[str, type[ArgentError]]] = {
         LeaseNotFound,
         UnknownProfile,
         PermissionDenied,
+        LimitExceeded,
         DaemonUnavailable,
     )
 }
