@@ -582,14 +582,19 @@ def test_cli_profiles_list_masks_an_id_that_may_be_a_secret(daemon_factory: Any)
     d: Daemon = daemon_factory()
     token = make_secret()
     good = {"provider": "openai", "type": "api-key", "token": make_secret("sk-proj-")}
-    d.write_profiles({"openai:a": good, token: good, f"openai:{token}": good})
+    d.write_profiles({"openai:a": good, token: good, f"openai:{token}": good,
+                      "openai:t": {**good, "type": token}, "openai:p": {**good, "provider": token}})
     # daemon down: read from the file, table and JSON
     r = run(d, "profiles", "list")
     assert r.returncode == 0, r.stderr
     assert token not in r.stdout + r.stderr
     assert " #2 " in r.stdout and " #3 " in r.stdout
     listed = run_json(d, "profiles", "list", "--file")
-    assert [p["id"] for p in listed["profiles"]] == ["openai:a", "#2", "#3"]
+    assert [p["id"] for p in listed["profiles"]] == ["openai:a", "#2", "#3", "openai:t",
+                                                     "openai:p"]
+    assert [(p["provider"], p["type"]) for p in listed["profiles"][3:]] == [
+        ("openai", "?"), ("?", "api-key")
+    ]
     # daemon up: it skips both, so nothing to mask; the file view still masks
     d.start()
     listed = run_json(d, "profiles", "list")

@@ -203,13 +203,21 @@ def summarise(doc: ProfilesDoc) -> list[FileProfile]:
             fp = f"ref {ref.split(':', 1)[0]}:…"
         else:
             fp = "(no secret)"
-        raw_type = str(entry.get("type", ""))
+        raw_type = entry.get("type")
+        # Field values are shown only when they are what the field should hold:
+        # a secret pasted into `type` or `provider` must not be printed.
+        shown_type = TYPE_ALIASES.get(raw_type.strip().lower(), "?") if isinstance(
+            raw_type, str) else "?"
+        raw_provider = entry.get("provider", pid.split(":", 1)[0] if ":" in pid else None)
+        provider = normalise_provider(raw_provider) if isinstance(raw_provider, str) else "?"
+        if not valid_provider(provider) or not id_is_shown(provider):
+            provider = "?"
         priority = entry.get("priority")
         out.append(
             FileProfile(
                 id=shown_id(pid, index),
-                provider=normalise_provider(str(entry.get("provider", pid.split(":", 1)[0]))),
-                type=TYPE_ALIASES.get(raw_type, raw_type or "?"),
+                provider=provider,
+                type=shown_type,
                 label=str(entry.get("label", "")),
                 fingerprint=fp,
                 disabled=bool(entry.get("disabled", False)),
