@@ -257,6 +257,7 @@ def test_offline_profile_check_says_what_the_daemon_says(tmp_path: Path) -> None
         "openai:space": {**good, "token": "sk-proj a"},
         "antrhopic:typo": {**good, "provider": "antrhopic"},
         "sk-ant-oat01-" + "c" * 90: good,
+        "openai:sk-proj-" + "d" * 90: good,
     }
     # The versioned store keeps an api-key's secret in `key`.
     store = {pid: {("key" if k == "token" else k): v for k, v in entry.items()}

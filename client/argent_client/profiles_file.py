@@ -236,6 +236,8 @@ def _problem(pid: str, entry: dict[str, Any], versioned: bool) -> tuple[str, str
     id_provider, sep, name = pid.partition(":")
     if not sep or not id_provider.strip() or not name.strip():
         return 'the id must be "provider:name"', ""
+    if not id_is_shown(pid):
+        return 'the id must be "provider:name", a name of at most 64 characters', ""
     if name in RESERVED_NAMES:
         return f'the name "{name}" is reserved for the environment fallback', ""
     raw_provider = entry.get("provider")
