@@ -163,6 +163,20 @@ def test_cli_lease_unknown_provider_suggests_the_known_one(daemon: Daemon) -> No
     assert r.stderr.splitlines()[0].endswith(" (did you mean anthropic?)"), r.stderr
 
 
+def test_cli_lease_unknown_provider_with_the_key_in_my_shell(daemon: Daemon) -> None:
+    key = make_secret("sk-or-v1-")
+    r = run(daemon, "lease", "openrouter", env={"OPENROUTER_API_KEY": key})
+    assert r.returncode == ExitCode.NOT_FOUND
+    fix = " ".join(r.stderr.split()).split("fix: ", 1)[1]
+    assert fix == (
+        "OPENROUTER_API_KEY is set in your shell, but argentd reads its own environment (the"
+        " one it was started with): add a profile with `argentctl setup --provider openrouter`,"
+        " or restart argentd from this shell (under systemd: `systemctl --user edit argentd`"
+        " and an Environment= line)"
+    )
+    assert key not in r.stderr
+
+
 def test_cli_lease_unknown_provider_and_route(daemon: Daemon) -> None:
     err = run_json(daemon, "lease", "nosuch", code=ExitCode.NOT_FOUND)
     assert err["error"]["code"] == "unknown_provider"

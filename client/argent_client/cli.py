@@ -388,7 +388,25 @@ def _argent_error(
         from .doctor import START_FIX
 
         fix = START_FIX
+    elif exc.code == "unknown_provider" and provider:
+        fix = _env_fix(provider)
     return _fail(out, message, code, error_code=exc.code, fix=fix, data=exc.data or None)
+
+
+def _env_fix(provider: str) -> str | None:
+    """When the provider's key is in *this* shell's environment: why the daemon lacks it."""
+    from .facts import FALLBACK_ENV, normalise_provider
+
+    set_here = [var for var, _ in FALLBACK_ENV.get(normalise_provider(provider), ())
+                if os.environ.get(var, "").strip()]
+    if not set_here:
+        return None
+    return (
+        f"{set_here[0]} is set in your shell, but argentd reads its own environment (the one"
+        " it was started with): add a profile with `argentctl setup --provider"
+        f" {normalise_provider(provider)}`, or restart argentd from this shell (under"
+        " systemd: `systemctl --user edit argentd` and an Environment= line)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
