@@ -267,3 +267,17 @@ def test_offline_profile_check_says_what_the_daemon_says(tmp_path: Path) -> None
         mine = problems(read_profiles(path), path)
         assert mine == load_profiles(path, {}).errors
         assert len(mine) == len(data) - 1
+
+
+def test_doctor_untrusted_socket_gives_the_clients_fix(tmp_path: Path) -> None:
+    from argent_client.doctor import probe_daemon
+
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    checks, status = probe_daemon(folder / "argentd.sock")
+    assert status is None
+    [check] = checks
+    assert check.status == "fail"
+    assert check.detail.startswith(f"refusing the argentd socket {folder / 'argentd.sock'}:")
+    assert check.fix is not None and check.fix.startswith(f"`chmod 700 {folder}`")
