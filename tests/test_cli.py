@@ -341,6 +341,17 @@ def test_cli_status_with_a_broken_file_leads_with_the_error(daemon_factory: Any)
     assert status["config"]["error"] == lines[0].removeprefix("Config error: ")
 
 
+def test_cli_untrusted_socket_says_its_own_fix(daemon_factory: Any, tmp_path: Path) -> None:
+    d: Daemon = daemon_factory()
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    r = run(d, "status", env={"ARGENT_SOCKET": str(folder / "argentd.sock")})
+    assert r.returncode == ExitCode.UNAVAILABLE
+    assert "start the daemon" not in r.stderr
+    assert "fix: `chmod 700" in " ".join(r.stderr.split())
+
+
 def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()  # never started
     err = run_json(d, "status", code=ExitCode.UNAVAILABLE)

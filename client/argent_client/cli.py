@@ -384,7 +384,11 @@ def _argent_error(
             if not waited:
                 message += " (or use --wait SECONDS)"
     fix = None
-    if code == ExitCode.UNAVAILABLE:
+    if code == ExitCode.UNAVAILABLE and exc.data.get("reason") == "untrusted":
+        # The client refused the socket: its message already says how to fix it.
+        message, _, fix_text = message.partition(" Fix: ")
+        fix = fix_text or None
+    elif code == ExitCode.UNAVAILABLE:
         from .doctor import START_FIX
 
         fix = START_FIX
