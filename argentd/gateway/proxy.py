@@ -136,7 +136,7 @@ class Proxy:
             if ctx is not None:
                 await self._serve_while_there(ctx)
         except ClientGone:
-            rec.note = "client gone"
+            rec.note = rec.note or "client gone"
             if not rec.status:
                 rec.status = 499
         except Exception:
@@ -201,6 +201,8 @@ class Proxy:
             async def watch() -> None:
                 nonlocal gone
                 await ctx.ex.until_gone()
+                if ctx.ex.finished:
+                    return  # it had the whole answer: nothing left to cancel
                 gone = True
                 nursery.cancel_scope.cancel()
 
