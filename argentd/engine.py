@@ -347,7 +347,7 @@ class Engine:
     def _mark_key(self, key: str) -> None:
         """Something about secret `key` changed: its waiters are to be tried."""
         if self._waiters.waiting:
-            for pid in self._sel.holders.get(key, ()):
+            for pid in self._sel.holders(key):
                 slot = self._slots.get(pid)
                 if slot is not None:
                     self._waiters.mark(slot.profile.provider)

@@ -107,7 +107,7 @@ class Reports:
         return ended
 
     def ended(self, key: str, model: str, now: float) -> None:
-        for pid in self._sel.holders.get(key, ()):
+        for pid in self._sel.holders(key):
             if pid in self._books.slots:
                 self._emit("cooldown_end", now, profile=pid, model=model or None)
         self._touched(key)

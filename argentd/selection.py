@@ -114,7 +114,7 @@ class Selector:
         self._rules: dict[str | None, Rules] = {}
         self._subscribed: dict[str, bool] = {}
         """Provider -> whether it has a subscription profile (paid fallback applies)."""
-        self.holders: dict[str, list[str]] = {}
+        self._holders: dict[str, str | list[str]] = {}
         """Secret key -> ids of the profiles holding it (removed ones too)."""
         self.by_provider: dict[str, list[str]] = {}
         """Profile ids per provider, in selection order (removed ones left out)."""
@@ -135,12 +135,19 @@ class Selector:
         """Rebuild the tiers from the slots and the explicit `order` per provider."""
         slots = self.slots
         by: dict[str, list[str]] = {}
-        holders: dict[str, list[str]] = {}
+        # One id per secret, a list only for a shared one: 10,000 little lists
+        # would make every garbage collection walk them.
+        holders: dict[str, str | list[str]] = {}
         for pid, slot in slots.items():
-            holders.setdefault(slot.key, []).append(pid)
+            had = holders.setdefault(slot.key, pid)
+            if had is not pid:
+                if isinstance(had, str):
+                    holders[slot.key] = [had, pid]
+                else:
+                    had.append(pid)
             if not slot.removed:
                 by.setdefault(slot.profile.provider, []).append(pid)
-        self.holders = holders
+        self._holders = holders
         self._rules = {}
         self._subscribed = {
             prov: any(slots[pid].profile.type in SUBSCRIPTION_TYPES for pid in ids)
@@ -403,6 +410,13 @@ class Selector:
             if until is not None and (soonest is None or until < soonest):
                 soonest = until
         return soonest
+
+    def holders(self, key: str) -> list[str]:
+        """Ids of the profiles holding secret `key` (removed ones too)."""
+        got = self._holders.get(key)
+        if got is None:
+            return []
+        return [got] if isinstance(got, str) else got
 
     def subscribed(self, p: Profile) -> bool:
         """Whether `p`'s provider has a subscription profile (paid fallback applies)."""
