@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from argent_client.facts import FALLBACK_ENV, suggest_provider
 from argent_client.protocol import (
     InvalidParams,
     LeaseParams,
@@ -47,7 +48,6 @@ from argent_client.protocol import (
     UnknownProvider,
     UnknownRoute,
 )
-from argent_client.providers import FALLBACK_ENV
 
 from .books import Slot
 from .config import Config
@@ -456,13 +456,14 @@ def unknown_provider(provider: str, served: Iterable[str]) -> UnknownProvider:
     reads, the message says that it is the *daemon's* environment, which an
     `export` in the caller's shell does not reach.
     """
-    known = sorted(set(PROVIDERS) | set(served))
-    close = [] if provider in PROVIDERS else difflib.get_close_matches(
-        provider, known, n=1, cutoff=0.75)
-    if close:
-        return UnknownProvider(
-            f"no profile for provider {provider!r} (did you mean {close[0]!r}?)",
-            provider=provider, suggestion=close[0])
+    near = suggest_provider(provider)
+    if near is None and provider not in PROVIDERS:
+        others = sorted(set(served) - {provider})
+        close = difflib.get_close_matches(provider, others, n=1, cutoff=0.75)
+        near = close[0] if close else None
+    if near is not None:
+        return UnknownProvider(f"no profile for provider {provider!r} (did you mean {near}?)",
+                               provider=provider, suggestion=near)
     msg = f"no profile for provider {provider!r}: add one with `argentctl profiles add`"
     names = [var for var, _ in FALLBACK_ENV.get(provider, ())]
     if names:

@@ -230,6 +230,10 @@ class Server:
                     f"{k}={v}" for k, v in fields.items() if v is not None and k != "type"
                 )
                 log.debug("event %s %s", event.type, detail)
+        for event in out.events:
+            if event.type == "paid_fallback":  # `[policy] paid_fallback = "notify"`
+                log.info("paid fallback: %s leased %s (%s)", event.client or "a client",
+                         event.profile, event.message)
         for wid, result in out.served:
             slot = self._waiting.pop(wid, None)
             if slot is not None:
