@@ -125,6 +125,20 @@ class Limits(msgspec.Struct, omit_defaults=True):
     unified_5h_utilization: float | None = None
     unified_7d_utilization: float | None = None
     unified_reset: float | None = None
+    # Each subscription window on its own (DESIGN "Subscription windows and policy"):
+    # anthropic-ratelimit-unified-{5h,7d}-{status,reset,utilization} and the rest.
+    unified_5h_status: str | None = None
+    unified_5h_reset: float | None = None
+    unified_7d_status: str | None = None
+    unified_7d_reset: float | None = None
+    unified_representative_claim: str | None = None
+    unified_fallback: str | None = None
+    unified_overage_status: str | None = None
+    # x-codex-{primary,secondary}-used-percent (0-100) and -reset-at (Unix seconds).
+    codex_primary_used_percent: float | None = None
+    codex_primary_reset: float | None = None
+    codex_secondary_used_percent: float | None = None
+    codex_secondary_reset: float | None = None
 
 
 # ---------------------------------------------------------------- params
