@@ -48,6 +48,8 @@ EventType: TypeAlias = Literal[
     "cooldown_end",
     "reload",
     "reload_error",
+    "paid_fallback",
+    "probe",
 ]
 
 RequestId: TypeAlias = int | str | None
@@ -157,6 +159,8 @@ class LeaseParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     wait: float = 0.0
     detached: bool = False
     client: str | None = None
+    profile: str | None = None
+    """Pinned: this profile id or `no_profile_available`, never another."""
 
 
 class RenewParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -211,6 +215,8 @@ class LeaseResult(msgspec.Struct, omit_defaults=True):
     expires_at: float
     source: Source
     model: str | None = None
+    probe: bool = False
+    """The one early-reset probe of a cooling profile (left out when false)."""
 
     def __repr__(self) -> str:
         # A lease carries the secret; its repr must not.
@@ -247,6 +253,15 @@ class Budget(msgspec.Struct, omit_defaults=True):
     unified_status: str | None = None
 
 
+class WindowStatus(msgspec.Struct, omit_defaults=True):
+    """One subscription window of a profile (`5h`, `7d`, `primary`, `secondary`)."""
+
+    utilization: float | None = None
+    """Fraction used, 0.0-1.0 (a provider may report a little over 1)."""
+    reset: float | None = None
+    status: str | None = None
+
+
 class ProfileStatus(msgspec.Struct):
     id: str
     provider: str
@@ -270,6 +285,8 @@ class ProfileStatus(msgspec.Struct):
     `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
     until: float | None = None
     """When `reason` ends by itself, if time alone ends it."""
+    windows: dict[str, WindowStatus] = {}
+    """Subscription windows as last reported (those not yet reset)."""
 
 
 class LeaseStatus(msgspec.Struct):
