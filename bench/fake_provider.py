@@ -112,7 +112,7 @@ SHAPES: Final[dict[str, tuple[KeyShape, ...]]] = {
         KeyShape(20, 5),
     ),
     "windows": (
-        KeyShape(60, 20, window_quota=150, window_seconds=10.0, week_quota=1000,
+        KeyShape(60, 20, window_quota=150, window_seconds=10.0, week_quota=700,
                  week_seconds=600.0),
         KeyShape(60, 20),
     ),
@@ -124,7 +124,7 @@ slowly (10 req/s). `slow-key`: one key at a tenth of the others' rate.
 `subscription`: the first key is a subscription allowed 50 requests per
 5 s window (10 req/s on average, half its bucket's rate), then rejected
 until the window ends. `windows` (issue 14, two keys): a subscription with
-a "5-hour" window of 150 requests per 10 s and a "weekly" one of 1000 per
+a "5-hour" window of 150 requests per 10 s and a "weekly" one of 700 per
 600 s (so it does not reset during a run), beside one API key; the
 client-mix run of `bench/goodput_windows.py` uses it.
 """
