@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         for src in sources.values():
             shutil.rmtree(src, ignore_errors=True)
     result["targets"] = check_targets(result["results"])
-    text = human(result)
+    text = human(result) if result["results"] else ""
     if "mix" in result:
         text += "\n\nclient mix (shape windows):\n" + gw.human(result["mix"])
     report(result, text)

@@ -264,6 +264,9 @@ def summarise(outcomes: list[MixOutcome], stats: dict[str, Any], window: float,
     return {
         "seconds": round(window, 3),
         "capped_at_s": None if capped_at is None else round(capped_at, 3),
+        "background_last_on_subscription_s": round(last, 3) if (last := max(
+            (t for t, profile, _ in bg if profile == SUBSCRIPTION), default=None)) is not None
+        else None,
         "clients": clients,
         "provider_429": sum(k["429"] for k in keys.values()),
         "provider_rejected": sum(k["rejected"] for k in keys.values()),
@@ -343,7 +346,9 @@ def human(results: dict[str, Any]) -> str:
         for name, c in r["clients"].items():
             rows.append([mode, name, c["requests"], _pct(c["subscription_share"]),
                          _pct(c["after_cap_subscription_share"]), c["429"], c["no_profile"],
-                         f"capped at {r['capped_at_s']} s; provider 429 {r['provider_429']}; "
+                         f"capped at {r['capped_at_s']} s, background last on sub at "
+                         f"{r['background_last_on_subscription_s']} s; "
+                         f"provider 429 {r['provider_429']}; "
                          f"windows {json.dumps(r['windows_at_end'])}"])
     lines = [table(["mode", "client", "requests", "on sub", "on sub after cap", "429",
                     "no profile", "run"], rows)]

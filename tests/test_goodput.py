@@ -90,6 +90,7 @@ def test_mix_summarise_shares_after_the_first_capped_background_lease() -> None:
                           end_wall=5.0)
     r = gw.summarise([bg, inter], _mix_stats(), 5.0, 0.2)
     assert r["capped_at_s"] == 1.0
+    assert r["background_last_on_subscription_s"] == 0.2
     assert r["clients"]["interactive"] == {
         "requests": 5, "subscription": 4, "subscription_share": 0.8,
         "after_cap_requests": 4, "after_cap_subscription_share": 0.75,
