@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,10 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from argent_client import Client
 from argent_client import headers as H
 from argent_client._core import LeaseBase
 from argent_client.classify import parse_duration, parse_limits, retry_after
 from argent_client.protocol import LeaseResult, Limits
+
+from .conftest import make_secret
 
 NOW = 1_750_000_000.0
 
@@ -483,3 +487,45 @@ def test_window_headers_never_raise_nor_block_past_the_window(headers: dict[str,
     assert_bounded(parse_limits(headers, now=NOW))
     wait = retry_after(headers, now=NOW, kind="quota")
     assert wait is None or 0.0 <= wait <= 7 * DAY + 1e-6
+
+
+# ---------------------------------------------------------------- through the daemon
+
+
+def test_observed_windows_cap_background_and_show_in_status(daemon_factory: Any) -> None:
+    """A real unified header set, observed by the client, caps the background client only."""
+    d = daemon_factory()
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text("[policy.clients.background]\nwindow_cap = 0.6\n")
+    d.write_profiles({
+        "anthropic:sub": {"provider": "anthropic", "type": "setup-token",
+                          "token": make_secret(), "label": "Sub"},
+        "anthropic:paid": {"provider": "anthropic", "type": "api-key",
+                           "token": make_secret("sk-ant-api03-"), "label": "Paid"},
+    })
+    d.start()
+    now = time.time()
+    seen = {
+        U + "status": "allowed",
+        U + "5h-status": "allowed",
+        U + "5h-utilization": "0.2",
+        U + "5h-reset": str(int(now + 3 * HOUR)),
+        U + "7d-status": "allowed_warning",
+        U + "7d-utilization": "0.61",
+        U + "7d-reset": str(int(now + 2 * DAY)),
+        U + "representative-claim": "seven_day",
+    }
+    with Client(str(d.socket), client_name="background", fallback_env=False) as bg, \
+            Client(str(d.socket), client_name="interactive", fallback_env=False) as person:
+        with bg.lease("anthropic") as lease:
+            assert lease.profile == "anthropic:sub"
+            lease.observe(httpx.Response(200, headers=seen))
+        with bg.lease("anthropic") as lease:
+            assert lease.profile == "anthropic:paid"  # at its 60 % cap until the 7d reset
+        with person.lease("anthropic") as lease:
+            assert lease.profile == "anthropic:sub"
+        status = bg.status()
+    sub = next(p for p in status.profiles if p.id == "anthropic:sub")
+    week = sub.windows["7d"]
+    assert (week.utilization, week.status) == (0.61, "allowed_warning")
+    assert week.reset == pytest.approx(int(now + 2 * DAY))
