@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from argent_client.facts import FALLBACK_ENV
 from argent_client.protocol import (
     InvalidParams,
     LeaseParams,
@@ -47,7 +48,6 @@ from argent_client.protocol import (
     UnknownProvider,
     UnknownRoute,
 )
-from argent_client.providers import FALLBACK_ENV
 
 from .books import Slot
 from .config import Config
@@ -447,7 +447,7 @@ def unknown_provider(provider: str, served: Iterable[str]) -> UnknownProvider:
         provider, known, n=1, cutoff=0.75)
     if close:
         return UnknownProvider(
-            f"no profile for provider {provider!r} (did you mean {close[0]!r}?)",
+            f"no profile for provider {provider!r} (did you mean {close[0]}?)",
             provider=provider, suggestion=close[0])
     msg = f"no profile for provider {provider!r}: add one with `argentctl profiles add`"
     names = [var for var, _ in FALLBACK_ENV.get(provider, ())]

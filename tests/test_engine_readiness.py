@@ -104,12 +104,12 @@ def unknown(e: object, provider: str) -> UnknownProvider:
 def test_unknown_provider_suggests_the_known_one() -> None:
     e = make(prof("anthropic:a"), prof("mycorp:x"))
     err = unknown(e, "antropic")
-    assert err.message == "no profile for provider 'antropic' (did you mean 'anthropic'?)"
+    assert err.message == "no profile for provider 'antropic' (did you mean anthropic?)"
     assert err.data == {"provider": "antropic", "suggestion": "anthropic"}
     assert unknown(e, "antrhopic").data["suggestion"] == "anthropic"
     # a provider only the file knows is suggested too, and a known one with no profile
     assert unknown(e, "mycrop").message == (
-        "no profile for provider 'mycrop' (did you mean 'mycorp'?)")
+        "no profile for provider 'mycrop' (did you mean mycorp?)")
     assert unknown(e, "openrouter").data == {"provider": "openrouter"}
 
 

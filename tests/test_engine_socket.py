@@ -48,6 +48,6 @@ def test_engine_socket_policy_pins_windows_and_reasons(daemon_factory: Any) -> N
     # the person's own lease still gets the subscription
     assert c.call("lease", {"provider": "anthropic", "client": "me"})["profile"] == "anthropic:max"
     err = c.request("lease", {"provider": "antropic"})["error"]
-    assert err["message"] == "no profile for provider 'antropic' (did you mean 'anthropic'?)"
+    assert err["message"] == "no profile for provider 'antropic' (did you mean anthropic?)"
     assert err["data"] == {"code": "unknown_provider", "provider": "antropic",
                            "suggestion": "anthropic"}

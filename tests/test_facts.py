@@ -52,9 +52,11 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
     code = ("import sys, argentd.daemon, argentd.main; "
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('argent_client'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [
+    # The package binds `classify` eagerly (stdlib + msgspec, see its __init__);
+    # never the clients, anyio or argentctl.
+    assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers"} == {
         "argent_client", "argent_client.facts", "argent_client.paths", "argent_client.protocol"
-    ]
+    }
 
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:
