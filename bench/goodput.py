@@ -3,7 +3,7 @@
 Run from the repository root with the project's Python (httpx is in the
 `test` extra):
 
-    python bench/goodput.py                      # 4 shapes x 2 modes x 30 s: ~4.5 min
+    python bench/goodput.py                      # 4 shapes x 2 modes x 30 s + mix: ~6.5 min
     python bench/goodput.py --seconds 10 --shapes steady
     python bench/goodput.py --modes argentd@ba2a109,argentd,baseline   # before/after
 
