@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from argent_client import protocol as P
+from argent_client.gateway import token_path
 from argent_client.paths import (
     default_config_path,
     home_profiles_path,
@@ -34,6 +35,7 @@ from . import log as logmod
 from .clock import Clock
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .engine import Engine
+from .gateway import Gateway
 from .model import ProfileSet
 from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
 from .reload import watch_files
@@ -203,7 +205,14 @@ class Daemon:
             on_change=self._changed,
             clock=self.clock,
             peer_uid=peer_uid,
+            gateway_status=lambda: self.gateway.status(),
+            extra_metrics=lambda: self.gateway.metrics(),
         )
+        # Its listen address is read once, at start; the rest of [gateway] follows reloads.
+        # $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).
+        listen = os.environ.get("ARGENT_GATEWAY_LISTEN", self.loaded.config.gateway.listen)
+        self.gateway = Gateway(self.server, listen=listen,
+                               token_path=token_path())
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
 
@@ -316,6 +325,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
+                await nursery.start(self.gateway.run)
                 await nursery.start(self.saver.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:

@@ -92,6 +92,8 @@ class Server:
         clock: Clock | None = None,
         uid: int | None = None,
         peer_uid: Callable[[Any], int | None] | None = None,
+        gateway_status: Callable[[], P.GatewayStatus] | None = None,
+        extra_metrics: Callable[[], str] | None = None,
     ) -> None:
         self.engine = engine
         self._reload = reload
@@ -101,6 +103,8 @@ class Server:
         self.now = self.clock.now
         self.uid = os.getuid() if uid is None else uid
         self._peer_uid = peer_uid
+        self._gateway_status = gateway_status
+        self._extra_metrics = extra_metrics
         self._conn_ids = 0
         self._conns: dict[int, Conn] = {}
         self._subscribers: dict[int, Conn] = {}
@@ -382,7 +386,10 @@ class Server:
                     p = msgspec.structs.replace(p, failover=False)
                 return engine.report(p, conn=conn.id, now=now)
             case "status", _:
-                return status(engine, self._config_status(), now=now)
+                result = status(engine, self._config_status(), now=now)
+                if self._gateway_status is not None:
+                    result.gateway = self._gateway_status()
+                return result
             case "reset", P.ProfileParams() as p:
                 return P.ProfileStateResult(engine.reset(p.profile, now=now))
             case "disable" | "enable", P.ProfileParams() as p:
@@ -458,6 +465,39 @@ class Server:
         else:
             await self._send_quietly(conn, P.encode_result(rid, result))
 
+    async def lease_for(self, params: P.LeaseParams, *, conn: int) -> P.LeaseResult:
+        """A lease for an adapter inside the daemon (the gateway): now, or after
+        waiting up to `params.wait` seconds, like a socket client's `lease`.
+
+        `conn` names the holder (the gateway uses negative ids, which no
+        socket connection has): `engine.disconnect(conn)` ends whatever it
+        still holds. Raises `ArgentError` (`NoProfileAvailable` when the wait
+        ran out).
+        """
+        now = self.now()
+        try:
+            try:
+                return self.engine.lease(params, conn=conn, now=now)
+            except P.NoProfileAvailable:
+                if params.wait <= 0:
+                    raise
+            wid = self.engine.wait(params, conn=conn, now=now)
+            done = trio.Event()
+            box: list[P.LeaseResult | P.ArgentError] = []
+            self._waiting[wid] = (done, box)
+        finally:
+            self.after_change()
+        try:
+            await done.wait()
+        finally:
+            if not box:  # cancelled
+                self._waiting.pop(wid, None)
+                self.engine.cancel_wait(wid)
+        result = box[0]
+        if isinstance(result, P.ArgentError):
+            raise result
+        return result
+
     def _metrics(self, now: float) -> P.MetricsResult:
         cumulative = []
         total = 0
@@ -466,6 +506,8 @@ class Server:
             cumulative.append((bound, total))
         text = metrics(self.engine, now=now, latency_buckets=cumulative,
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
+        if self._extra_metrics is not None:
+            text += self._extra_metrics()
         return P.MetricsResult(text)
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:

@@ -121,6 +121,7 @@ class Daemon:
             "XDG_RUNTIME_DIR": str(sock_dir),
             "XDG_CACHE_HOME": str(root / "cache"),
             "ARGENT_SOCKET": str(self.socket),
+            "ARGENT_GATEWAY_LISTEN": "127.0.0.1:0",  # never the default port 8411
             "PYTHONUNBUFFERED": "1",
         }
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

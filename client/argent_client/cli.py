@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     target(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which profile was leased (on stderr)")
+    p.add_argument("--gateway", action="store_true",
+                   help="point the command at argentd's HTTP gateway instead (base URL +"
+                        " local token): it rotates on every request (docs/gateway.md)")
     # Words given without `--` land here, so the error can say where they go.
     p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_exec, cmd=[])
@@ -340,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("install", "uninstall", "status"))
     p.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
     p.set_defaults(func=cmd_service)
+    from .gateway_cmd import add_parser as add_gateway_parser
+
+    add_gateway_parser(add)
     return parser
 
 

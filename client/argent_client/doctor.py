@@ -282,6 +282,9 @@ def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
     finally:
         client.close()
     checks.append(_profiles_check(status))
+    from .gateway_cmd import doctor_check
+
+    checks.append(doctor_check(status))
     return checks, status
 
 

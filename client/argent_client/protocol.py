@@ -307,11 +307,19 @@ class ConfigStatus(msgspec.Struct):
     """The state file this daemon keeps (one per socket)."""
 
 
-class StatusResult(msgspec.Struct):
+class GatewayStatus(msgspec.Struct):
+    """`status.gateway`: where the HTTP gateway listens (`url` None when off) and why not."""
+
+    url: str | None = None
+    error: str | None = None
+
+
+class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
+    gateway: GatewayStatus | None = None
 
 
 class ProfileStateResult(msgspec.Struct):

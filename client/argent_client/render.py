@@ -255,6 +255,11 @@ def status_tables(
     console.print(Text(f"Profiles file: {cfg.profiles_path} ({loaded})"), soft_wrap=True)
     for name, targets in status.routes.items():
         console.print(Text(f"Route {name}: {' → '.join(targets)}"), soft_wrap=True)
+    from .gateway_cmd import status_line
+
+    gateway = status_line(status)
+    if gateway:
+        console.print(Text(gateway), soft_wrap=True)
 
 
 def daemon_profiles_table(profiles: Sequence[ProfileStatus], now: float) -> Grid:
