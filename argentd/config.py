@@ -15,6 +15,7 @@ import msgspec.toml
 from argent_client.protocol import FAILURE_KINDS, FailureKind
 
 from .model import normalise_provider
+from .oauth_config import OAuthConfig, split_provider_tables
 
 HOUR: Final = 3600.0
 DAY: Final = 24 * HOUR
@@ -104,6 +105,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     lease: LeaseConfig = LeaseConfig()
     routes: dict[str, list[str]] = {}
     """Route name -> ordered `provider/model` targets."""
+    oauth: OAuthConfig = OAuthConfig()
+    """`[oauth]` and `[oauth.PROVIDER]`: the refresher (oauth_config.py)."""
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
         """The (provider, model) targets of route `name`, or None if unknown."""
@@ -158,7 +161,7 @@ def parse_config(data: bytes, path: Path | str = "argentd.toml") -> Config:
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        config = msgspec.convert(_with_default_backoffs(raw), Config)
+        config = msgspec.convert(split_provider_tables(_with_default_backoffs(raw)), Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for name, targets in config.routes.items():

@@ -28,8 +28,10 @@ from argent_client.paths import (
 
 from . import log as logmod
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from .credentials import CredentialsStore
 from .engine import Engine
 from .model import ProfileSet
+from .oauth import Refresher
 from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
 from .reload import watch_files
 from .server import Server
@@ -120,7 +122,14 @@ class Daemon:
         self._log_load(self.loaded)
         self.loaded_at: float | None = time.time()
         now = time.time()
-        self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
+        self.oauth = Refresher(
+            lambda: self.engine,
+            CredentialsStore((opts.state or state_dir()) / "credentials.json"),
+            lambda: self.loaded.config.oauth,
+            lambda: self.server.after_change(),
+        )
+        self.engine = Engine(self.oauth.overlay(self.loaded.profiles), self.loaded.config,
+                             now=now)
         self.store = StateStore((opts.state or state_dir()) / "state.json")
         raw = self.store.load()
         if raw is not None:
@@ -156,11 +165,12 @@ class Daemon:
         return P.ConfigStatus(
             profiles_path=str(profiles_path(self.opts, self.loaded.config)),
             loaded_at=self.loaded_at,
-            error=self.loaded.error,
+            error="; ".join(e for e in (self.loaded.error, self.oauth.error) if e) or None,
             config_path=str(self.opts.config or default_config_path()),
         )
 
     def _changed(self) -> None:
+        self.oauth.notice_changes()
         self.saver.mark_dirty()
         self._status_dirty.set()
 
@@ -190,7 +200,7 @@ class Daemon:
             self.loaded = loaded
             self._log_load(loaded)
             now = time.time()
-            self.engine.load(loaded.profiles, loaded.config, now=now)
+            self.engine.load(self.oauth.overlay(loaded.profiles), loaded.config, now=now)
             if loaded.error:
                 self.engine.emit("reload_error", now, message=loaded.error)
             else:
@@ -224,6 +234,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
                 await nursery.start(self.saver.run)
+                await nursery.start(self.oauth.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:
                     nursery.start_soon(self._keep_status_current)

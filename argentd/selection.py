@@ -294,8 +294,11 @@ class Selector:
         if slot.disabled:
             return "disabled"
         ks = self.keys[p.secret.key]
-        if ks.invalid or (p.expires is not None and p.expires <= now):
+        if ks.invalid:
             return "invalid"
+        if p.expires is not None and p.expires <= now:
+            # An OAuth access token ends and may be refreshed: say which it is.
+            return "expired" if p.type == "oauth" else "invalid"
         if ks.cooling(now) is not None:
             return "cooldown"
         return "ready"

@@ -45,6 +45,9 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 model_cooldowns={m: t for m, t in ks.model_cooldowns.items() if t > now},
                 budget=ks.known_budget.view(now),
                 removed=slot.removed,
+                expires_at=p.expires,
+                refreshed_at=p.oauth.refreshed_at if p.oauth else None,
+                refresh_error=p.oauth.error if p.oauth else None,
             )
         )
     profiles.sort(key=lambda s: (s.provider, s.id))
@@ -110,7 +113,7 @@ def metrics(
     out.append(f"argentd_cooldowns_started_total {c.get('cooldowns_started', 0)}")
     family("argentd_profiles", "gauge", "Profiles by state.")
     states = Counter(engine.state_of(p.id, now) for p in engine.profiles())
-    for state in ("ready", "cooldown", "disabled", "invalid"):
+    for state in ("ready", "cooldown", "disabled", "invalid", "expired"):
         out.append(f"argentd_profiles{_label(state=state)} {states.get(state, 0)}")
     family("argentd_profile_cooldown_seconds", "gauge", "Seconds left of a profile's cooldown.")
     for p in engine.profiles():
@@ -131,6 +134,16 @@ def metrics(
            "Seconds until a profile's rate budget fits the next request (0: it does).")
     for pid, left in refills:
         out.append(f"argentd_profile_budget_refill_seconds{_label(profile=pid)} {left:.3f}")
+    family("argentd_oauth_refreshes_total", "counter", "OAuth refreshes, by result.")
+    for result in ("ok", "error", "invalid", "adopted"):
+        n = c.get(f"oauth_refreshes:{result}", 0)
+        out.append(f"argentd_oauth_refreshes_total{_label(result=result)} {n}")
+    family("argentd_profile_expires_seconds", "gauge",
+           "Seconds left of a profile's secret (those with an expiry: OAuth access tokens).")
+    for p in engine.profiles():
+        if p.expires is not None:
+            out.append(f"argentd_profile_expires_seconds{_label(profile=p.id)} "
+                       f"{p.expires - now:.3f}")
     family("argentd_request_duration_seconds", "histogram", "Time to answer a request.")
     for bound, count in latency_buckets:
         out.append(f'argentd_request_duration_seconds_bucket{{le="{bound:g}"}} {count}')

@@ -33,7 +33,7 @@ PROVIDER_FAULTS: Final = frozenset({"overloaded", "timeout", "server_error"})
 """Kinds that blame the provider: failover moves to the next route target."""
 
 ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
-ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid"]
+ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid", "expired"]
 Source: TypeAlias = Literal["profile", "env"]
 EventType: TypeAlias = Literal[
     "lease",
@@ -44,6 +44,8 @@ EventType: TypeAlias = Literal[
     "cooldown_end",
     "reload",
     "reload_error",
+    "refresh",
+    "refresh_error",
 ]
 
 RequestId: TypeAlias = int | str | None
@@ -243,6 +245,12 @@ class ProfileStatus(msgspec.Struct):
     model_cooldowns: dict[str, float] = {}
     budget: Budget | None = None
     removed: bool = False
+    expires_at: float | None = None
+    """When the secret ends (an OAuth access token, a token with `expires`)."""
+    refreshed_at: float | None = None
+    """OAuth: when argentd last got a new access token for this login."""
+    refresh_error: str | None = None
+    """OAuth: why the last refresh failed (None once one works)."""
 
 
 class LeaseStatus(msgspec.Struct):
