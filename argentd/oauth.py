@@ -165,11 +165,29 @@ class Refresher:
             self._load_store()
         out: list[Profile] = []
         chains: dict[str, Chain] = {}
+        owners: dict[str, str] = {}
+        config = self._config()
         for p in profiles.profiles:
             login = p.oauth
-            if login is None or login.origin is None or login.refresh is None:
+            problem = None
+            if login is not None and login.refresh is None:
+                problem = ("no refresh token: this login ends with its access token; import "
+                           "it again from the tool (`argentctl profiles import …`)")
+            elif login is not None and config.provider(p.provider) is None:
+                problem = (f"no token endpoint for provider {p.provider!r}: add "
+                           f"[oauth.{p.provider}] token_url and client_id to argentd.toml")
+            elif login is not None and login.origin in owners:
+                # Refreshing one token twice revokes the login: one profile owns it.
+                problem = (f"holds the same refresh token as {owners[login.origin]}, "
+                           "which alone refreshes it")
+            if login is None or problem is not None:
+                if login is not None:
+                    p = dataclasses.replace(p, oauth=dataclasses.replace(
+                        login, refresh=None, error=problem))
                 out.append(p)
                 continue
+            assert login.origin is not None and login.refresh is not None
+            owners[login.origin] = p.id
             logmod.register_secrets([login.refresh.reveal()])
             stored = self.logins.get(p.id)
             known = set()
@@ -238,11 +256,11 @@ class Refresher:
             return None
         if refresh_hash(login.refresh.reveal()) in self._busy:
             return None
+        if not chain.synced and login.source is not None:
+            return 0.0  # compare with the tool's file (even a revoked chain: it may revive)
         stored = self.logins.get(pid)
         if stored is not None and stored.revoked == refresh_hash(login.refresh.reveal()):
             return None
-        if not chain.synced and login.source is not None:
-            return 0.0
         due = 0.0 if chain.auth_pending else due_at(p.expires, login.refreshed_at,
                                                     config.refresh_before)
         return max(due, chain.next_try)
@@ -319,6 +337,9 @@ class Refresher:
         chain.synced = True
         login = p.oauth
         assert login is not None and login.refresh is not None
+        stored = self.logins.get(pid)
+        if stored is not None and stored.revoked == refresh_hash(login.refresh.reveal()):
+            return  # a revoked chain: only a newer pair from the tool revives it
         now = self.clock()
         due = 0.0 if chain.auth_pending else due_at(p.expires, login.refreshed_at,
                                                     config.refresh_before)

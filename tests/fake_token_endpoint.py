@@ -52,6 +52,9 @@ class FakeTokenEndpoint:
         self.slow = 0.5
         self.gate = threading.Event()
         self.gate.set()
+        self.answer_gate = threading.Event()
+        """Cleared: a refresh is carried out (the token spent) but its answer held."""
+        self.answer_gate.set()
         self.calls: list[Call] = []
         self.reuses = 0
         self._lock = threading.Lock()
@@ -78,6 +81,7 @@ class FakeTokenEndpoint:
     def close(self) -> None:
         self._closing.set()
         self.gate.set()
+        self.answer_gate.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -175,6 +179,9 @@ class FakeTokenEndpoint:
                     self._refresh[new] = (chain, False)
                     answer["refresh_token"] = new
                 status = 200
+            call.answer = status
+            self._cond.notify_all()
+        self.answer_gate.wait()
         self._send(h, call, status, json.dumps(answer).encode())
 
     def _send(self, h: BaseHTTPRequestHandler, call: Call, status: int, data: bytes) -> None:

@@ -300,3 +300,31 @@ def test_oauth_config_defaults_and_tables() -> None:
         with pytest.raises(ConfigError):
             parse_config(bad)
     assert msgspec.structs.asdict(parse_config(b"").oauth)["providers"] == {}
+
+
+# ------------------------------------------------------------ doctor
+
+
+def test_doctor_warns_when_an_oauth_login_ends_within_a_day_unrefreshable() -> None:
+    from argent_client.doctor import _oauth_check
+    from argent_client.protocol import ConfigStatus, ProfileStatus, StatusResult
+
+    def prof(pid: str, expires_at: float, error: str | None = None,
+             state: str = "ready") -> ProfileStatus:
+        return ProfileStatus(id=pid, provider="anthropic", type="oauth", label="",
+                             state=state, cooldown_until=None, error_count=0,  # type: ignore[arg-type]
+                             active_leases=0, fingerprint="…", source="profile",
+                             expires_at=expires_at, refresh_error=error)
+
+    def status(*profiles: ProfileStatus) -> StatusResult:
+        return StatusResult(list(profiles), [], ConfigStatus("p", None), {})
+
+    assert _oauth_check(status(), T0) is None
+    healthy = status(prof("anthropic:a", T0 + 600), prof("anthropic:b", T0 + 3 * 86400, "x"))
+    check = _oauth_check(healthy, T0)
+    assert check is not None and check.status == "ok"
+    dying = _oauth_check(status(prof("anthropic:a", T0 + 600, "HTTP 500; retrying")), T0)
+    assert dying is not None and dying.status == "warn" and "anthropic:a" in dying.detail
+    assert "HTTP 500" in dying.detail and dying.fix and "profiles import" in dying.fix
+    expired = _oauth_check(status(prof("anthropic:a", T0 - 1, state="expired")), T0)
+    assert expired is not None and expired.status == "warn"

@@ -286,3 +286,24 @@ def test_oauth_faults_invalid_grant_hang_500_malformed(
     d.start()
     wait_for(lambda: len(endpoint.calls) >= calls + 3, what="retries after restart")
     assert not [c for c in endpoint.calls[calls:] if c.answer == 400]
+
+
+def test_oauth_kill9_between_answer_and_write_at_worst_reuses_the_old_pair(
+    daemon_factory: Any, endpoint: FakeTokenEndpoint
+) -> None:
+    access, refresh = endpoint.login()
+    d: Daemon = daemon_factory()
+    configure(d, endpoint)
+    d.write_profiles({PID: oauth_profile(access, refresh, time.time() - 1)})
+    endpoint.answer_gate.clear()  # the endpoint spends the token, the answer is held
+    d.start()
+    wait_for(lambda: endpoint.calls and endpoint.calls[0].answer == 200, what="spent")
+    d.stop(signal.SIGKILL)
+    endpoint.answer_gate.set()
+    creds = d.state_dir / "credentials.json"
+    assert not creds.exists() or json.loads(creds.read_text())  # never half a file
+    d.start()
+    # The old pair is presented again; the endpoint refuses the reuse: invalid, with the fix.
+    st = wait_for(lambda: (s := profile_status(d))["refresh_error"] and s, what="error")
+    assert st["state"] == "invalid" and "argentctl profiles import" in st["refresh_error"]
+    assert endpoint.reuses == 1 and len(endpoint.calls) == 2
