@@ -91,7 +91,8 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
         profiles = last.profiles if last else ProfileSet(env_profiles(os.environ))
     else:
         errors.extend(profiles.errors)
-    return Loaded(config, profiles, "; ".join(errors) or None)
+    # One line per problem: argentctl status and doctor print each on its own.
+    return Loaded(config, profiles, "\n".join(errors) or None)
 
 
 def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:
