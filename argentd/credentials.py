@@ -176,20 +176,35 @@ class CredentialsStore:
         data = _ENCODER.encode(_File(logins=logins)) + b"\n"
         _write_atomic(self.path, data, 0o600)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock while reading, refreshing and writing (blocking).
+    def acquire(self) -> int:
+        """Take the exclusive lock (blocking); returns the descriptor to `release`.
 
-        Two daemons of one user that hold the same login take turns; the
-        second re-reads the file and finds the pair the first stored.
+        Held from reading the file through the token endpoint's answer to
+        writing it: two daemons of one user that hold the same login take
+        turns, and the second re-reads the file and finds the pair the first
+        stored instead of spending the same refresh token again.
         """
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """`acquire` ... `release` as a context manager (blocking)."""
+        fd = self.acquire()
+        try:
             yield
         finally:
-            os.close(fd)
+            self.release(fd)
 
 
 def _no_values(exc: Exception) -> str:

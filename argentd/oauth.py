@@ -328,6 +328,15 @@ class Refresher:
     # ------------------------------------------------------------ one refresh
 
     async def _refresh(self, pid: str, config: OAuthConfig) -> None:
+        """One refresh of `pid`'s chain, under the credentials lock from the first
+        read to the last write (so another daemon finds the new pair, not the spent one)."""
+        fd = await trio.to_thread.run_sync(self.store.acquire, abandon_on_cancel=True)
+        try:
+            await self._refresh_locked(pid, config)
+        finally:
+            self.store.release(fd)
+
+    async def _refresh_locked(self, pid: str, config: OAuthConfig) -> None:
         chain = self.chains[pid]
         p = self._engine().profile(pid)
         login = p.oauth
@@ -364,7 +373,7 @@ class Refresher:
         assert login is not None and login.refresh is not None
         current = refresh_hash(login.refresh.reveal())
         try:
-            logins = await self._locked(self.store.load)
+            logins = await trio.to_thread.run_sync(self.store.load)
         except CredentialsError as exc:
             self.error = str(exc)
             log.error("%s", exc)
@@ -419,7 +428,10 @@ class Refresher:
         return p
 
     async def _store(self, pid: str, entry: StoredLogin) -> None:
-        """Persist `entry` (read-modify-write under the lock). Logs a failure; never raises."""
+        """Persist `entry` (read-modify-write; the caller holds the lock).
+
+        Logs a failure; never raises.
+        """
         def write() -> None:
             logins = self.store.load()
             logins[pid] = entry
@@ -427,7 +439,7 @@ class Refresher:
             self.logins = logins
 
         try:
-            await self._locked(write)
+            await trio.to_thread.run_sync(write)
         except (OSError, CredentialsError) as exc:
             self.logins = {**self.logins, pid: entry}
             self._dirty = True
