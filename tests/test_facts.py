@@ -39,10 +39,18 @@ def test_daemon_imports_only_protocol_facts_and_paths_of_the_client() -> None:
         for name in _imports(path):
             if name.startswith("argent_client"):
                 used.setdefault(name, set()).add(path.name)
-    allowed = {"argent_client.protocol", "argent_client.facts", "argent_client.paths"}
+    allowed = {"argent_client.protocol", "argent_client.facts", "argent_client.paths",
+               # The tools' login file formats (OAuth imports and the daemon's sync).
+               "argent_client.oauth_sources"}
     # `from argent_client import protocol as P` imports the package and a module of it.
     extra = set(used) - allowed - {"argent_client"}
     assert not extra, {name: used[name] for name in extra}
+
+
+def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:
+    names = _imports(ROOT / "client" / "argent_client" / "oauth_sources.py")
+    stdlib = {"__future__", "base64", "dataclasses", "datetime", "json", "pathlib", "typing"}
+    assert names <= stdlib, names
 
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from .commands import CliError, ExitCode, Out, _profiles_path
+from .commands import CliError, ExitCode, Out, _after_write, _target_path
 from .oauth_sources import (
     DEFAULT_PATHS,
     MAX_SOURCE_BYTES,
@@ -160,9 +160,11 @@ def import_login(fmt: str, source: Path | None, profiles: Path, *, name: str | N
 
 def cmd_profiles_import(args: argparse.Namespace, out: Out) -> int:
     """`argentctl profiles import FORMAT [PATH] [--name N] [--label L] [--replace]`."""
-    result = import_login(args.format, Path(args.path) if args.path else None,
-                          _profiles_path(args), name=args.name, label=args.label,
-                          replace=args.replace)
+    from .render import duration
+
+    path, served = _target_path(args)
+    result = import_login(args.format, Path(args.path) if args.path else None, path,
+                          name=args.name, label=args.label, replace=args.replace)
     if out.json:
         out.print_json(result)
         return ExitCode.OK
@@ -171,12 +173,13 @@ def cmd_profiles_import(args: argparse.Namespace, out: Out) -> int:
              f"{result.path}")
     if result.expires_at is not None:
         left = result.expires_at - time.time()
-        out.note(f"its access token {'expired' if left <= 0 else 'ends'} "
-                 f"{'' if left <= 0 else f'in {left / 3600:.1f} h'}".rstrip(), style="dim")
+        out.note("its access token has ended (argentd refreshes it at once)" if left <= 0
+                 else f"its access token ends in {duration(left)}", style="dim")
     if result.refreshable:
         out.note("argentd now refreshes this login and writes each new pair back to "
                  f"{result.source}, so the tool stays logged in", style="dim")
     else:
         out.note("this login has no refresh token: it works until its access token ends",
                  style="yellow")
+    _after_write(out, Path(result.path), served)
     return ExitCode.OK
