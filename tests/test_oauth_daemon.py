@@ -307,3 +307,32 @@ def test_oauth_kill9_between_answer_and_write_at_worst_reuses_the_old_pair(
     st = wait_for(lambda: (s := profile_status(d))["refresh_error"] and s, what="error")
     assert st["state"] == "invalid" and "argentctl profiles import" in st["refresh_error"]
     assert endpoint.reuses == 1 and len(endpoint.calls) == 2
+
+
+def test_oauth_refresh_events_reach_watchers_without_tokens(
+    daemon_factory: Any, endpoint: FakeTokenEndpoint
+) -> None:
+    access, refresh = endpoint.login()
+    bad_access, _ = endpoint.login()
+    d: Daemon = daemon_factory()
+    configure(d, endpoint)
+    d.write_profiles({PID: oauth_profile(access, refresh, time.time() + 3600),
+                      "anthropic:gone": oauth_profile(bad_access, make_secret("sk-ant-ort01-"),
+                                                      time.time() + 3600)})
+    d.start()
+    watch = d.connect()
+    assert watch.call("subscribe") == {"subscribed": True}
+    d.call("report_failure", {"profile": PID, "kind": "auth"})
+    d.call("report_failure", {"profile": "anthropic:gone", "kind": "auth"})
+    seen: dict[str, dict[str, Any]] = {}
+    while len(seen) < 2:
+        line = watch.read_line()
+        no_token_in(line.decode())
+        event = json.loads(line)["params"]
+        if event["type"] in ("refresh", "refresh_error"):
+            seen[event["profile"]] = event
+    assert seen[PID]["type"] == "refresh"
+    assert seen[PID]["until"] == pytest.approx(time.time() + 3600, abs=30)
+    assert seen["anthropic:gone"]["type"] == "refresh_error"
+    assert seen["anthropic:gone"]["kind"] == "revoked"
+    assert "argentctl profiles import" in seen["anthropic:gone"]["message"]
