@@ -52,6 +52,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 expires_at=p.expires,
                 refreshed_at=p.oauth.refreshed_at if p.oauth else None,
                 refresh_error=p.oauth.error if p.oauth else None,
+                windows={} if ks.budget is None else ks.budget.window_view(now),
             )
         )
     profiles.sort(key=lambda s: (s.provider, s.id))
@@ -138,6 +139,14 @@ def metrics(
            "Seconds until a profile's rate budget fits the next request (0: it does).")
     for pid, left in refills:
         out.append(f"argentd_profile_budget_refill_seconds{_label(profile=pid)} {left:.3f}")
+    family("argentd_profile_window_utilization", "gauge",
+           "Used fraction of a subscription window (5h, 7d, primary, secondary), as reported.")
+    for p in engine.profiles():
+        kept = engine.key_state(p.id).budget
+        for name, w in ({} if kept is None else kept.window_view(now)).items():
+            if w.utilization is not None:
+                out.append(f"argentd_profile_window_utilization"
+                           f"{_label(profile=p.id, window=name)} {w.utilization:.4f}")
     family("argentd_oauth_refreshes_total", "counter", "OAuth refreshes, by result.")
     for result in ("ok", "error", "invalid", "adopted"):
         n = c.get(f"oauth_refreshes:{result}", 0)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from .commands import CliError, ExitCode, Out, _after_write, _target_path
+from .commands import CliError, ExitCode, Out
 from .oauth_sources import (
     DEFAULT_PATHS,
     MAX_SOURCE_BYTES,
@@ -38,6 +38,7 @@ from .oauth_sources import (
     default_path,
     parse_source,
 )
+from .profile_commands import _after_write, _target_path
 from .profiles_file import (
     ProfileExists,
     name_problem,
