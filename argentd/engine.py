@@ -149,7 +149,8 @@ class Engine:
 
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        return profile_state(self.readiness_of(profile_id, now))
+        return profile_state(self.readiness_of(profile_id, now),
+                             oauth=self._slots[profile_id].profile.type == "oauth")
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -422,6 +423,40 @@ class Engine:
             return self._try_lease(params, conn, now, start=target + 1)
         except ArgentError:
             return None  # the route or provider vanished in a reload
+
+    # ------------------------------------------------------------ oauth
+
+    def replace_profile(self, profile: Profile, *, now: float) -> None:
+        """Swap in `profile` for the loaded profile of its id, whose books key it keeps.
+
+        An OAuth refresh: a new access token of the same login. Its books
+        (cooldowns, counts, budget), leases and place in the order stay; only
+        the verdict of `auth` failures, which were about the old token, ends.
+        Raises `UnknownProfile`, or `ValueError` when the key differs.
+        """
+        self._tick(now)
+        slot = self._slots.get(profile.id)
+        if slot is None or slot.removed:
+            raise UnknownProfile(f"no profile {profile.id!r}", profile=profile.id)
+        if slot.profile.secret.key != profile.secret.key:
+            raise ValueError("replace_profile keeps the books key; use load for a new secret")
+        old = slot.profile.secret
+        slot.profile = profile
+        ks = self._keys[profile.secret.key]
+        if old != profile.secret and (ks.invalid or "auth" in ks.streak):
+            ks.invalid = False
+            ks.streak.pop("auth", None)
+        self._touched(profile.secret.key)
+        self._serve_waiters(now)
+
+    def mark_invalid(self, profile_id: str, message: str, *, now: float) -> None:
+        """Make a profile `invalid` with `message` (its login was revoked): until its
+        secret changes or `reset`."""
+        self._tick(now)
+        ks = self.key_state(profile_id)
+        ks.invalid = True
+        ks.last_error = message
+        self._touched(self.profile(profile_id).secret.key)
 
     # ------------------------------------------------------------ admin
 
