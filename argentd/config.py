@@ -15,6 +15,7 @@ import msgspec.toml
 from argent_client.protocol import FAILURE_KINDS, FailureKind
 
 from .model import normalise_provider
+from .oauth_config import OAuthConfig, split_provider_tables
 from .policy import PolicyConfig
 
 HOUR: Final = 3600.0
@@ -177,6 +178,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     """Provider -> its upstream base URLs (added to the gateway's built-in table)."""
     policy: PolicyConfig = PolicyConfig()
     """`[policy]`: window caps, paid fallback, strategy, early-reset probes (policy.py)."""
+    oauth: OAuthConfig = OAuthConfig()
+    """`[oauth]` and `[oauth.PROVIDER]`: the refresher (oauth_config.py)."""
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
         """The (provider, model) targets of route `name`, or None if unknown."""
@@ -231,7 +234,7 @@ def parse_config(data: bytes, path: Path | str = "argentd.toml") -> Config:
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        config = msgspec.convert(_with_default_backoffs(raw), Config)
+        config = msgspec.convert(split_provider_tables(_with_default_backoffs(raw)), Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for name, targets in config.routes.items():

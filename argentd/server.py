@@ -34,7 +34,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -44,14 +43,12 @@ from argent_client import protocol as P
 
 from . import __version__
 from .clock import Clock
+from .connection import GONE, Conn
 from .engine import Engine
 from .views import metrics, status
 
 log = logging.getLogger("argentd")
 
-GONE: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-"""What a read or write raises when the peer has gone (or we closed it)."""
-RECV_SIZE: Final = 65536
 EVENT_QUEUE: Final = 1024
 """A subscriber that falls this many events behind is disconnected."""
 LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
@@ -73,72 +70,6 @@ LINE_TIMEOUT: Final = 30.0
 """Seconds a line may stay unfinished before its connection is closed."""
 FLUSH_AT: Final = 64 * 1024
 """Replies to one read are sent once they reach this many bytes, not all at the end."""
-
-
-@dataclass(eq=False)
-class Conn:
-    """One client connection over a non-blocking stdlib socket.
-
-    Reads and writes call the socket directly and only wait (through trio's
-    `wait_readable`/`wait_writable`) when it would block: one readiness wait,
-    one recv and one send per request, where trio's socket wrappers spend a
-    failing recv and extra checkpoints on each.
-    """
-
-    id: int
-    sock: socket.socket
-    lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
-    events: trio.MemorySendChannel[bytes] | None = None
-    closed: bool = False
-    partial: int = 0
-    """Bytes of an unfinished line held for it (counted against `MAX_BUFFERED`)."""
-    waiting: int = 0
-    """Its `lease` requests parked until a profile is ready (at most `MAX_WAITING`)."""
-    reloads: int = 0
-    """Its `reload` requests in flight (at most `MAX_RELOADS`)."""
-    warned_notify: bool = False
-
-    async def recv(self) -> bytes:
-        """The next bytes from the peer (b"" at EOF)."""
-        while True:
-            if self.closed:
-                raise trio.ClosedResourceError("connection closed")
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                return self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
-
-    async def send(self, data: bytes) -> None:
-        """Write all of `data`; raises OSError if the peer is gone."""
-        if self.closed:
-            raise trio.ClosedResourceError("connection closed")
-        if not self.lock.locked():
-            try:
-                n = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            if n == len(data):
-                return
-            data = data[n:]
-        # Taking the lock before any wait keeps concurrent writers in order.
-        async with self.lock:
-            view = memoryview(data)
-            while view:
-                if self.closed:
-                    raise trio.ClosedResourceError("connection closed")
-                await trio.lowlevel.wait_writable(self.sock)
-                try:
-                    n = self.sock.send(view)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                view = view[n:]
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
 
 
 class Server:
@@ -234,6 +165,10 @@ class Server:
                     f"{k}={v}" for k, v in fields.items() if v is not None and k != "type"
                 )
                 log.debug("event %s %s", event.type, detail)
+        for event in out.events:
+            if event.type == "paid_fallback":  # `[policy] paid_fallback = "notify"`
+                log.info("paid fallback: %s leased %s (%s)", event.client or "a client",
+                         event.profile, event.message)
         for wid, result in out.served:
             slot = self._waiting.pop(wid, None)
             if slot is not None:

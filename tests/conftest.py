@@ -229,7 +229,8 @@ class Daemon:
         texts = [("stderr", self.stderr())]
         if self.state_dir.exists():
             for f in self.state_dir.rglob("*"):
-                if f.is_file():
+                # credentials.json is the one file argentd writes secrets to (OAuth).
+                if f.is_file() and f.name != "credentials.json":
                     texts.append((str(f), f.read_text(errors="replace")))
         for name, text in texts:
             for value in SECRETS:

@@ -42,7 +42,9 @@ def test_daemon_imports_only_protocol_facts_and_paths_of_the_client() -> None:
     allowed = {"argent_client.protocol", "argent_client.facts", "argent_client.paths",
                # the gateway: its token file (shared with argentctl) and the one
                # classification of provider answers (stdlib + protocol only)
-               "argent_client.gateway", "argent_client.classify"}
+               "argent_client.gateway", "argent_client.classify",
+               # The tools' login file formats (OAuth imports and the daemon's sync).
+               "argent_client.oauth_sources"}
     # `from argent_client import protocol as P` imports the package and a module of it.
     extra = set(used) - allowed - {"argent_client"}
     assert not extra, {name: used[name] for name in extra}
@@ -60,8 +62,15 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
     # never the clients, anyio or argentctl.
     assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers",
                                       "argent_client.gateway"} == {
-        "argent_client", "argent_client.facts", "argent_client.paths", "argent_client.protocol"
+        "argent_client", "argent_client.facts", "argent_client.oauth_sources",
+        "argent_client.paths", "argent_client.protocol"
     }
+
+
+def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:
+    names = _imports(ROOT / "client" / "argent_client" / "oauth_sources.py")
+    stdlib = {"__future__", "base64", "dataclasses", "datetime", "json", "pathlib", "typing"}
+    assert names <= stdlib, names
 
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:

@@ -335,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
              "example:\n  argentctl profiles remove anthropic:old")
     q.add_argument("profile", metavar="PROFILE")
     q.set_defaults(func=cmd_profiles_remove)
+    q = padd("import", "import a tool's OAuth login (Claude Code, Codex, Gemini CLI): "
+             "argentd then refreshes it and keeps the tool's file in step",
+             "reads ~/.claude/.credentials.json (claude-code), ~/.codex/auth.json (codex)\n"
+             "or ~/.gemini/oauth_creds.json (gemini), or PATH; the id is PROVIDER:NAME\n"
+             "(anthropic, openai-codex, google; NAME defaults to the format). Importing\n"
+             "again from the same file (after logging in again) replaces the profile.\n\n"
+             "examples:\n  argentctl profiles import claude-code\n"
+             "  argentctl profiles import codex ~/work/.codex/auth.json --name work")
+    q.add_argument("format", choices=("claude-code", "codex", "gemini"), metavar="FORMAT",
+                   help="claude-code, codex or gemini")
+    q.add_argument("path", nargs="?", metavar="PATH", help="the tool's login file")
+    q.add_argument("--name", metavar="NAME", help="the id becomes PROVIDER:NAME")
+    q.add_argument("--label", metavar="TEXT", help="a human label")
+    q.add_argument("--replace", action="store_true", help="replace an existing id")
+    q.set_defaults(func=_profiles_import)
 
     p = add("service", "install, uninstall or inspect argentd as a user service "
             "(systemd user units or a LaunchAgent)",
@@ -347,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_parser(add)
     return parser
+
+
+def _profiles_import(args: argparse.Namespace, out: Out) -> int:
+    from .importers import cmd_profiles_import
+
+    return cmd_profiles_import(args, out)
 
 
 # ---------------------------------------------------------------- main

@@ -19,7 +19,8 @@ from .facts import did_you_mean, shown_id
 from .profiles_file import FileProfile
 from .protocol import Event, LeaseResult, ProfileStatus, StatusResult
 
-_STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red"}
+_STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red",
+                "expired": "red"}
 
 
 def duration(seconds: float) -> str:
