@@ -95,6 +95,25 @@ class LeaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_
             raise ValueError("affinity_idle must be > 0")
 
 
+class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """`[cluster]`: share the books with other hosts through Redis (off without `url`)."""
+
+    url: str | None = None
+    """`redis://…`, `rediss://…` or `unix:///…`; None (the default) turns the cluster off."""
+    name: str = "argentd"
+    """Key prefix, so several teams can share one server."""
+    host: str | None = None
+    """This host's name in the cluster (default: the hostname)."""
+    password_ref: str | None = None
+    """`env:NAME`, `file:PATH` or `cmd:COMMAND` holding the Redis password."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        if not self.name or any(c in self.name for c in " {}:\n"):
+            raise ValueError("name must be non-empty, without spaces, braces or colons")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     profiles: str | None = None
     """Path of the profiles file (overridden by --profiles / ARGENT_PROFILES)."""
@@ -104,6 +123,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     lease: LeaseConfig = LeaseConfig()
     routes: dict[str, list[str]] = {}
     """Route name -> ordered `provider/model` targets."""
+    cluster: ClusterConfig = ClusterConfig()
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
         """The (provider, model) targets of route `name`, or None if unknown."""

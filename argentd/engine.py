@@ -92,6 +92,9 @@ class Engine:
         self.counters: dict[str, int] = {}
         self.events_wanted = True
         """The adapter clears this while nobody listens: events then cost nothing."""
+        self.on_book_change: Callable[[str], None] | None = None
+        """Told the secret key whose shared books (cooldowns, streaks, flags, budget)
+        a call may have changed; the cluster sets it to publish them."""
         self.load(profiles or ProfileSet(), config, now=now)
 
     # ------------------------------------------------------------ queries
@@ -350,6 +353,7 @@ class Engine:
         if ks is not None:
             if ks.error_count or ks.streak or ks.probing:
                 self._outbox.changed = True  # the success resets persisted counts
+                self._book(lease.key)
             ks.succeeded()
             tokens = None
             if usage is not None:
@@ -451,6 +455,7 @@ class Engine:
         ks.failures += 1
         ks.last_error = kind if params.status is None else f"{kind} ({params.status})"
         self._outbox.changed = True
+        self._book(key)
         verdict = cooldown.on_failure(ks, kind, params.retry_after, model, self.config, now)
         if verdict.invalid:
             ks.invalid = True
@@ -477,6 +482,7 @@ class Engine:
         # The reporting lease (if any) is still out: the others are the in-flight ones.
         others = ks.active - 1 if grant is not None else ks.active
         ks.own_budget().observe(limits, grant, others, now)
+        self._book(key)
         self._sel.note_budget(key)
         until = cooldown.on_limits(ks, limits, self.config, now)
         if until is not None:
@@ -510,6 +516,7 @@ class Engine:
         p = self.profile(profile_id)
         cooldown.clear(self._keys[p.secret.key])
         self._outbox.changed = True
+        self._book(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -517,8 +524,10 @@ class Engine:
         """Disable or enable a profile until the next change of its secret."""
         self._tick(now)
         self.profile(profile_id)
-        self._slots[profile_id].user_disabled = disabled
+        slot = self._slots[profile_id]
+        slot.user_disabled = disabled
         self._outbox.changed = True
+        self._book(slot.profile.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -585,6 +594,10 @@ class Engine:
         if not self.events_wanted:
             return
         self._outbox.events.append(Event(type=type_, at=now, **fields))  # type: ignore[arg-type]
+
+    def _book(self, key: str) -> None:
+        if self.on_book_change is not None:
+            self.on_book_change(key)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

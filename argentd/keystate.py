@@ -8,7 +8,7 @@ hold one secret share one cooldown, and a changed secret starts clean.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .budget import Budget
 from .snapshot import KeySnapshot
@@ -18,6 +18,14 @@ _NO_BUDGET: Final = Budget()
 
 PROBE_AFTER: Final = 3
 """Failures in a row after which a profile leaving its cooldown is probed first."""
+
+
+class Gate(Protocol):
+    """A limit on a secret's leases kept outside the engine (the cluster's slots)."""
+
+    def admits(self, active: int, now: float) -> bool:
+        """Whether one more lease may go out while `active` are out on this secret."""
+        ...
 
 
 @dataclass(slots=True)
@@ -46,6 +54,8 @@ class KeyState:
     probing: bool = False
     """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
     until a success."""
+    gate: Gate | None = None
+    """Set by the cluster for a secret with `max_concurrent`: the slots this host holds."""
 
     def cooling(self, now: float, model: str | None = None) -> float | None:
         """The end of the cooldown that blocks `model` at `now`, or None."""

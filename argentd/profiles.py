@@ -170,6 +170,16 @@ def profiles_file_exists(path: Path) -> bool:
     return path.expanduser().exists()
 
 
+def resolve_ref(ref: str, environ: Mapping[str, str], folder: Path,
+                cmd_timeout: float = 10.0) -> str:
+    """The secret an `env:NAME`, `file:PATH` or `cmd:COMMAND` reference points to
+    (a relative path from `folder`). Raises ValueError, whose text holds no secret."""
+    try:
+        return _Loader(folder / "-", environ, cmd_timeout, []).resolve(ref)
+    except _Fault as exc:
+        raise ValueError(exc.text.replace("token_ref", "reference")) from None
+
+
 def load_profiles(
     path: Path,
     environ: Mapping[str, str] | None = None,

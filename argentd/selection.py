@@ -213,7 +213,7 @@ class Selector:
                 ks.refill_noted = refill
                 self._note_refill(refill, p.secret.key)
             return False
-        return True
+        return ks.gate is None or ks.gate.admits(ks.active, now)
 
     def pick(
         self,
@@ -342,7 +342,9 @@ class Selector:
                     pass
                 elif until is not None:
                     state, when = "cooldown", until
-                elif p.max_concurrent is not None and slot.active >= p.max_concurrent:
+                elif (p.max_concurrent is not None and slot.active >= p.max_concurrent) or (
+                    ks.gate is not None and not ks.gate.admits(ks.active, now)
+                ):
                     state = "busy"
                     when = min(
                         (le.expires_at for le in leases if le.profile_id == pid),

@@ -261,11 +261,29 @@ class ConfigStatus(msgspec.Struct):
     config_path: str | None = None
 
 
+class ClusterStatus(msgspec.Struct):
+    """`status.cluster`: the daemon's link to the other hosts (never a password)."""
+
+    name: str
+    host: str
+    connected: bool
+    hosts: list[str]
+    """Hosts with a recent heartbeat, this one included (empty while disconnected)."""
+    error: str | None = None
+    url: str | None = None
+    latency: float | None = None
+    """Seconds of the last heartbeat's round trip."""
+    skew: float | None = None
+    """Redis' TIME minus this host's clock, in seconds."""
+
+
 class StatusResult(msgspec.Struct):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
+    cluster: ClusterStatus | None = None
+    """None without `[cluster]`."""
 
 
 class ProfileStateResult(msgspec.Struct):
