@@ -80,8 +80,12 @@ class Cluster:
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         password: str | None = None,
+        broken: str | None = None,
     ) -> None:
+        """`broken` names a fault of the config (a password that cannot be read):
+        then `run` never connects and status says why."""
         assert config.url is not None
+        self._broken = broken
         self.name = config.name
         self.host = config.host or socket.gethostname()
         self.url = display_url(config.url)
@@ -188,6 +192,9 @@ class Cluster:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a session with Redis until cancelled (the daemon serves meanwhile)."""
         task_status.started()
+        if self._broken is not None:
+            self.error = self._broken
+            return
         await self.link.run(self._run_session, self._down)
 
     def _down(self, error: str) -> None:

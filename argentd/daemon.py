@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -43,6 +44,9 @@ from .service import (
 )
 from .snapshot import decode_snapshot
 from .state import Saver, StateStore
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger("argentd")
 
@@ -140,6 +144,34 @@ class Daemon:
         )
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
+        self.cluster = self._make_cluster()
+
+    def _make_cluster(self) -> Cluster | None:
+        """The `[cluster]` task, or None without one (coredis is then never imported)."""
+        cfg = self.loaded.config.cluster
+        if cfg.url is None:
+            return None
+        from .cluster import Cluster
+        from .profiles import resolve_ref
+
+        password, error = None, None
+        if cfg.password_ref is not None:
+            folder = (self.opts.config or default_config_path()).parent
+            try:
+                password = resolve_ref(cfg.password_ref, os.environ, folder)
+            except ValueError as exc:
+                error = f"[cluster] password_ref: {exc}"
+                log.error("cluster: %s; not connecting", error)
+
+        def saved() -> None:
+            self.saver.mark_dirty()
+            self._status_dirty.set()
+
+        cluster = Cluster(cfg, self.engine, after_change=self.server.after_change,
+                          on_change=saved, password=password, broken=error)
+        self.server.status_extras.append(cluster.add_status)
+        self.server.metrics_extras.append(cluster.metrics)
+        return cluster
 
     def _log_load(self, loaded: Loaded) -> None:
         logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
@@ -191,6 +223,8 @@ class Daemon:
             self._log_load(loaded)
             now = time.time()
             self.engine.load(loaded.profiles, loaded.config, now=now)
+            if self.cluster is not None:
+                self.cluster.changed()
             if loaded.error:
                 self.engine.emit("reload_error", now, message=loaded.error)
             else:
@@ -224,6 +258,8 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
                 await nursery.start(self.saver.run)
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:
                     nursery.start_soon(self._keep_status_current)

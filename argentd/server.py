@@ -140,6 +140,10 @@ class Server:
         self._lat_counts = [0] * len(LATENCY_BUCKETS)
         self._lat_sum = 0.0
         self._lat_n = 0
+        self.status_extras: list[Callable[[P.StatusResult], None]] = []
+        """Adapters (the cluster) that add their part to each `status` result."""
+        self.metrics_extras: list[Callable[[], str]] = []
+        """Adapters that add their lines to `metrics`."""
         self._want_events()
         self._handlers: dict[str, Callable[[Conn, Any], msgspec.Struct]] = {
             "hello": self._hello,
@@ -405,7 +409,10 @@ class Server:
         return self.engine.report(params, conn=conn.id, now=self.clock())
 
     def _status(self, conn: Conn, params: Any) -> msgspec.Struct:
-        return status(self.engine, self._config_status(), now=self.clock())
+        result = status(self.engine, self._config_status(), now=self.clock())
+        for add in self.status_extras:
+            add(result)
+        return result
 
     def _reset(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
         return P.ProfileStateResult(self.engine.reset(params.profile, now=self.clock()))
@@ -426,7 +433,7 @@ class Server:
             cumulative.append((bound, total))
         text = metrics(self.engine, now=self.clock(), latency_buckets=cumulative,
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
-        return P.MetricsResult(text)
+        return P.MetricsResult(text + "".join(extra() for extra in self.metrics_extras))
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
         result = await self._reload("reload method")
