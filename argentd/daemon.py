@@ -93,7 +93,8 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
         profiles = last.profiles if last else ProfileSet(env_profiles(os.environ))
     else:
         errors.extend(profiles.errors)
-    return Loaded(config, profiles, "; ".join(errors) or None)
+    # One line per problem: argentctl status and doctor print each on its own.
+    return Loaded(config, profiles, "\n".join(errors) or None)
 
 
 def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:
@@ -152,15 +153,16 @@ class Daemon:
         if cfg.url is None:
             return None
         from .cluster import Cluster
-        from .profiles import resolve_ref
+        from .refs import ProfileFault, Resolver
 
         password, error = None, None
         if cfg.password_ref is not None:
             folder = (self.opts.config or default_config_path()).parent
             try:
-                password = resolve_ref(cfg.password_ref, os.environ, folder)
-            except ValueError as exc:
-                error = f"[cluster] password_ref: {exc}"
+                password = Resolver(folder, os.environ, 10.0).resolve(cfg.password_ref,
+                                                                      ".cluster.password_ref")
+            except ProfileFault as exc:
+                error = f"[cluster] password_ref: {exc.text.replace('token_ref', 'password_ref')}"
                 log.error("cluster: %s; not connecting", error)
 
         def saved() -> None:

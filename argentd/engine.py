@@ -343,18 +343,23 @@ class Engine:
         now: float,
         usage: Usage | None = None,
         limits: Limits | None = None,
+        success: bool = True,
     ) -> None:
-        """End a lease with success: the profile's error counts reset."""
+        """End a lease; with `success` (the default) the profile's error counts reset.
+
+        `success=False` ends it without that claim (the outcome is unknown).
+        """
         self._tick(now)
         lease = self._lease(lease_id)
         # Before _end_lease: ending the last lease of a removed profile drops its key state.
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
         if ks is not None:
-            if ks.error_count or ks.streak or ks.probing:
+            if success and (ks.error_count or ks.streak or ks.probing):
                 self._outbox.changed = True  # the success resets persisted counts
                 self._book(lease.key)
-            ks.succeeded()
+            if success:
+                ks.succeeded()
             tokens = None
             if usage is not None:
                 ks.input_tokens += usage.input_tokens or 0

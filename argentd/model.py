@@ -12,17 +12,17 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Final
 
-from argent_client.protocol import ProfileType, Source
-from argent_client.providers import (
+from argent_client.facts import (
     PROVIDER_ALIASES,
     PROVIDERS,
     TYPE_ALIASES,
     fingerprint,
     normalise_provider,
 )
-from argent_client.providers import (
+from argent_client.facts import (
     auth_headers as provider_headers,
 )
+from argent_client.protocol import ProfileType, Source
 
 __all__ = [
     "PROVIDERS",

@@ -19,58 +19,55 @@ and normalised provider names.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import re
 import shlex
-import signal
 import stat
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
-from argent_client.protocol import ProfileType
+from argent_client.facts import (
+    MAX_FILE_BYTES,
+    MAX_SECRET_BYTES,
+    RESERVED_NAMES,
+    SECRET_FIELD,
+    TOKEN_RE,
+    TYPE_ALIASES,
+    did_you_mean,
+    fallback_sources,
+    id_is_shown,
+    json_syntax_error,
+    normalise_provider,
+    shown_id,
+    suggest_provider,
+    utf8_error,
+    valid_provider,
+)
 
-from .model import TYPE_ALIASES, Profile, ProfileSet, Secret, normalise_provider
+from .model import Profile, ProfileSet, Secret
+from .refs import ProfileFault as _Fault
+from .refs import Resolver, checked_token
 
 ENV_PRIORITY: Final = 1 << 30
 """Priority of environment fallback profiles; file priorities must stay below it."""
 
-RESERVED_NAMES: Final = frozenset({"env", "env-key"})
-"""Profile names kept for the environment fallback (`anthropic:env`, `anthropic:env-key`)."""
-
-ENV_SOURCES: Final[tuple[tuple[str, ProfileType, tuple[str, ...]], ...]] = (
-    ("anthropic", "setup-token", ("ANTHROPIC_OAUTH_TOKEN",)),
-    ("anthropic", "api-key", ("ANTHROPIC_API_KEY",)),
-    ("openai", "api-key", ("OPENAI_API_KEY",)),
-    ("openrouter", "api-key", ("OPENROUTER_API_KEY",)),
-    ("minimax", "api-key", ("MINIMAX_API_KEY",)),
-    ("zai", "api-key", ("ZAI_API_KEY", "Z_AI_API_KEY")),
-    ("google", "api-key", ("GEMINI_API_KEY",)),
-)
-"""Environment fallback, in order: provider, type, variables (the first set one wins)."""
-
-MAX_FILE_BYTES: Final = 8 * 1024 * 1024
-MAX_SECRET_BYTES: Final = 64 * 1024
 _MS_THRESHOLD: Final = 1e11
 """A numeric `expires` above this is milliseconds (1e11 s is the year 5138)."""
 
-_PROVIDER_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SHOWN_KEY: Final = re.compile(r"[^\x00-\x1f]{1,24}|[^:\x00-\x1f]{1,32}:[^\x00-\x1f]{1,64}")
-"""Keys shown in messages: short names, or `provider:name` ids. Secrets are longer."""
-_TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
-"""Printable ASCII without spaces: anything else would corrupt an HTTP header."""
-_STORE_SECRET_FIELD: Final[dict[ProfileType, str]] = {
-    "api-key": "key",
-    "setup-token": "token",
-    "oauth": "access",
-}
+__all__ = [
+    "ENV_PRIORITY",
+    "MAX_FILE_BYTES",
+    "MAX_SECRET_BYTES",
+    "ProfilesError",
+    "env_profiles",
+    "load_profiles",
+    "profiles_file_exists",
+]
 
 
 class ProfilesError(Exception):
@@ -121,15 +118,6 @@ _STORE_PROFILE: Final = msgspec.json.Decoder(_StoreProfile)
 _ID_LIST: Final = msgspec.json.Decoder(list[str])
 
 
-class _Fault(Exception):
-    """A fault inside one profile: `text` and the path below the profile (`.token`)."""
-
-    def __init__(self, text: str, at: str = "") -> None:
-        super().__init__(text)
-        self.text = text
-        self.at = at
-
-
 def _key(name: str, index: int) -> tuple[str, str]:
     """How map key `name`, the `index`-th (from 0), shows in a message: (name, path step).
 
@@ -137,10 +125,11 @@ def _key(name: str, index: int) -> tuple[str, str]:
     (`"anthropic:a"`, `["anthropic:a"]`); anything else might be a secret
     pasted in the wrong place and shows as its position (`#3`, `[#3]`).
     """
-    if _SHOWN_KEY.fullmatch(name):
+    shown = shown_id(name, index)
+    if shown == name:
         quoted = json.dumps(name)
         return quoted, f"[{quoted}]"
-    return f"#{index + 1}", f"[#{index + 1}]"
+    return shown, f"[{shown}]"
 
 
 def _rewrite(exc: msgspec.ValidationError, root: str) -> str:
@@ -168,16 +157,6 @@ def _rewrite(exc: msgspec.ValidationError, root: str) -> str:
 def profiles_file_exists(path: Path) -> bool:
     """Whether the profiles file exists: `load_profiles` treats a missing one as empty."""
     return path.expanduser().exists()
-
-
-def resolve_ref(ref: str, environ: Mapping[str, str], folder: Path,
-                cmd_timeout: float = 10.0) -> str:
-    """The secret an `env:NAME`, `file:PATH` or `cmd:COMMAND` reference points to
-    (a relative path from `folder`). Raises ValueError, whose text holds no secret."""
-    try:
-        return _Loader(folder / "-", environ, cmd_timeout, []).resolve(ref)
-    except _Fault as exc:
-        raise ValueError(exc.text.replace("token_ref", "reference")) from None
 
 
 def load_profiles(
@@ -228,12 +207,12 @@ def env_profiles(
     env: Mapping[str, str] = os.environ if environ is None else environ
     out: list[Profile] = []
     seen: dict[str, int] = {}
-    for provider, type_, names in ENV_SOURCES:
+    for provider, type_, names in fallback_sources():
         name = next((n for n in names if env.get(n, "").strip()), None)
         if name is None:
             continue
         value = env[name].strip()
-        if not _TOKEN_RE.fullmatch(value) or len(value) > MAX_SECRET_BYTES:
+        if not TOKEN_RE.fullmatch(value) or len(value) > MAX_SECRET_BYTES:
             if errors is not None:
                 errors.append(
                     f"environment: {name} holds whitespace or characters a token"
@@ -290,6 +269,28 @@ def _read(path: Path, check_mode: bool) -> bytes | None:
     return data
 
 
+def _syntax_error(path: Path, data: bytes, detail: str) -> ProfilesError:
+    """A `ProfilesError` for bytes msgspec could not parse: line and column, and the fault.
+
+    msgspec counts bytes; the message says where in lines and columns, with
+    the words `facts.json_syntax_error` uses (doctor says the same).
+    """
+    bad_text = utf8_error(data)
+    if bad_text:
+        return ProfilesError(f"{path}: {bad_text}")
+    described = json_syntax_error(data.decode())
+    if described is None:
+        # Something stdlib json accepts and msgspec does not (NaN, a huge number).
+        found = re.search(r"\(byte (\d+)\)", detail)
+        offset = int(found[1]) if found else 0
+        before = data[:offset]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        what = re.sub(r"\s*\(byte \d+\)", "", detail).lower()
+        described = f"line {line} column {column}: {what}"
+    return ProfilesError(f"{path}: not valid JSON: {described}")
+
+
 class _Loader:
     """Turns one file's bytes into profiles; keeps what every profile needs."""
 
@@ -297,23 +298,24 @@ class _Loader:
         self, path: Path, environ: Mapping[str, str], cmd_timeout: float, errors: list[str]
     ) -> None:
         self.path = path
-        self.folder = path.absolute().parent
-        self.environ = environ
-        self.cmd_timeout = cmd_timeout
+        self.refs = Resolver(path.absolute().parent, environ, cmd_timeout)
         self.errors = errors
 
     def load(self, data: bytes, out: list[Profile], file_ids: set[str]) -> dict[str, msgspec.Raw]:
         """Append the file's good profiles to `out` and every id to `file_ids`.
 
         Returns the versioned store's raw `order` (empty for the flat map).
-        Raises `ProfilesError` for bad JSON or the wrong shape.
+        Raises `ProfilesError` for bad JSON, text that is not UTF-8 or the wrong shape.
         """
         try:
+            # msgspec checks UTF-8 only in what it decodes; a raw profile value
+            # would fail later, one profile at a time. It is a fault of the file.
+            data.decode()
             top = _TOP.decode(data)
         except msgspec.ValidationError as exc:
             raise ProfilesError(f"{self.path}: {_rewrite(exc, '$')}") from None
-        except msgspec.DecodeError as exc:
-            raise ProfilesError(f"{self.path}: not valid JSON: {exc}") from None
+        except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+            raise _syntax_error(self.path, data, str(exc)) from None
         if "version" in top or "profiles" in top:
             try:
                 store = _STORE.decode(data)
@@ -341,6 +343,14 @@ class _Loader:
                 )
             except msgspec.ValidationError as exc:
                 self.errors.append(f"{self.path}: profile {shown}: {_rewrite(exc, where)}")
+            else:
+                typo = suggest_provider(out[-1].provider)
+                if typo:
+                    self.errors.append(
+                        f"{self.path}: profile {shown}: unknown provider"
+                        f' "{out[-1].provider}" (did you mean {typo}?); loaded anyway'
+                        f" - at {where}.provider"
+                    )
         return order
 
     def profile(self, pid: str, raw: msgspec.Raw, where: str, is_store: bool) -> Profile:
@@ -348,15 +358,19 @@ class _Loader:
         id_provider, sep, name = pid.partition(":")
         if not sep or not id_provider.strip() or not name.strip():
             raise _Fault('the id must be "provider:name"')
+        if not id_is_shown(pid):
+            # Longer ids may be a secret pasted as the id (the name is the label too).
+            raise _Fault('the id must be "provider:name", a name of at most 64 characters')
         if name in RESERVED_NAMES:
             raise _Fault(f'the name "{name}" is reserved for the environment fallback')
         p = (_STORE_PROFILE if is_store else _FLAT_PROFILE).decode(raw)
         if p.provider is None:
             raise _Fault("provider is required", ".provider")
         provider = normalise_provider(p.provider)
-        if not _PROVIDER_RE.fullmatch(provider):
+        if not valid_provider(provider):
             raise _Fault(
-                "provider must be 1-32 letters, digits, '-' or '_' (aliases: z.ai, z-ai, gemini)",
+                "provider must be 1-32 letters, digits, '-' or '_' (aliases: z.ai, z-ai, gemini)"
+                + did_you_mean(provider),
                 ".provider",
             )
         if normalise_provider(id_provider) != provider:
@@ -389,7 +403,7 @@ class _Loader:
             models = frozenset(m.strip() for m in p.models)
         expires = _expires(p.expires)
         # The secret comes last: a `cmd:` reference runs only for an otherwise good profile.
-        secret = self.secret(p, _STORE_SECRET_FIELD[type_] if is_store else "token")
+        secret = self.secret(p, SECRET_FIELD[type_] if is_store else "token")
         label = p.label.strip() if p.label and p.label.strip() else name
         return Profile(
             id=pid,
@@ -411,117 +425,10 @@ class _Loader:
         if literal is not None and p.token_ref is not None:
             raise _Fault(f"give {field} or token_ref, not both", ".token_ref")
         if p.token_ref is not None:
-            return self.resolve(p.token_ref)
+            return self.refs.resolve(p.token_ref)
         if literal is None:
             raise _Fault(f"{field} is required", f".{field}")
-        return _checked(literal.strip(), field, f".{field}")
-
-    def resolve(self, ref: str) -> str:
-        """The secret `ref` (`env:NAME`, `file:PATH`, `cmd:COMMAND`) points to.
-
-        Raises `_Fault` whose text holds neither the secret nor the command's
-        output (nor the command, which may itself embed a secret).
-        """
-        at = ".token_ref"
-        scheme, sep, arg = ref.partition(":")
-        arg = arg.strip()
-        if not sep or scheme not in ("env", "file", "cmd"):
-            raise _Fault('token_ref must start with "env:", "file:" or "cmd:"', at)
-        if scheme == "env":
-            if not _ENV_NAME_RE.fullmatch(arg):
-                raise _Fault("token_ref env: needs a variable name", at)
-            value = self.environ.get(arg, "").strip()
-            if not value:
-                raise _Fault(f"token_ref environment variable {arg} is not set or empty", at)
-            return _checked(value, f"token_ref environment variable {arg}", at)
-        if scheme == "file":
-            if not arg:
-                raise _Fault("token_ref file: needs a path", at)
-            return self.read_secret_file(Path(arg).expanduser(), at)
-        if not arg:
-            raise _Fault("token_ref cmd: needs a command", at)
-        return self.run(arg, at)
-
-    def read_secret_file(self, target: Path, at: str) -> str:
-        """The secret in file `target`, minus one trailing newline. Raises `_Fault`."""
-        target = target if target.is_absolute() else self.folder / target
-        what = f"token_ref file {target}"
-        try:
-            with target.open("rb") as f:
-                data = f.read(MAX_SECRET_BYTES + 1)
-        except FileNotFoundError:
-            raise _Fault(f"{what} does not exist", at) from None
-        except OSError as exc:
-            raise _Fault(f"{what} cannot be read: {exc.strerror}", at) from None
-        if len(data) > MAX_SECRET_BYTES:
-            raise _Fault(f"{what} is larger than {MAX_SECRET_BYTES} bytes", at)
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise _Fault(f"{what} is not UTF-8 text", at) from None
-        text = text.removesuffix("\n").removesuffix("\r")
-        if not text:
-            raise _Fault(f"{what} is empty", at)
-        return _checked(text, f"{what} (one trailing newline is removed)", at)
-
-    def run(self, command: str, at: str) -> str:
-        """The stripped stdout of `/bin/sh -c command`. Raises `_Fault`."""
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                # stderr could echo what the command printed; it is dropped.
-                stderr=subprocess.DEVNULL,
-                cwd=self.folder,
-                # Its own process group, so a timeout kills the shell's children
-                # too and nobody keeps the pipe open.
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise _Fault(f"token_ref command could not start: {exc.strerror}", at) from None
-        try:
-            out, _ = proc.communicate(timeout=self.cmd_timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise _Fault(f"token_ref command timed out after {self.cmd_timeout:g} s", at) from None
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if proc.returncode < 0:
-            raise _Fault(f"token_ref command was killed by signal {-proc.returncode}", at)
-        if proc.returncode != 0:
-            raise _Fault(f"token_ref command exited with status {proc.returncode}", at)
-        try:
-            text = out.decode().strip()
-        except UnicodeDecodeError:
-            raise _Fault("token_ref command printed text that is not UTF-8", at) from None
-        if not text:
-            raise _Fault("token_ref command printed nothing", at)
-        if not _TOKEN_RE.fullmatch(text) or len(text) > MAX_SECRET_BYTES:
-            raise _Fault(
-                "token_ref command output is not a single token (print only the"
-                " secret, e.g. end the command with `| head -n 1`)",
-                at,
-            )
-        return text
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _checked(value: str, what: str, at: str) -> str:
-    """`value` if it can be a token. Raises `_Fault` (without the value) if not."""
-    if not value:
-        raise _Fault(f"{what} is empty", at)
-    if len(value) > MAX_SECRET_BYTES:
-        raise _Fault(f"{what} is longer than {MAX_SECRET_BYTES} characters", at)
-    if not _TOKEN_RE.fullmatch(value):
-        raise _Fault(f"{what} holds whitespace or characters a token cannot have", at)
-    return value
+        return checked_token(literal.strip(), field, f".{field}")
 
 
 def _expires(value: float | str | None) -> float | None:
@@ -576,7 +483,7 @@ def _order(
             profile = by_id.get(pid)
             if profile is None:
                 if pid not in file_ids:
-                    what = f"profile {json.dumps(pid)}" if _SHOWN_KEY.fullmatch(pid) else "entry"
+                    what = f"profile {json.dumps(pid)}" if id_is_shown(pid) else "entry"
                     result.errors.append(f"{head}: unknown {what}, ignored - at {where}[{i}]")
             elif profile.provider != provider:
                 result.errors.append(

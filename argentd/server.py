@@ -402,7 +402,7 @@ class Server:
 
     def _release(self, conn: Conn, params: P.ReleaseParams) -> msgspec.Struct:
         self.engine.release(params.lease_id, now=self.clock(), usage=params.usage,
-                            limits=params.limits)
+                            limits=params.limits, success=params.success)
         return P.ReleaseResult()
 
     def _report(self, conn: Conn, params: P.ReportParams) -> msgspec.Struct:

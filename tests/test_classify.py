@@ -187,6 +187,27 @@ ROWS: list[tuple[str, object, tuple[str, float | None, int | None] | None]] = [
      httpx_error(400, json=anthropic_body("invalid_request_error",
                                           "max_tokens too large for your billing tier")),
      None),
+    ("openai-429-enforced-spend-limit-in-details",
+     APIStatusError(429, {**openai_body("requests", "rate_limit_exceeded", "Spend limit reached"),
+                          "details": {"error_code": "enforced_spend_limit_reached"}}),
+     ("quota", None, 429)),
+    ("httpx-429-contract-spend-limit-in-details",
+     httpx_error(429, json={"error": {"type": "rate_limit_error", "message": "limit",
+                                      "details": {"error_code": "contract_spend_limit_reached"}}},
+                 headers={"retry-after": "30"}),
+     ("quota", 30.0, 429)),
+    ("429-details-as-a-list",
+     httpx_error(429, json={"error": {"code": 429, "message": "cap",
+                                      "details": [{"@type": "ErrorInfo"},
+                                                  {"reason": "enforced_spend_limit_reached"}]}}),
+     ("quota", None, 429)),
+    ("near-miss-429-details-say-nothing-known",
+     httpx_error(429, json={"error": {"type": "rate_limit_error", "message": "slow",
+                                      "details": {"error_code": "requests_per_minute"}}}),
+     ("rate_limit", None, 429)),
+    ("near-miss-429-details-not-a-mapping",
+     httpx_error(429, json={"error": {"type": "rate_limit_error", "details": "spend limit"}}),
+     ("rate_limit", None, 429)),
     # --- auth
     ("401-authentication-error",
      APIStatusError(401, anthropic_body("authentication_error", "invalid x-api-key")),
@@ -337,3 +358,12 @@ def test_retry_after_table(headers: dict[str, str], kind: str, expected: float |
 def test_scrub_masks_given_secret_and_collapses_space() -> None:
     secret = "tok-" + "q" * 10
     assert scrub(f"bad  token\n{secret} here", secrets=(secret,)) == "bad token <redacted> here"
+
+
+def test_classify_message_names_the_detail_code() -> None:
+    failure = classify(httpx_error(429, json={"error": {
+        "type": "rate_limit_error", "message": "Monthly spend limit reached",
+        "details": {"error_code": "enforced_spend_limit_reached"}}}), now=NOW)
+    assert failure is not None
+    assert failure.message == (
+        "rate_limit_error: Monthly spend limit reached (enforced_spend_limit_reached)")

@@ -151,7 +151,7 @@ def test_cli_lease_env_in_a_shell_script(daemon: Daemon, tmp_path: Path) -> None
                        check=False)
     assert r.returncode == 0, r.stderr
     token = secrets_of(daemon)["anthropic:one"]
-    assert out.read_text().splitlines() == ["anthropic:one", token, token, "unset"]
+    assert out.read_text().splitlines() == ["anthropic:one", token, "", "unset"]
     assert active_leases(daemon) == []
     assert token not in r.stderr
 
@@ -272,8 +272,52 @@ def test_cli_doctor_reports_daemon_config_error(daemon: Daemon) -> None:
     run_json(daemon, "reload", code=ExitCode.REFUSED)
     checks = {c["name"]: c for c in run_json(daemon, "doctor", code=ExitCode.DOCTOR)}
     assert checks["profiles_mode"]["fix"] == f"chmod 600 {daemon.profiles}"
-    assert checks["daemon_config"]["status"] == "fail"
-    assert "chmod 600" in checks["daemon_config"]["detail"]
+    # One verdict per file: the daemon's refusal of the same file is not a second failure.
+    assert checks["daemon_config"] == {
+        "name": "daemon_config", "status": "ok",
+        "detail": "the daemon's problems are listed under each file", "fix": None,
+    }
+    assert [c["name"] for c in checks.values() if c["status"] == "fail"] == ["profiles_mode"]
+
+
+def test_cli_doctor_one_verdict_for_the_config_file(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"openai:a": {"provider": "openai", "type": "api-key",
+                                   "token": make_secret("sk-proj-")},
+                      "openai:b": {"provider": "openai", "type": "api-key"}})
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text("[routes]\nempty = []\n")
+    d.start()
+    r = run(d, "doctor", "--json")
+    assert r.returncode == ExitCode.DOCTOR, r.stdout
+    checks = json.loads(r.stdout)
+    failing = [(c["name"], c["detail"]) for c in checks if c["status"] == "fail"]
+    assert failing == [
+        ("profiles_parse", "flat map, 2 profile(s): 1 skipped, 0 warning(s) (below)"),
+        ("profile", 'profile "openai:b": token is required - at $["openai:b"].token'),
+        ("config", f"{d.config}: route 'empty' has no targets - at `$.routes.empty`"),
+    ]
+    config = next(c for c in checks if c["name"] == "config")
+    assert str(d.config) in config["fix"]
+    assert str(d.profiles) not in config["fix"]
+
+
+def test_cli_status_with_a_broken_file_leads_with_the_error(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({})
+    d.profiles.write_text('{\n  "openai:a": {"provider": "openai",},\n}\n')
+    d.start()
+    r = run(d, "status")
+    assert r.returncode == ExitCode.REFUSED, r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        f"Config error: {d.profiles}: not valid JSON: line 2 column 37: a trailing comma"
+        " before } (JSON allows none): remove it"
+    )
+    assert "no profiles loaded: fix the error above" in r.stdout
+    assert "add one with" not in r.stdout
+    status = run_json(d, "status", code=ExitCode.REFUSED)
+    assert status["config"]["error"] == lines[0].removeprefix("Config error: ")
 
 
 def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
@@ -314,7 +358,7 @@ def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> Non
     got = json.loads(out.read_text())
     tokens = secrets_of(daemon)
     assert got["CLAUDE_CODE_OAUTH_TOKEN"] == tokens["anthropic:one"]
-    assert got["ANTHROPIC_AUTH_TOKEN"] == tokens["anthropic:one"]
+    assert got["ANTHROPIC_AUTH_TOKEN"] is None  # read first as a bare bearer: a 401
     assert got["ANTHROPIC_API_KEY"] is None
     assert got["ARGENT_PROFILE"] == "anthropic:one"
     summary = json.loads(r.stderr.strip().splitlines()[-1])
@@ -432,3 +476,65 @@ def test_cli_version_and_help() -> None:
         assert text in r.stdout
     r = subprocess.run([*ARGENTCTL, "nonsense"], capture_output=True, text=True, check=False)
     assert r.returncode == 2
+
+
+# ---------------------------------------------------------------- the file the daemon serves
+
+
+def test_cli_setup_writes_the_file_the_daemon_serves(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    other = d.root / "other" / "profiles.json"
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    other.chmod(0o600)
+    d.start("--profiles", str(other))
+    key = make_secret("sk-or-v1-")
+    r = run(d, "setup", "--provider", "openrouter", "--name", "main", stdin=key)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("added openrouter:main (")
+    assert r.stdout.endswith(f") in {other}\n")
+    assert "`argentctl status` shows it in a moment" in r.stderr
+    assert not d.profiles.exists()
+    wait_for(lambda: any(p["id"] == "openrouter:main" for p in d.call("status")["profiles"]))
+    r = run(d, "profiles", "remove", "openrouter:main")
+    assert (r.returncode, r.stdout) == (0, f"removed openrouter:main from {other}\n")
+
+
+def test_cli_setup_says_plainly_when_the_daemon_serves_another_file(
+    daemon_factory: Any,
+) -> None:
+    d: Daemon = daemon_factory()
+    other = d.root / "other.json"
+    other.write_text("{}")
+    other.chmod(0o600)
+    d.start("--profiles", str(other))
+    r = run(d, "setup", "--provider", "openrouter", "--name", "main",
+            "--profiles", str(d.profiles), stdin=make_secret("sk-or-v1-"))
+    assert r.returncode == 0, r.stderr
+    assert "shows it in a moment" not in r.stderr
+    assert (
+        f"warning: the running daemon serves {other}, not {d.profiles}: it will not see this"
+        f" change. Write to its file (--profiles {other}) or restart argentd with"
+        f" --profiles {d.profiles}"
+    ) in " ".join(r.stderr.split())
+
+
+def test_cli_profiles_list_masks_an_id_that_may_be_a_secret(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    token = make_secret()
+    good = {"provider": "openai", "type": "api-key", "token": make_secret("sk-proj-")}
+    d.write_profiles({"openai:a": good, token: good, f"openai:{token}": good})
+    # daemon down: read from the file, table and JSON
+    r = run(d, "profiles", "list")
+    assert r.returncode == 0, r.stderr
+    assert token not in r.stdout + r.stderr
+    assert " #2 " in r.stdout and " #3 " in r.stdout
+    listed = run_json(d, "profiles", "list", "--file")
+    assert [p["id"] for p in listed["profiles"]] == ["openai:a", "#2", "#3"]
+    # daemon up: it skips both, so nothing to mask; the file view still masks
+    d.start()
+    listed = run_json(d, "profiles", "list")
+    assert listed["source"] == "daemon"
+    assert token not in json.dumps(listed)
+    r = run(d, "profiles", "list", "--file")
+    assert token not in r.stdout + r.stderr

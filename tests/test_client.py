@@ -662,3 +662,143 @@ def test_lease_report_params_carry_limits_and_scrubbed_message() -> None:
         "auth", 401, None, True)  # the lease's model does not scope the cooldown
     assert params.limits == Limits(requests_limit=9)
     assert params.message is not None and token not in params.message
+
+
+# ============================================================ one core, lazy imports
+
+
+@pytest.mark.parametrize(
+    ("statement", "banned"),
+    [("import argent_client.protocol", ("client", "aio", "cli", "classify", "_core")),
+     ("import argentd.engine", ("client", "aio", "cli")),
+     ("import argent_client", ("client", "aio", "cli", "protocol"))],
+)
+def test_import_loads_no_client(statement: str, banned: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys; {statement}; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('argent_client'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert not loaded & {f"argent_client.{name}" for name in banned}, loaded
+
+
+def test_lazy_names_resolve_to_their_modules() -> None:
+    import argent_client
+    from argent_client import aio, client, protocol
+
+    assert sorted(argent_client.__all__) == sorted(argent_client._WHERE)
+    assert argent_client.Client is client.Client
+    assert argent_client.AsyncLease is aio.AsyncLease
+    assert argent_client.NoProfileAvailable is protocol.NoProfileAvailable
+    assert set(argent_client.__all__) <= set(dir(argent_client))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        argent_client.Nope  # noqa: B018
+
+
+def test_retry_rule_is_one_for_both_clients() -> None:
+    from argent_client import _wire
+
+    plain = _wire.Retry("/s", "status", None)
+    plain.again(_wire.NotSent("EPIPE"), fresh=False)  # never left: goes again for free
+    plain.again(_wire.NotSent("EPIPE"), fresh=False)
+    assert not plain.retried
+    plain.again(_wire.Broken("EOF"), fresh=False)  # left, then broke: the one retry
+    with pytest.raises(DaemonUnavailable, match="again after a retry"):
+        plain.again(_wire.Broken("EOF"), fresh=True)
+    with pytest.raises(DaemonUnavailable, match="broke during 'status'"):
+        _wire.Retry("/s", "status", None).again(_wire.NotSent("EPIPE"), fresh=True)
+    detached = _core.lease_params("t", "openai", None, None, None, None, None, True)
+    with pytest.raises(DaemonUnavailable, match="detached"):
+        _wire.Retry("/s", "lease", detached).again(_wire.Broken("EOF"), fresh=False)
+
+
+def test_send_error_sees_a_refused_send_through_anyio() -> None:
+    from argent_client import _wire
+
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+    except anyio.BrokenResourceError as wrapped:
+        assert type(_wire.send_error(wrapped)) is _wire.NotSent
+    assert type(_wire.send_error(TimeoutError())) is _wire.Broken
+
+
+@pytest.mark.anyio
+async def test_async_request_refused_at_send_goes_again_without_peeking(
+    aclient_factory: Any,
+) -> None:
+    async with aclient_factory() as client:
+        await client.hello()
+        old = client._conn
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.close()  # the daemon hung up: EPIPE at send, nothing left
+        client._conn = _Conn(await anyio.abc.UNIXSocketStream.from_socket(mine))
+        client._conn.fresh = False
+        await old.aclose()
+        # A detached lease may not be retried after it left, but this one never left.
+        lease = await client.acquire("openai", detached=True)
+        assert lease.profile == "openai:main"
+        await client.release(lease.lease_id)
+
+
+def test_client_request_refused_at_send_goes_again(client: Client) -> None:
+    client.hello()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.close()
+    client._sock = mine
+    client._fresh = False
+    lease = client.acquire("openai", detached=True)
+    assert lease.profile == "openai:main"
+    client.release(lease.lease_id)
+
+
+# ============================================================ report when the lease is gone
+
+
+def test_client_failure_after_lease_ended_is_reported_by_profile(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="argent_client")
+    with pytest.raises(httpx.HTTPStatusError), client.lease("anthropic") as lease:
+        client.release(lease.lease_id)  # stands in for a TTL that ran out meanwhile
+        raise http_error(429, {"retry-after": "600"})
+    one = profile(client, "anthropic:one")
+    assert (one.state, one.error_count) == ("cooldown", 1)
+    assert "could not report" not in caplog.text
+    with client.lease("openai") as gone:
+        client.release(gone.lease_id)
+        result = gone.fail("quota", retry_after=3600)
+    assert (result.profile_state, result.next) == ("cooldown", None)
+
+
+def test_client_failover_after_lease_ended_leases_again(client: Client) -> None:
+    seen: list[str] = []
+
+    def call(lease: Lease) -> str:
+        seen.append(lease.profile)
+        if lease.profile == "anthropic:one":
+            client.release(lease.lease_id)
+            raise http_error(429, {"retry-after": "600"})
+        return "answer"
+
+    assert client.call_with_failover(call, provider="anthropic", model="claude-x") == "answer"
+    assert seen == ["anthropic:one", "anthropic:two"]
+    assert profile(client, "anthropic:one").state == "cooldown"
+    assert client.status().leases == []
+
+
+@pytest.mark.anyio
+async def test_async_failure_after_lease_ended_is_reported_by_profile(
+    aclient_factory: Any,
+) -> None:
+    async with aclient_factory() as client:
+        with pytest.raises(httpx.HTTPStatusError):
+            async with client.lease("openai") as lease:
+                await client.release(lease.lease_id)
+                raise http_error(429, {"retry-after": "600"})
+        main = await aprofile(client, "openai:main")
+        assert (main.state, main.error_count) == ("cooldown", 1)

@@ -65,7 +65,10 @@ def test_check_profiles_file_bad_json_names_the_place(tmp_path: Path) -> None:
     path = write(tmp_path / "auth.json", '{\n  "openai:a": {"token": "sk-secret-value"\n')
     check = by_name(check_profiles_file(path))["profiles_parse"]
     assert check.status == "fail"
-    assert "invalid JSON at line 3" in check.detail
+    assert check.detail == (
+        f"{path}: not valid JSON: line 3 column 1: the text ends early;"
+        " likely a missing } or ], or a cut-off file"
+    )
     assert "sk-secret-value" not in check.detail
 
 
@@ -166,3 +169,69 @@ def test_cli_doctor_without_daemon(tmp_path: Path) -> None:
     assert checks["socket"]["status"] == "fail"
     assert checks["config"]["status"] == "ok"
     assert set(checks) >= {"profiles_file", "profiles_parse", "profiles_git"}
+
+
+# ---------------------------------------------------------------- one verdict per file
+
+
+def test_check_profiles_file_validates_each_profile(tmp_path: Path) -> None:
+    good = {"provider": "openai", "type": "api-key", "token": "sk-proj-" + "a" * 24}
+    token = "sk-ant-oat01-" + "b" * 80
+    data = {
+        "openai:a": good,
+        "openai:b": {**good, "type": "password"},
+        "openai:c": {"provider": "openai", "type": "api-key"},
+        token: good,  # a token pasted as an id: never shown
+        "antrhopic:d": {**good, "provider": "antrhopic"},
+        "openai:e": {**good, "token": "sk-proj with space"},
+    }
+    path = write(tmp_path / "auth.json", json.dumps(data))
+    checks = check_profiles_file(path)
+    parse = by_name(checks)["profiles_parse"]
+    assert (parse.status, parse.detail) == (
+        "fail", "flat map, 6 profile(s): 4 skipped, 1 warning(s) (below)"
+    )
+    lines = [(c.status, c.detail) for c in checks if c.name == "profile"]
+    assert lines == [
+        ("fail", 'profile "openai:b": type must be setup-token, api-key or oauth'
+                 ' (aliases: token, setup_token, api_key) - at $["openai:b"].type'),
+        ("fail", 'profile "openai:c": token is required - at $["openai:c"].token'),
+        ("fail", 'profile #4: the id must be "provider:name" - at $[#4]'),
+        ("warn", 'profile "antrhopic:d": unknown provider "antrhopic" (did you mean anthropic?);'
+                 ' loaded anyway - at $["antrhopic:d"].provider'),
+        ("fail", 'profile "openai:e": token holds whitespace or characters a token cannot have'
+                 ' - at $["openai:e"].token'),
+    ]
+    assert all(token not in c.detail for c in checks)
+    assert failed(checks)
+
+
+def test_check_profiles_file_missing_with_env_fallback_is_a_warning(tmp_path: Path) -> None:
+    [check] = check_profiles_file(tmp_path / "nope.json", fallback=["openai:env"])
+    assert (check.status, check.detail) == (
+        "warn",
+        f"{tmp_path / 'nope.json'} does not exist; only the environment fallback is served"
+        " (openai:env)",
+    )
+    assert not failed([check])
+
+
+def test_check_profiles_file_takes_the_daemons_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "auth.json")
+    line = f'{path}: profile "openai:a": token_ref command exited with status 3 - at $["openai:a"]'
+    checks = check_profiles_file(path, daemon_lines=[line])
+    assert [(c.name, c.status) for c in checks] == [
+        ("profiles_file", "ok"), ("profiles_parse", "fail"), ("profiles_mode", "ok"),
+        ("profile", "fail"),
+    ]
+    assert checks[-1].detail == line.removeprefix(f"{path}: ")
+
+
+def test_check_config_one_verdict_with_the_daemons_lines(tmp_path: Path) -> None:
+    path = tmp_path / "argentd.toml"
+    path.write_text("sockett = 'x'\n")
+    line = f"{path}: unknown field `sockett`"
+    check = check_config(path, [line])
+    assert (check.status, check.detail) == ("fail", line)
+    assert check.fix is not None and str(path) in check.fix
+    assert check_config(path).status == "ok"

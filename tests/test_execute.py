@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from argent_client.execute import Renewer, child_env, run_child, shell_exports
 from argent_client.protocol import LeaseNotFound, LeaseResult, RenewResult
+
+from .conftest import Daemon
+from .header_recorder import recorder
 
 TOKEN = "sk-ant-api03-" + "k" * 40
 
@@ -30,7 +39,9 @@ def test_child_env_sets_vars_and_drops_conflicting_ones() -> None:
                    "ARGENT_LEASE_ID": "L1", "ARGENT_PROFILE": "anthropic:x",
                    "ARGENT_MODEL": "claude-x"}
     env = child_env(base, lease(type_="setup-token"))
-    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == env["ANTHROPIC_AUTH_TOKEN"] == TOKEN
+    assert env["CLAUDE_CODE_OAUTH_TOKEN"] == TOKEN
+    # ANTHROPIC_AUTH_TOKEN would win in Claude Code 2.1 and the SDK, as a bare bearer: a 401
+    assert "ANTHROPIC_AUTH_TOKEN" not in env
     assert "ANTHROPIC_API_KEY" not in env
     assert "ARGENT_MODEL" not in env
 
@@ -43,7 +54,8 @@ def test_shell_exports_round_trip_through_sh() -> None:
                          capture_output=True, text=True, check=True)
     assert out.stdout == nasty
     script = shell_exports(lease(type_="setup-token"))
-    assert script.splitlines()[-1] == "unset ANTHROPIC_API_KEY ANTHROPIC_OAUTH_TOKEN"
+    assert script.splitlines()[-1] == (
+        "unset ANTHROPIC_API_KEY ANTHROPIC_AUTH_TOKEN ANTHROPIC_OAUTH_TOKEN")
 
 
 class FakeDaemon:
@@ -103,3 +115,98 @@ def test_run_child_exit_codes() -> None:
     assert "command not found: /nonexistent/x" in err.getvalue()
     assert run_child([sys.executable, "-c", "import os; raise SystemExit(os.environ['V'])"],
                      {"V": "3"}, err) == 1
+
+
+# ---------------------------------------------------------------- argentctl exec, for real
+
+ARGENTCTL = [sys.executable, "-m", "argent_client.cli"]
+STALE = {"ANTHROPIC_API_KEY": "sk-ant-api03-stale" + "s" * 40,
+         "ANTHROPIC_AUTH_TOKEN": "sk-ant-oat01-stale" + "t" * 40,
+         "CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-stale" + "u" * 40}
+"""What a user's shell may still export; a child under exec must never see it."""
+
+
+def argentctl(d: Daemon, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ARGENTCTL, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**d.env, **(env or {})}, check=False)
+
+
+def token_of(d: Daemon, pid: str) -> str:
+    return str(json.loads(d.profiles.read_text())[pid]["token"])
+
+
+def error_count(d: Daemon, pid: str) -> int:
+    return int(next(p for p in d.call("status")["profiles"] if p["id"] == pid)["error_count"])
+
+
+def test_exec_claims_success_only_when_the_child_exits_0(daemon: Daemon) -> None:
+    daemon.call("report_failure", {"profile": "openai:main", "kind": "timeout"})
+    assert error_count(daemon, "openai:main") == 1
+    assert argentctl(daemon, "exec", "openai", "--", "sh", "-c", "exit 3").returncode == 3
+    assert argentctl(daemon, "exec", "openai", "--", "sh", "-c", "kill -TERM $$").returncode == (
+        128 + signal.SIGTERM)
+    assert error_count(daemon, "openai:main") == 1  # an unknown outcome resets nothing
+    assert daemon.call("status")["leases"] == []
+    assert argentctl(daemon, "exec", "openai", "--", "true").returncode == 0
+    assert error_count(daemon, "openai:main") == 0
+
+
+SDK_CHILD = """
+import sys, anthropic
+try:
+    anthropic.Anthropic(max_retries=0).messages.create(
+        model="claude-x", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    print("sent")
+except TypeError as exc:  # no credential the SDK can use on its own
+    print("refused:", exc)
+"""
+
+
+def test_exec_env_with_the_real_anthropic_sdk(daemon: Daemon) -> None:
+    pytest.importorskip("anthropic")
+    with recorder() as fake:
+        env = {**STALE, "ANTHROPIC_BASE_URL": fake.url}
+        # A setup token: the SDK reads ANTHROPIC_AUTH_TOKEN as a bare bearer, which
+        # the API refuses for a subscription token; exec gives it nothing of that kind.
+        r = argentctl(daemon, "exec", "anthropic", "--", sys.executable, "-c", SDK_CHILD, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("refused:"), r.stdout
+        assert fake.requests == []
+        # An API key: the SDK sends it, and never anything from the user's shell.
+        daemon.call("disable", {"profile": "anthropic:one"})
+        r = argentctl(daemon, "exec", "anthropic", "--", sys.executable, "-c", SDK_CHILD, env=env)
+        assert (r.returncode, r.stdout.strip()) == (0, "sent"), r.stderr
+    seen = fake.only().headers
+    key = token_of(daemon, "anthropic:two")
+    assert key in (seen.get("x-api-key"), seen.get("authorization", "").removeprefix("Bearer "))
+    assert not any(v in value for v in STALE.values() for value in seen.values())
+
+
+def _claude() -> str | None:
+    here = Path(__file__).resolve().parent.parent / ".venv" / "claude-code" / "node_modules"
+    for candidate in (os.environ.get("ARGENT_TEST_CLAUDE"), str(here / ".bin" / "claude"),
+                      shutil.which("claude")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_claude() is None, reason="Claude Code is not installed (.ci/run installs "
+                    "it with npm into .venv/claude-code; or set ARGENT_TEST_CLAUDE)")
+def test_exec_claude_code_sends_a_setup_token_as_oauth(daemon: Daemon, tmp_path: Path) -> None:
+    claude = _claude()
+    assert claude is not None
+    with recorder() as fake:
+        fake.status = 400  # one answer, no retries: only the headers matter
+        env = {**STALE, "ANTHROPIC_BASE_URL": fake.url, "HOME": str(tmp_path),
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+        r = argentctl(daemon, "exec", "anthropic", "--", claude, "-p", "hi", env=env)
+        assert fake.requests, (r.returncode, r.stdout, r.stderr)
+    token = token_of(daemon, "anthropic:one")
+    for seen in fake.requests:
+        headers = seen.headers
+        assert headers.get("authorization") == f"Bearer {token}"
+        assert "oauth-2025-04-20" in headers.get("anthropic-beta", "").split(",")
+        assert "x-api-key" not in headers
+        assert not any(v in value for v in STALE.values() for value in headers.values())

@@ -378,7 +378,7 @@ PROFILE_FAULTS: list[tuple[str, Any, str]] = [
         "anthropic:x",
         {**GOOD, "provider": "anth ropic"},
         "provider must be 1-32 letters, digits, '-' or '_' (aliases: z.ai, z-ai, gemini)"
-        ' - at $["anthropic:x"].provider',
+        ' (did you mean anthropic?) - at $["anthropic:x"].provider',
     ),
     (
         "anthropic:x",
@@ -590,6 +590,59 @@ def test_load_profiles_token_ref_cmd_timeout(tmp_path: Path) -> None:
     assert time.monotonic() - start < 3
 
 
+def test_load_profiles_token_ref_fifo_fails_promptly(tmp_path: Path) -> None:
+    # A FIFO with no writer: a blocking open would wait forever.
+    os.mkfifo(tmp_path / "pipe")
+    start = time.monotonic()
+    assert ref_error(tmp_path, "file:pipe") == (
+        f"token_ref file {tmp_path / 'pipe'} is not a regular file"
+    )
+    assert time.monotonic() - start < 2
+
+
+def test_load_profiles_token_ref_device_refused(tmp_path: Path) -> None:
+    # /dev/zero never ends: it is refused rather than read to the bound.
+    assert ref_error(tmp_path, "file:/dev/zero") == "token_ref file /dev/zero is not a regular file"
+
+
+def test_load_profiles_token_ref_cmd_text_not_in_argv(tmp_path: Path) -> None:
+    """Another uid can read /proc/PID/cmdline: the command text must not be there."""
+    import threading
+
+    marker = "argent-marker-" + secrets.token_hex(8)
+    token = fake()
+    # `:` is a builtin: the marker is in the command text and in no program's argv.
+    command = (
+        f": {marker}; echo $$ > pid; while [ ! -e go ]; do sleep 0.01; done; echo {token}"
+    )
+    path = write(tmp_path, {"anthropic:x": ref_profile(f"cmd:{command}")})
+    got: list[ProfileSet] = []
+    loader = threading.Thread(target=lambda: got.append(load_profiles(path, NO_ENV)))
+    loader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text().strip():
+            assert time.monotonic() < deadline, "the cmd: helper never started"
+            time.sleep(0.01)
+        pid = int((tmp_path / "pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert cmdline.split(b"\0")[0] == b"/bin/sh"
+        assert marker.encode() not in cmdline
+        assert token.encode() not in cmdline
+    finally:
+        (tmp_path / "go").touch()
+        loader.join(10)
+    assert got[0].errors == []
+    assert got[0].profiles[0].secret.reveal() == token
+
+
+def test_load_profiles_token_ref_cmd_stdin_is_devnull(tmp_path: Path) -> None:
+    # The command gets /dev/null on stdin, not the rest of the script.
+    result = load(tmp_path, {"anthropic:x": ref_profile("cmd:cat; echo sk-after-cat-0123")})
+    assert result.errors == []
+    assert result.profiles[0].secret.reveal() == "sk-after-cat-0123"
+
+
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
@@ -635,7 +688,7 @@ def test_load_profiles_token_ref_file_faults(tmp_path: Path) -> None:
     assert ref_error(tmp_path, "file:empty") == f"token_ref file {tmp_path / 'empty'} is empty"
     (tmp_path / "folder").mkdir()
     assert ref_error(tmp_path, "file:folder") == (
-        f"token_ref file {tmp_path / 'folder'} cannot be read: Is a directory"
+        f"token_ref file {tmp_path / 'folder'} is not a regular file"
     )
     (tmp_path / "binary").write_bytes(b"\xff\xfe")
     assert ref_error(tmp_path, "file:binary") == (
@@ -658,11 +711,16 @@ def file_error(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "not valid JSON: Input data was truncated"),
-        ('{"anthropic:x": ', "not valid JSON: Input data was truncated"),
+        ("", "not valid JSON: line 1 column 1: the file is empty (an empty set of profiles is {})"),
+        (
+            '{"anthropic:x": ',
+            "not valid JSON: line 1 column 17: the text ends early; likely a missing } or ],"
+            " or a cut-off file",
+        ),
         (
             '{"anthropic:x": {}} x',
-            "not valid JSON: JSON is malformed: trailing characters (byte 21)",
+            "not valid JSON: line 1 column 21: extra data; likely text after the closing }:"
+            " a second object, or an extra }",
         ),
         ("[]", "expected object, got array - at $"),
         ('"sk-ant-oat01-justatoken"', "expected object, got str - at $"),
@@ -679,6 +737,62 @@ def file_error(tmp_path: Path, text: str) -> str:
 )
 def test_load_profiles_file_fault(tmp_path: Path, text: str, message: str) -> None:
     assert file_error(tmp_path, text) == message
+
+
+def test_load_profiles_trailing_comma_on_its_own_line(tmp_path: Path) -> None:
+    text = '{\n  "anthropic:x": {"provider": "anthropic"},\n}\n'
+    assert file_error(tmp_path, text) == (
+        "not valid JSON: line 3 column 1: a trailing comma before } (JSON allows none): remove it"
+    )
+
+
+def test_load_profiles_syntax_error_agrees_with_doctor(tmp_path: Path) -> None:
+    from argent_client.doctor import check_profiles_file
+
+    text = '{\n  "anthropic:x": {"provider": "anthropic" "type": "api-key"}\n}\n'
+    message = file_error(tmp_path, text)
+    assert message == (
+        "not valid JSON: line 2 column 43: expecting ',' delimiter;"
+        " likely a missing comma between two entries, or a missing quote"
+    )
+    details = [c.detail for c in check_profiles_file(tmp_path / "auth-profiles.json")]
+    assert any(message in d for d in details), details
+
+
+def test_load_profiles_invalid_utf8_is_a_file_fault(tmp_path: Path) -> None:
+    # A Latin-1 é in a label: the daemon must report it, not crash on it.
+    path = tmp_path / "auth-profiles.json"
+    path.write_bytes(
+        b'{"anthropic:x": {"provider": "anthropic", "type": "setup-token",\n'
+        b' "token": "sk-ant-oat01-abcdefabcdef", "label": "caf\xe9"}}'
+    )
+    path.chmod(0o600)
+    with pytest.raises(ProfilesError) as info:
+        load_profiles(path, NO_ENV)
+    assert str(info.value) == (
+        f"{path}: not UTF-8 text at line 2 column 53 (byte 117): save the file as UTF-8"
+    )
+
+
+def test_load_profiles_refuses_a_token_pasted_as_the_name(tmp_path: Path) -> None:
+    token = fake() + secrets.token_hex(30)  # real setup tokens are ~108 characters
+    path = write(tmp_path, {f"anthropic:{token}": GOOD})
+    result = load_profiles(path, NO_ENV)
+    assert result.profiles == []
+    assert result.errors == [
+        f'{path}: profile #1: the id must be "provider:name", a name of at most 64 characters'
+        " - at $[#1]"
+    ]
+
+
+def test_load_profiles_provider_typo_suggested(tmp_path: Path) -> None:
+    path = write(tmp_path, {"antrhopic:x": {**GOOD, "provider": "antrhopic"}})
+    result = load_profiles(path, NO_ENV)
+    assert [p.id for p in result.profiles] == ["antrhopic:x"]
+    assert result.errors == [
+        f'{path}: profile "antrhopic:x": unknown provider "antrhopic" (did you mean'
+        ' anthropic?); loaded anyway - at $["antrhopic:x"].provider'
+    ]
 
 
 def test_load_profiles_unreadable_file(tmp_path: Path) -> None:

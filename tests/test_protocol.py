@@ -101,3 +101,11 @@ def test_protocol_result_decoding_by_method() -> None:
     assert P.decode_result("renew", inc.result) == P.RenewResult(5.0)
     with pytest.raises(P.ParseError):
         P.decode_incoming(b"{")
+
+
+def test_release_params_success_is_left_out_unless_false() -> None:
+    from argent_client import protocol as P
+
+    assert P.encode_line(P.ReleaseParams(lease_id="L")) == b'{"lease_id":"L"}\n'
+    assert P.encode_line(P.ReleaseParams(lease_id="L", success=False)) == (
+        b'{"lease_id":"L","success":false}\n')

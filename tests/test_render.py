@@ -99,6 +99,68 @@ def test_status_tables_show_every_column() -> None:
     assert "Route default: anthropic/claude → openrouter/x" in text
 
 
+def test_status_tables_error_comes_first_one_line_per_problem() -> None:
+    error = ('/p/auth.json: profile "anthropic:a": type is required - at $["anthropic:a"].type\n'
+             "/p/auth.json: profile #2: the id must be \"provider:name\" - at $[#2]")
+    status = StatusResult(profiles=[], leases=[], routes={},
+                          config=ConfigStatus(profiles_path="/p/auth.json", loaded_at=NOW,
+                                              error=error))
+    lines = render_status(status).splitlines()
+    assert lines[:5] == [
+        "Config errors (2):",
+        '  /p/auth.json: profile "anthropic:a": type is required - at $["anthropic:a"].type',
+        '  /p/auth.json: profile #2: the id must be "provider:name" - at $[#2]',
+        "fix: `argentctl doctor` gives the fix for each problem; argentd reloads the file on its"
+        " own when it changes",
+        "no profiles loaded: fix the error above",
+    ]
+    assert "no profiles: add one" not in "\n".join(lines)
+
+
+def test_status_tables_masks_an_id_that_may_be_a_secret() -> None:
+    token = "sk-ant-oat01-" + "q" * 90
+    status = StatusResult(profiles=[profile(), profile(id=f"anthropic:{token}")], leases=[],
+                          config=ConfigStatus(profiles_path="/p", loaded_at=NOW), routes={})
+    text = render_status(status)
+    assert token not in text
+    assert " #2 " in text
+
+
+def many(n: int, provider: str, **kw: object) -> list[ProfileStatus]:
+    return [profile(id=f"{provider}:p{i}", provider=provider, **kw) for i in range(n)]
+
+
+def test_status_tables_summary_per_provider_above_the_row_limit() -> None:
+    profiles = [*many(40, "anthropic"),
+                *many(20, "openai", state="cooldown", cooldown_until=NOW + 252)]
+    status = StatusResult(profiles=profiles, leases=[], routes={},
+                          config=ConfigStatus(profiles_path="/p", loaded_at=NOW))
+    lines = render_status(status).splitlines()
+    assert lines[:4] == [
+        "Profiles",
+        "  anthropic: 40 profile(s): 40 ready",
+        "  openai: 20 profile(s): 20 cooldown (next ready in 4m12s)",
+        "60 profiles: one line per provider; list them with --provider NAME or --all",
+    ]
+    buf = io.StringIO()
+    status_tables(status, NOW, Console(file=buf, width=160, color_system=None),
+                  provider="openai")
+    text = buf.getvalue()
+    assert "openai:p19" in text
+    assert "anthropic:p0" not in text
+    buf = io.StringIO()
+    status_tables(status, NOW, Console(file=buf, width=160, color_system=None), show_all=True)
+    assert sum("anthropic:p" in line for line in buf.getvalue().splitlines()) == 40
+
+
+def test_status_tables_unknown_provider_filter() -> None:
+    status = StatusResult(profiles=[profile()], leases=[], routes={},
+                          config=ConfigStatus(profiles_path="/p", loaded_at=NOW))
+    buf = io.StringIO()
+    status_tables(status, NOW, Console(file=buf, width=160, color_system=None), provider="zai")
+    assert "no zai profiles (argentctl status lists every provider)" in buf.getvalue()
+
+
 def test_status_tables_empty() -> None:
     status = StatusResult(profiles=[], leases=[],
                           config=ConfigStatus(profiles_path="/p", loaded_at=None), routes={})

@@ -552,3 +552,48 @@ def test_service_main_writes_to_current_stdout(
                         host=make_host(tmp_path, "darwin"))
     assert code == 0
     assert json.loads(capsys.readouterr().out)["action"] == "uninstall"
+
+
+# ---------------------------------------------------------------- no user bus
+
+
+def test_service_install_without_user_bus_writes_nothing_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    reason = f"no user bus at {tmp_path / 'run' / 'bus'}: no systemd user manager runs for you"
+    host = make_host(tmp_path, "linux", no_user_bus=reason)
+    runner = FakeRunner()
+    code, out, err = run_main("install", host, runner)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"argentctl service install: {reason}; nothing was written. Run argentd by hand"
+        " instead (`argentd`, e.g. in tmux or with `nohup argentd &`), or give your user a"
+        " manager that outlives logins: `sudo loginctl enable-linger $USER`, log in again and"
+        " rerun `argentctl service install`\n"
+    )
+    assert runner.calls == []
+    assert not host.unit_dir.exists()
+    # --dry-run still shows the plan
+    code, out, _ = run_main("install", host, runner, dry_run=True)
+    assert code == 0 and "systemctl --user enable --now argentd.socket" in out
+
+
+def test_user_bus_missing_looks_for_the_bus_socket(tmp_path: Path) -> None:
+    if shutil.which("systemctl") is None:
+        assert service.user_bus_missing({}, 4242) == (
+            "systemctl is not installed (no systemd here)"
+        )
+        return
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(run)}
+    assert service.user_bus_missing(env, 4242) == (
+        f"no user bus at {run / 'bus'}: no systemd user manager runs for you"
+    )
+    (run / "bus").write_text("")  # a plain file is not a bus
+    assert service.user_bus_missing(env, 4242) is not None
+    (run / "bus").unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(run / "bus"))
+        assert service.user_bus_missing(env, 4242) is None
+    assert service.user_bus_missing({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/x"}, 4242) is None

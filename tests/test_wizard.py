@@ -253,7 +253,7 @@ def test_summarise_shows_fingerprints_never_secrets(tmp_path: Path) -> None:
         ("anthropic", "setup-token", "sk-ant-oat01-" + "a" * 40, None),
         ("anthropic", "api-key", "sk-ant-api03-" + "a" * 40, None),
         ("anthropic", "setup-token", "sk-ant-api03-" + "a" * 40,
-         "anthropic setup-token secrets start with 'sk-ant-oat01-'; it looks like a api-key"),
+         "anthropic setup-token secrets start with 'sk-ant-oat01-'; it looks like an api-key"),
         ("anthropic", "api-key", "sk-ant-oat01-" + "a" * 40,
          "anthropic api-key secrets start with 'sk-ant-api03-'; it looks like a setup-token"),
         ("openrouter", "api-key", "sk-or-v1-" + "a" * 40, None),
@@ -289,12 +289,18 @@ def test_fingerprint_agrees_with_daemon() -> None:
     assert providers.fingerprint("sk-ant-oat01-") == daemon_fingerprint("sk-ant-oat01-")
 
 
-def test_fallback_env_agrees_with_daemon() -> None:
-    from argentd.profiles import ENV_SOURCES
+def test_fallback_env_is_what_the_daemon_loads() -> None:
+    from argentd.profiles import env_profiles
 
-    mine = [(p, t, v) for p, pairs in providers.FALLBACK_ENV.items() for v, t in pairs]
-    theirs = [(p, t, v) for p, t, names in ENV_SOURCES for v in names]
-    assert sorted(mine) == sorted(theirs)
+    environ = {var: fake("sk-") for pairs in providers.FALLBACK_ENV.values() for var, _ in pairs}
+    loaded = {(p.provider, p.type, p.label) for p in env_profiles(environ)}
+    # One profile per (provider, type): of ZAI_API_KEY / Z_AI_API_KEY the first wins.
+    assert loaded == {
+        (provider, type_, var)
+        for provider, pairs in providers.FALLBACK_ENV.items()
+        for var, type_ in pairs
+        if var != "Z_AI_API_KEY"
+    }
 
 
 @pytest.mark.parametrize(
@@ -302,10 +308,10 @@ def test_fallback_env_agrees_with_daemon() -> None:
     [
         ("anthropic", "api-key", ("ANTHROPIC_API_KEY",),
          ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_OAUTH_TOKEN")),
-        ("anthropic", "setup-token", ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"),
-         ("ANTHROPIC_API_KEY", "ANTHROPIC_OAUTH_TOKEN")),
-        ("anthropic", "oauth", ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"),
-         ("ANTHROPIC_API_KEY", "ANTHROPIC_OAUTH_TOKEN")),
+        ("anthropic", "setup-token", ("CLAUDE_CODE_OAUTH_TOKEN",),
+         ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_OAUTH_TOKEN")),
+        ("anthropic", "oauth", ("CLAUDE_CODE_OAUTH_TOKEN",),
+         ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_OAUTH_TOKEN")),
         ("openai", "api-key", ("OPENAI_API_KEY",), ()),
         ("openrouter", "api-key", ("OPENROUTER_API_KEY",), ()),
         ("minimax", "api-key", ("MINIMAX_API_KEY",), ()),
@@ -333,9 +339,11 @@ def test_guess_type_from_prefix() -> None:
 class Script:
     """A fake terminal: answers in order, records every prompt and message."""
 
-    def __init__(self, answers: list[str], secret: str = "", stdin: str = "") -> None:
+    def __init__(
+        self, answers: list[str], secret: str | list[str] = "", stdin: str = ""
+    ) -> None:
         self.answers = answers
-        self.secret = secret
+        self.secrets = [secret] if isinstance(secret, str) else secret
         self.stdin = stdin
         self.prompts: list[str] = []
         self.err = io.StringIO()
@@ -347,7 +355,7 @@ class Script:
 
         def ask_secret(prompt: str) -> str:
             self.prompts.append(prompt)
-            return self.secret
+            return self.secrets.pop(0) if len(self.secrets) > 1 else self.secrets[0]
 
         return WizardIO(interactive, ask, ask_secret, lambda: self.stdin, self.err)
 
@@ -368,19 +376,64 @@ def test_run_setup_interactive_asks_everything(tmp_path: Path) -> None:
     assert token not in term.err.getvalue() + "".join(term.prompts)
 
 
-def test_run_setup_interactive_shape_mismatch_asks_to_confirm(tmp_path: Path) -> None:
+def test_run_setup_interactive_offers_the_type_the_secret_looks_like(tmp_path: Path) -> None:
     path = tmp_path / "auth.json"
     key = fake("sk-ant-api03-")
-    term = Script(["n"], secret=key)
+    term = Script([""], secret=key)
     opts = SetupOptions(path=path, provider="anthropic", type="setup-token", name="x", label="X")
-    with pytest.raises(WizardAborted, match="not saved"):
-        run_setup(opts, term.io())
-    assert not path.exists()
-    assert "it looks like a api-key" in term.err.getvalue()
-    term = Script(["y"], secret=key)
-    run_setup(opts, term.io())
-    assert json.loads(path.read_text())["anthropic:x"]["token"] == key
+    result = run_setup(opts, term.io())
+    assert result.id == "anthropic:x"
+    assert json.loads(path.read_text())["anthropic:x"]["type"] == "api-key"
+    assert "it looks like an api-key" in term.err.getvalue()
+    assert "Save it as an api-key? [Y/n]: " in term.prompts
     assert key not in term.err.getvalue()
+
+
+def test_run_setup_interactive_declined_shape_asks_again(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    wrong, right = fake("sk-proj-"), fake("sk-or-v1-")
+    term = Script(["n"], secret=[wrong, right])
+    opts = SetupOptions(path=path, provider="openrouter", type="api-key", name="x", label="X")
+    run_setup(opts, term.io())
+    assert json.loads(path.read_text())["openrouter:x"]["token"] == right
+    assert term.prompts.count("Secret (input hidden): ") == 2
+    assert "Not saved. Paste the secret again (Ctrl-C to stop)." in term.err.getvalue()
+
+
+def test_run_setup_interactive_refuses_whitespace_even_with_force(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    good = fake("sk-proj-")
+    term = Script([], secret=["sk-proj-abc def-0123456789", good])
+    opts = SetupOptions(path=path, provider="openai", type="api-key", name="x", label="X",
+                        force=True)
+    run_setup(opts, term.io())
+    assert json.loads(path.read_text())["openai:x"]["token"] == good
+    assert ("the secret contains whitespace (a copy-paste accident?); the daemon would refuse"
+            " it. Paste it again.") in term.err.getvalue()
+
+
+def test_run_setup_interactive_taken_name_asks_again(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    add_profile(path, "openai:o", provider="openai", type="api-key", secret=fake("sk-proj-"))
+    term = Script(["o", "p", ""], secret=fake("sk-proj-"))
+    result = run_setup(SetupOptions(path=path, provider="openai", type="api-key"), term.io())
+    assert result.id == "openai:p"
+    assert f"openai:o is already in {path}: choose another name" in term.err.getvalue()
+
+
+def test_run_setup_provider_typo(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    term = Script(["", "x", ""], secret=fake())
+    result = run_setup(SetupOptions(path=path, provider="antropic", type="setup-token"),
+                       term.io())
+    assert result.id == "anthropic:x"
+    assert "antropic is not a known provider. Did you mean anthropic? [Y/n]: " in term.prompts
+    with pytest.raises(WizardAborted) as info:
+        run_setup(SetupOptions(path=path, provider="antrhopic", name="y"),
+                  Script([], stdin=fake()).io(interactive=False))
+    assert str(info.value) == (
+        "unknown provider 'antrhopic' (did you mean anthropic?); pass --force to add it anyway"
+    )
 
 
 def test_run_setup_refuses_taken_id_before_asking_secret(tmp_path: Path) -> None:
@@ -394,9 +447,9 @@ def test_run_setup_refuses_taken_id_before_asking_secret(tmp_path: Path) -> None
 
 def test_run_setup_non_interactive_needs_flags(tmp_path: Path) -> None:
     term = Script([], stdin=fake())
-    with pytest.raises(WizardAborted, match="--provider is required"):
+    with pytest.raises(ValueError, match="--provider is required"):
         run_setup(SetupOptions(path=tmp_path / "a.json", name="x"), term.io(interactive=False))
-    with pytest.raises(WizardAborted, match="--name is required"):
+    with pytest.raises(ValueError, match="--name is required"):
         run_setup(SetupOptions(path=tmp_path / "a.json", provider="anthropic"),
                   term.io(interactive=False))
     with pytest.raises(ValueError, match="reserved"):
@@ -465,13 +518,32 @@ def test_cli_profiles_add_shape_mismatch_needs_force(cli_env: dict[str, str]) ->
     assert key not in r.stdout + r.stderr
 
 
+def test_cli_profiles_add_refuses_whitespace_even_with_force(cli_env: dict[str, str]) -> None:
+    args = ("setup", "--provider", "openai", "--type", "api-key", "--name", "k", "--force")
+    r = argentctl(cli_env, *args, stdin="sk-proj-abc def-0123456789\n")
+    assert r.returncode == 7
+    assert r.stderr.startswith(
+        "argentctl: error: the secret contains whitespace (a copy-paste accident?); the daemon"
+        " would refuse it, so it was not saved"
+    )
+    assert not Path(cli_env["ARGENT_PROFILES"]).exists()
+
+
+def test_cli_profiles_add_stdin_without_provider_is_a_usage_error(
+    cli_env: dict[str, str],
+) -> None:
+    r = argentctl(cli_env, "setup", "--name", "k", stdin=fake())
+    assert r.returncode == 2
+    assert "--provider is required when the secret comes from stdin" in r.stderr
+
+
 def test_cli_profiles_add_refuses_broken_file(cli_env: dict[str, str]) -> None:
     path = Path(cli_env["ARGENT_PROFILES"])
     path.parent.mkdir(parents=True)
     path.write_text('{"openai:a": {')
     r = argentctl(cli_env, "setup", "--provider", "openai", "--name", "b", stdin=fake("sk-"))
     assert r.returncode == 7
-    assert "invalid JSON at line 1" in r.stderr
+    assert "not valid JSON: line 1 column 15: the text ends early" in r.stderr
     assert path.read_text() == '{"openai:a": {'
 
 

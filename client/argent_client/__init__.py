@@ -1,38 +1,52 @@
 """argent_client: talk to argentd (wire types, clients, argentctl).
 
-`Client` (blocking) and `Lease` load only the standard library and msgspec;
-`AsyncClient` (anyio) is imported on first use, so `import argent_client`
-never loads anyio.
+Every name below is loaded on first use (PEP 562), so `import
+argent_client.protocol` — what the daemon imports — loads the wire types
+alone, never the clients, anyio or argentctl. `Client` (blocking) loads the
+standard library and msgspec; `AsyncClient` loads anyio.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .classify import Failure, classify, parse_limits
-from .client import Client, EventStream, Lease
-from .protocol import (
-    ArgentError,
-    DaemonUnavailable,
-    Event,
-    InvalidParams,
-    LeaseNotFound,
-    LeaseResult,
-    Limits,
-    NoProfileAvailable,
-    PermissionDenied,
-    ReportResult,
-    StatusResult,
-    UnknownProfile,
-    UnknownProvider,
-    UnknownRoute,
-    Usage,
-)
+import importlib
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .aio import AsyncClient, AsyncEventStream, AsyncLease
+    from .classify import Failure, classify, parse_limits
+    from .client import Client, EventStream, Lease
+    from .protocol import (
+        ArgentError,
+        DaemonUnavailable,
+        Event,
+        InvalidParams,
+        LeaseNotFound,
+        LeaseResult,
+        Limits,
+        NoProfileAvailable,
+        PermissionDenied,
+        ReportResult,
+        StatusResult,
+        UnknownProfile,
+        UnknownProvider,
+        UnknownRoute,
+        Usage,
+    )
 
 __version__ = "0.1.0"
+
+_WHERE: Final = {
+    **dict.fromkeys(("AsyncClient", "AsyncEventStream", "AsyncLease"), "aio"),
+    **dict.fromkeys(("Failure", "classify", "parse_limits"), "classify"),
+    **dict.fromkeys(("Client", "EventStream", "Lease"), "client"),
+    **dict.fromkeys(
+        ("ArgentError", "DaemonUnavailable", "Event", "InvalidParams", "LeaseNotFound",
+         "LeaseResult", "Limits", "NoProfileAvailable", "PermissionDenied", "ReportResult",
+         "StatusResult", "UnknownProfile", "UnknownProvider", "UnknownRoute", "Usage"),
+        "protocol",
+    ),
+}
+"""Public name -> the submodule that defines it."""
 
 __all__ = [
     "ArgentError",
@@ -61,12 +75,15 @@ __all__ = [
     "parse_limits",
 ]
 
-_ASYNC = frozenset({"AsyncClient", "AsyncEventStream", "AsyncLease"})
-
 
 def __getattr__(name: str) -> Any:
-    if name in _ASYNC:
-        from . import aio
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'argent_client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(aio, name)
-    raise AttributeError(f"module 'argent_client' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -1,35 +1,42 @@
-"""What the blocking and the async client share: no I/O, no clock of its own.
+"""What a lease is and what happens at its end, for both clients, sans I/O.
 
-`LineReader` cuts bytes into lines; `CallBook` numbers requests and decides
-what an incoming line means for them; `LeaseBase` is the part of a lease
-object that does not talk to the daemon (its fields, `observe`,
-`record_usage`, the failure it would report); `env_lease` builds the
-client-side environment fallback lease. `Client` (client.py) and
-`AsyncClient` (aio.py) add the sockets.
+`LeaseBase` is the part of a lease object that does not talk to the daemon
+(its fields, `observe`, `record_usage`, the failure it would report);
+`env_lease` builds the client-side environment fallback lease. No socket is
+touched here; the wall clock and `os.environ` are read only where a caller
+passes no `now` / `environ` (the env fallback, `observe`).
 
-Retrying after a broken connection: every request is retried once on a
-fresh connection except those that could grant a *detached* lease — a
-`lease` with `detached=True` and a `report_failure` with `failover=True`.
-A lease bound to a connection ends when that connection closes, so
-re-sending an attached `lease` can never leave two leases behind; a
-detached one that the daemon granted just before the line dropped would
-live on until its TTL, so those are not sent twice (the caller gets
-`DaemonUnavailable` and decides).
+Theory of operation — the decisions at a lease's end are *steps*:
+generators that yield what they need done (`Call` a daemon method, `Invoke`
+the caller's function, `Adopt` a failover's next lease, `Relet`: lease
+again) and get the answer sent back in, or the exception thrown in. The
+blocking client runs them with `Client._run`, the async one with
+`AsyncClient._run`; each is a few lines of transport, the decisions are
+written once:
+
+- `exit_steps`: leaving a `with` block. A clean exit releases with success;
+  an exception `classify` recognises is reported; any other (an agent bug,
+  Ctrl-C, cancellation) releases without blaming the credential.
+- `report_steps`: a failure report. When the daemon no longer knows the
+  lease (its TTL ran out while an SDK waited out a long `retry-after`, or
+  the connection dropped) the report goes again by `profile`: the failure
+  belongs to the credential, and the spent key must not stay ready.
+- `failover_steps`: `call_with_failover`'s loop.
+
+A `Call` marked `cleanup` runs while an exception is on its way out: the
+async client shields it from cancellation (bounded in time).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import secrets
-import socket
-import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -39,181 +46,10 @@ from .providers import FALLBACK_ENV, auth_headers, normalise_provider
 
 log = logging.getLogger("argent_client")
 
-MAX_REPLY: Final = 64 * 1024 * 1024
-"""A daemon line longer than this is treated as a broken connection."""
 LOCAL_PREFIX: Final = "env-local-"
 """Lease ids of client-side environment fallback leases (never sent to a daemon)."""
 ENV_TTL: Final = 3600.0
 """`expires_at` of a local env lease without `ttl` (nothing enforces it)."""
-
-
-class Broken(Exception):
-    """The connection to the daemon broke (EOF, EPIPE, ECONNRESET)."""
-
-
-class NotSent(Broken):
-    """The connection was found broken before the request left: resending is safe."""
-
-
-class LineReader:
-    """Accumulates bytes and hands out complete lines (without the newline)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def pop_line(self) -> bytes | None:
-        """The next complete line, or None; raises `Broken` for an endless line."""
-        at = self._buf.find(b"\n")
-        if at < 0:
-            if len(self._buf) > MAX_REPLY:
-                raise Broken("the daemon sent a line longer than 64 MiB")
-            return None
-        line = bytes(self._buf[:at])
-        del self._buf[: at + 1]
-        return line
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A reply to a request still waited for."""
-
-    id: int
-    message: P.Incoming
-
-
-class CallBook:
-    """Request ids of one connection and what became of them.
-
-    Ids increase per connection. A request whose caller gave up (timeout,
-    cancellation) is *abandoned*: its late reply is dropped — except a
-    granted lease, which is released at once so it does not sit idle
-    until the connection closes.
-    """
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self.pending: dict[int, str] = {}
-        self.abandoned: dict[int, str] = {}
-
-    def start(self, method: str, params: msgspec.Struct | None) -> tuple[int, bytes]:
-        """A new request: its id and the line to send."""
-        rid = next(self._ids)
-        self.pending[rid] = method
-        return rid, P.encode_request(method, params, rid)
-
-    def finish(self, rid: int) -> None:
-        self.pending.pop(rid, None)
-
-    def abandon(self, rid: int) -> None:
-        method = self.pending.pop(rid, None)
-        if method is not None:
-            self.abandoned[rid] = method
-
-    def on_line(self, line: bytes) -> Reply | bytes | None:
-        """What an incoming line means.
-
-        Returns a `Reply` for a pending request, the bytes of a release to
-        send for an abandoned lease that was granted, or None (an event
-        notification, a stale reply). Raises `Broken` for a line that is
-        not JSON-RPC.
-        """
-        try:
-            msg = P.decode_incoming(line)
-        except P.ParseError as exc:
-            raise Broken(str(exc)) from None
-        if not isinstance(msg.id, int):
-            return None
-        if msg.id in self.pending:
-            return Reply(msg.id, msg)
-        method = self.abandoned.pop(msg.id, None)
-        if method == "lease" and msg.error is msgspec.UNSET:
-            try:
-                lease_id = P.decode_result("lease", msg.result).lease_id
-            except msgspec.DecodeError:
-                return None
-            rid = next(self._ids)
-            self.abandoned[rid] = "release"
-            log.debug("releasing lease %s whose request was given up", lease_id)
-            return P.encode_request("release", P.ReleaseParams(lease_id=lease_id), rid)
-        return None
-
-
-def peer_closed(sock: socket.socket) -> bool:
-    """Whether the daemon already closed `sock` (e.g. it restarted since the last call).
-
-    Peeks without blocking or consuming, so a request is never sent into a
-    connection that is known to be dead (which would then count as the one
-    retry, or not be retried at all).
-    """
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError, TimeoutError):
-        return False
-    except OSError:
-        return True
-
-
-def timeval(timeout: float | None) -> bytes:
-    """`timeout` as the `struct timeval` of SO_RCVTIMEO/SO_SNDTIMEO (0: wait forever)."""
-    if timeout is None:
-        return struct.pack("ll", 0, 0)
-    timeout = max(timeout, 0.001)  # 0 would mean forever
-    sec = int(timeout)
-    return struct.pack("ll", sec, int((timeout - sec) * 1e6))
-
-
-def result_of(method: str, msg: P.Incoming) -> Any:
-    """The typed result of a reply; raises the `ArgentError` the daemon sent."""
-    if msg.error is not msgspec.UNSET:
-        raise P.error_from_wire(msg.error)
-    try:
-        return P.decode_result(method, msg.result)
-    except msgspec.DecodeError as exc:
-        raise P.InternalError(f"unexpected {method!r} result from argentd: {exc}") from None
-
-
-def retry_safe(method: str, params: msgspec.Struct | None) -> bool:
-    """Whether `method` may be sent again after the connection broke (module doc)."""
-    if isinstance(params, P.LeaseParams):
-        return not params.detached
-    if isinstance(params, P.ReportParams):
-        return not params.failover
-    return method != "subscribe"
-
-
-def unavailable(path: object, exc: BaseException) -> P.DaemonUnavailable:
-    """The error for a socket that cannot be reached."""
-    reason = getattr(exc, "strerror", None) or type(exc).__name__
-    return P.DaemonUnavailable(
-        f"cannot reach argentd at {path} ({reason}); start it with `argentd` "
-        "(or `argentctl service install`)",
-        socket=str(path),
-        reason="unreachable",
-    )
-
-
-def timed_out(path: object, method: str, seconds: float | None) -> P.DaemonUnavailable:
-    return P.DaemonUnavailable(
-        f"argentd at {path} did not answer {method!r} within {seconds:g}s",
-        socket=str(path),
-        reason="timeout",
-    )
-
-
-def connection_lost(path: object, method: str, retried: bool) -> P.DaemonUnavailable:
-    why = (
-        "again after a retry on a new connection"
-        if retried
-        else "and it was not retried because it may have granted a detached lease"
-    )
-    return P.DaemonUnavailable(
-        f"the connection to argentd at {path} broke during {method!r} {why}",
-        socket=str(path),
-        reason="connection_lost",
-    )
 
 
 def default_client_name() -> str:
@@ -244,13 +80,6 @@ def lease_params(
         detached=detached,
         client=client,
     )
-
-
-def call_timeout(timeout: float | None, wait: float | None) -> float | None:
-    """The socket timeout for a call that may wait `wait` seconds in the daemon."""
-    if timeout is None:
-        return None
-    return timeout + (wait or 0.0)
 
 
 # ------------------------------------------------------------ env fallback
@@ -422,19 +251,28 @@ class LeaseBase:
             )
         return failure
 
+    def release_params(self, usage: P.Usage | None = None, *,
+                       success: bool = True) -> P.ReleaseParams:
+        """The `release` params: the observed limits and `usage` (default: recorded)."""
+        return P.ReleaseParams(lease_id=self.lease_id, usage=usage or self.usage,
+                               limits=self.limits, success=success)
+
     def report_params(
-        self, failure: Failure, *, failover: bool, model: str | None = None
+        self, failure: Failure, *, failover: bool, model: str | None = None,
+        by_profile: bool = False,
     ) -> P.ReportParams:
         """The `report_failure` params for `failure` on this lease.
 
         `model` is None unless the caller knows the limit was per model: the
         lease's own model only says what was asked (a 5-hour subscription
         cap or a spent balance is account-wide), and a report that names a
-        model cools the profile for that model alone.
+        model cools the profile for that model alone. `by_profile` names the
+        profile instead of the lease (for a lease the daemon no longer knows).
         """
         return P.ReportParams(
             kind=failure.kind,
-            lease_id=self.result.lease_id,
+            lease_id=None if by_profile else self.result.lease_id,
+            profile=self.result.profile if by_profile else None,
             retry_after=failure.retry_after,
             status=failure.status,
             message=failure.message,
@@ -447,3 +285,175 @@ class LeaseBase:
 def local_report() -> P.ReportResult:
     """What reporting on a local env lease answers: nothing changes, no next lease."""
     return P.ReportResult(profile_state="ready")
+
+
+# ------------------------------------------------------------ steps (module doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Send `method` with `params`; the step gets the typed result or the exception."""
+
+    method: str
+    params: msgspec.Struct
+    cleanup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Call the caller's function with `lease`; the step gets what it returned or raised."""
+
+    lease: LeaseBase
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Wrap a failover's next lease in the client's lease class; the step gets it."""
+
+    result: P.LeaseResult
+
+
+@dataclass(frozen=True, slots=True)
+class Relet:
+    """Lease again with the loop's own arguments; the step gets the new lease."""
+
+
+Op: TypeAlias = Call | Invoke | Adopt | Relet
+Steps: TypeAlias = Generator[Op, Any, Any]
+
+
+class Runner:
+    """Drives steps for a client: `next()` gives each op until None, then `value`.
+
+    The client sets `answer` (what the op gave) or `error` (what it raised)
+    before asking for the next op; an error is thrown into the steps.
+    """
+
+    def __init__(self, steps: Steps) -> None:
+        self._steps = steps
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.value: Any = None
+
+    def next(self) -> Op | None:
+        error, self.error = self.error, None
+        try:
+            op = self._steps.throw(error) if error is not None else self._steps.send(self.answer)
+        except StopIteration as stop:
+            self.value = stop.value
+            return None
+        self.answer = None
+        return op
+
+
+def release_steps(lease: LeaseBase, *, quiet: bool, raising: bool = True,
+                  cleanup: bool = False, usage: P.Usage | None = None,
+                  success: bool = True) -> Steps:
+    """Release `lease` (once; a local env lease sends nothing).
+
+    `usage` replaces the recorded usage; `success=False` ends the lease
+    without claiming the credential worked (its failure counts stay).
+
+    Not `quiet`: every error is raised (`LeaseNotFound` when the daemon no
+    longer knows it). `quiet`: a lease already gone only logs a warning, and
+    any other `ArgentError` too unless `raising`.
+    """
+    if lease.ended:
+        return
+    lease.ended = True
+    if lease.local:
+        return
+    params = lease.release_params(usage, success=success)
+    if not quiet:
+        yield Call("release", params, cleanup)
+        return
+    try:
+        yield Call("release", params, cleanup)
+    except (P.LeaseNotFound, P.DaemonUnavailable) as err:
+        log.warning("lease %s was already gone at release: %s", lease.lease_id, err)
+    except P.ArgentError as err:
+        if raising:
+            raise
+        log.warning("could not release lease %s: %s", lease.lease_id, err)
+
+
+def report_steps(lease: LeaseBase, failure: Failure, *, failover: bool,
+                 model: str | None = None, cleanup: bool = False) -> Steps:
+    """Report `failure` on `lease` and end it; the step's value is the `ReportResult`."""
+    result, _ = yield from _report(lease, failure, failover, model, cleanup)
+    return result
+
+
+def _report(
+    lease: LeaseBase, failure: Failure, failover: bool, model: str | None, cleanup: bool
+) -> Generator[Op, Any, tuple[P.ReportResult, bool]]:
+    """(the daemon's answer, whether it went by profile because the lease was gone)."""
+    lease.ended = True
+    if lease.local:
+        return local_report(), False
+    try:
+        params = lease.report_params(failure, failover=failover, model=model)
+        result: P.ReportResult = yield Call("report_failure", params, cleanup)
+        return result, False
+    except P.LeaseNotFound:
+        log.info("lease %s ended before its %s report; reporting it on profile %s",
+                 lease.lease_id, failure.kind, lease.profile)
+    # No failover by profile: the daemon would pick the next lease without this
+    # lease's model, route or session (`failover_steps` leases again instead).
+    params = lease.report_params(failure, failover=False, model=model, by_profile=True)
+    result = yield Call("report_failure", params, cleanup)
+    return result, True
+
+
+def exit_steps(lease: LeaseBase, exc: BaseException | None) -> Steps:
+    """Leaving a lease's `with` block with `exc` (or cleanly): release or report."""
+    if lease.ended:
+        return
+    failure = lease.failure_for(exc) if exc is not None else None
+    if failure is None:
+        yield from release_steps(lease, quiet=True, raising=exc is None,
+                                 cleanup=exc is not None)
+        return
+    try:
+        yield from _report(lease, failure, False, None, True)
+    except P.ArgentError as err:
+        log.warning("could not report %s on lease %s: %s", failure.kind, lease.lease_id, err)
+
+
+def failover_steps(lease: LeaseBase, *, attempts: int, wait: float | None) -> Steps:
+    """`call_with_failover`: invoke, and on a classified failure move to the next lease.
+
+    The step's value is what the caller's function returned (see
+    `Client.call_with_failover` for the rules).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            value = yield Invoke(lease)
+        except BaseException as exc:
+            failure = None if lease.ended else lease.failure_for(exc)
+            if failure is None:
+                yield from release_steps(lease, quiet=True, raising=False, cleanup=True)
+                raise
+            last = attempt == attempts
+            failed = lease.profile
+            try:
+                report, by_profile = yield from _report(lease, failure, not last, None, False)
+            except P.ArgentError as err:
+                log.warning("could not report %s: %s", failure.kind, err)
+                raise exc from None
+            if last:
+                raise
+            if report.next is not None:
+                lease = yield Adopt(report.next)
+            elif wait is not None or by_profile:
+                try:
+                    lease = yield Relet()
+                except P.ArgentError:
+                    raise exc from None
+            else:
+                raise
+            log.info("%s on %s; trying %s", failure.kind, failed, lease.profile)
+            continue
+        yield from release_steps(lease, quiet=True, raising=False)
+        return value
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -6,7 +6,9 @@ four facts — HTTP status, response headers, the parsed error body and
 whether it was a timeout or a broken connection. `classify` then decides a
 failure kind in a fixed order:
 
-1. an explicit error type in the body (`rate_limit_error`, `billing_error`,
+1. an explicit error type in the body — first the codes inside
+   `error.details` (`enforced_spend_limit_reached`), then the error's own
+   `type` and `code` (`rate_limit_error`, `billing_error`,
    `insufficient_quota`, ...) — the provider saying what happened;
 2. the HTTP status (or, when the transport said 200 because the error came
    inside a stream, a numeric `error.code` in the body);
@@ -63,8 +65,18 @@ _TYPE_KINDS: Final[dict[str, FailureKind]] = {
     "invalid_api_key": "auth",
     "timeout_error": "timeout",
     "api_error": "server_error",
+    "enforced_spend_limit_reached": "quota",
+    "contract_spend_limit_reached": "quota",
+    "spend_limit_reached": "quota",
 }
-"""Error `type` / `code` strings of Anthropic and OpenAI bodies -> kind."""
+"""Error `type` / `code` strings of Anthropic and OpenAI bodies -> kind.
+
+Also the codes inside `error.details` (`error_code`, `code`, `type`,
+`reason`): a 429 whose details say `enforced_spend_limit_reached` is a
+monthly spend cap (quota), not a rate limit.
+"""
+
+_DETAIL_KEYS: Final = ("error_code", "code", "type", "reason")
 
 _CREDIT_TOO_LOW: Final = re.compile(r"credit balance (is )?too low", re.IGNORECASE)
 
@@ -112,6 +124,7 @@ def _classify(obj: object, now: float) -> Failure | None:
     etype = _str(err.get("type")) or _str(err.get("code"))
     ecode = _str(err.get("code"))
     emsg = _str(err.get("message"))
+    details = _detail_codes(err.get("details"))
     body_code = err.get("code") if isinstance(err.get("code"), int) else None
     if (status is None or status < 400) and isinstance(body_code, int) and body_code >= 400:
         # An error delivered inside a 200 stream (OpenRouter puts the status in `code`).
@@ -119,7 +132,9 @@ def _classify(obj: object, now: float) -> Failure | None:
     if status is not None and status < 400 and not etype:
         return None
 
-    kind: FailureKind | None = _TYPE_KINDS.get(etype or "") or _TYPE_KINDS.get(ecode or "")
+    # The details are the most specific word: they go first.
+    kind: FailureKind | None = next(
+        (_TYPE_KINDS[c] for c in (*details, etype, ecode) if c in _TYPE_KINDS), None)
     if kind is None and status is not None:
         kind = _status_kind(status, emsg)
     if kind is None and status is None:
@@ -129,7 +144,8 @@ def _classify(obj: object, now: float) -> Failure | None:
             kind = "server_error"
     if kind is None:
         return None
-    message = _message(obj, etype, emsg, status)
+    known = [c for c in details if c in _TYPE_KINDS and c != etype]
+    message = _message(obj, etype, emsg, status, known[0] if known else None)
     return Failure(
         kind=kind,
         retry_after=retry_after(headers, now=now, kind=kind),
@@ -239,9 +255,19 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _message(obj: object, etype: str | None, emsg: str | None, status: int | None) -> str:
+def _detail_codes(details: object) -> list[str]:
+    """The code strings of an `error.details` member: a mapping or a list of them."""
+    items = details if isinstance(details, list) else [details]
+    return [code for item in items if isinstance(item, Mapping)
+            for key in _DETAIL_KEYS if (code := _str(item.get(key))) is not None]
+
+
+def _message(obj: object, etype: str | None, emsg: str | None, status: int | None,
+             detail: str | None = None) -> str:
     if etype or emsg:
         text = ": ".join(part for part in (etype, emsg) if part)
+        if detail:
+            text = f"{text} ({detail})"
     elif isinstance(obj, BaseException):
         text = type(obj).__name__
         if status is not None:

@@ -48,7 +48,7 @@ exit codes:
   5    not found: unknown provider, route, profile or lease id
   6    doctor found a problem
   7    refused: the profiles file cannot be parsed, the id exists (use --replace),
-       the secret was rejected, or `reload` reported a config error
+       the secret was rejected, or `status`/`reload` reported a config error
   8    permission denied by the daemon
   130  interrupted (Ctrl-C)
   exec exits with the command's own status (128+N when killed by signal N,
@@ -151,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("status", "show profiles (state, cooldown left, leases, errors, last use) and leases",
-            "examples:\n  argentctl status\n  argentctl status --json | jq '.profiles[].state'")
+            "A config error (a broken or refused profiles file, a skipped profile) is\n"
+            "printed first and makes the exit code 7. Above 50 profiles, one summary\n"
+            "line per provider is printed instead of every profile.\n\n"
+            "examples:\n  argentctl status\n  argentctl status --provider anthropic\n"
+            "  argentctl status --json | jq '.profiles[].state'")
+    p.add_argument("--provider", metavar="NAME", help="only this provider's profiles and leases")
+    p.add_argument("--all", action="store_true",
+                   help="list every profile, however many (default: a summary above 50)")
     p.set_defaults(func=cmd_status)
 
     def target(p: argparse.ArgumentParser) -> None:
@@ -228,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "exec", "run a command with a leased secret in its environment",
         "The secret goes where the provider's tools look: anthropic api-key ->\n"
-        "ANTHROPIC_API_KEY; anthropic setup-token -> CLAUDE_CODE_OAUTH_TOKEN and\n"
-        "ANTHROPIC_AUTH_TOKEN; openai OPENAI_API_KEY; openrouter OPENROUTER_API_KEY;\n"
-        "minimax MINIMAX_API_KEY; zai ZAI_API_KEY; google GEMINI_API_KEY and\n"
-        "GOOGLE_API_KEY; plus ARGENT_LEASE_ID and ARGENT_PROFILE. The lease is renewed\n"
-        "while the command runs and released when it exits; argentctl exits with\n"
-        "the command's status. --json prints a summary on stderr at the end.\n\n"
+        "ANTHROPIC_API_KEY; anthropic setup-token or oauth -> CLAUDE_CODE_OAUTH_TOKEN;\n"
+        "openai OPENAI_API_KEY; openrouter OPENROUTER_API_KEY; minimax MINIMAX_API_KEY;\n"
+        "zai ZAI_API_KEY; google GEMINI_API_KEY and GOOGLE_API_KEY; plus ARGENT_LEASE_ID\n"
+        "and ARGENT_PROFILE. The provider's other credential variables (for anthropic\n"
+        "also ANTHROPIC_AUTH_TOKEN) are removed. The lease is renewed while the command\n"
+        "runs and released when it exits, as a success only if it exited 0; argentctl\n"
+        "exits with the command's status. --json prints a summary on stderr at the end.\n\n"
         "examples:\n"
         "  argentctl exec anthropic -- claude -p 'hello'\n"
         "  argentctl exec --route default --wait 120 -- ./agent.py",

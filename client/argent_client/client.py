@@ -7,8 +7,10 @@ between threads freely; a `lease` that `wait`s holds the others up, so give
 a thread that waits its own `Client`). Event notifications that arrive on
 this connection are skipped; `subscribe()` opens a connection of its own.
 
-A broken connection is retried once on a fresh one (see `_core` for which
-requests are not); a socket that cannot be reached raises
+What happens at a lease's end (release, report, failover) is decided once,
+in `_core`'s steps, which `_run` carries out; when to send a request again
+is `_wire.Retry`. Before its first request a connection checks that the
+socket is this user's own (`peer`). A socket that cannot be reached raises
 `DaemonUnavailable`, except that `lease`/`acquire` for a provider then fall
 back to the caller's own environment variable when `fallback_env` is on.
 """
@@ -20,23 +22,24 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
 
 from . import _core as C
+from . import _wire as W
 from . import protocol as P
+from ._base import ClientBase
+from ._sync_io import EventStream
 from .classify import Failure
-from .paths import default_socket_path
+from .peer import check_folder, check_peer
 
 __all__ = ["Client", "EventStream", "Lease"]
 
 log = logging.getLogger("argent_client")
 T = TypeVar("T")
-RECV_SIZE = 65536
 
 
 class Lease(C.LeaseBase):
@@ -44,10 +47,11 @@ class Lease(C.LeaseBase):
 
     `with client.lease("anthropic") as lease:` — a clean exit releases (with
     the observed limits and recorded usage); an exception that `classify`
-    recognises is reported as a failure and re-raised; any other exception
-    (a bug in the agent's own code, Ctrl-C) releases without blaming the
-    credential and is re-raised. A lease whose release finds it already
-    gone (TTL expired, connection lost) only logs a warning.
+    recognises is reported as a failure and re-raised (by profile if the
+    lease already ended); any other exception (a bug in the agent's own
+    code, Ctrl-C) releases without blaming the credential and is re-raised.
+    A lease whose release finds it already gone (TTL expired, connection
+    lost) only logs a warning.
     """
 
     def __init__(self, client: Client, result: P.LeaseResult) -> None:
@@ -63,39 +67,16 @@ class Lease(C.LeaseBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.ended:
-            return
-        failure = self.failure_for(exc) if exc is not None else None
-        if failure is None:
-            self._release_quietly(self.usage, raising=exc is None)
-            return
-        try:
-            self._report(failure, failover=False)
-        except P.ArgentError as err:
-            log.warning("could not report %s on lease %s: %s", failure.kind, self.lease_id, err)
+        self._client._run(C.exit_steps(self, exc))
 
-    def _release_quietly(self, usage: P.Usage | None, *, raising: bool) -> None:
-        try:
-            self.release(usage=usage)
-        except (P.LeaseNotFound, P.DaemonUnavailable) as err:
-            log.warning("lease %s was already gone at release: %s", self.lease_id, err)
-        except P.ArgentError as err:
-            if raising:
-                raise
-            log.warning("could not release lease %s: %s", self.lease_id, err)
+    def release(self, *, usage: P.Usage | None = None, success: bool = True) -> None:
+        """End the lease, sending observed limits and usage.
 
-    def release(self, *, usage: P.Usage | None = None) -> None:
-        """End the lease as a success, sending observed limits and usage.
-
+        `success=False` ends it without claiming the credential worked.
         A second call, or a call on a local env lease, does nothing. Raises
         `LeaseNotFound` if the daemon no longer knows it.
         """
-        if self.ended:
-            return
-        self.ended = True
-        if self.local:
-            return
-        self._client.release(self.lease_id, usage=usage or self.usage, limits=self.limits)
+        self._client._run(C.release_steps(self, quiet=False, usage=usage, success=success))
 
     def fail(
         self,
@@ -112,20 +93,13 @@ class Lease(C.LeaseBase):
         With `failover=True` the answer's `next` is the next lease (wrap it
         with `client.adopt`). `model` cools the profile for that model only
         (when the provider's limit is per model); by default the cooldown is
-        account-wide. A local env lease answers "ready" and no next.
+        account-wide. A lease the daemon no longer knows is reported by its
+        profile (no `next` then). A local env lease answers "ready" and no next.
         """
         failure = Failure(kind=kind, retry_after=retry_after, status=status,  # type: ignore[arg-type]
                           message=message)
-        return self._report(failure, failover=failover, model=model)
-
-    def _report(
-        self, failure: Failure, *, failover: bool, model: str | None = None
-    ) -> P.ReportResult:
-        self.ended = True
-        if self.local:
-            return C.local_report()
-        params = self.report_params(failure, failover=failover, model=model)
-        result: P.ReportResult = self._client._call("report_failure", params)
+        result: P.ReportResult = self._client._run(
+            C.report_steps(self, failure, failover=failover, model=model))
         return result
 
     def renew(self, ttl: float | None = None) -> float:
@@ -135,73 +109,15 @@ class Lease(C.LeaseBase):
         return self.expires_at
 
 
-class EventStream:
-    """Events from `subscribe()`, on a connection of their own.
-
-    Iterate it; it ends when the daemon closes the connection. `close()` (or
-    leaving `with`) ends it from this side.
-    """
-
-    def __init__(self, sock: socket.socket, reader: C.LineReader, early: list[P.Event]) -> None:
-        self._sock: socket.socket | None = sock
-        self._reader = reader
-        self._early = early
-
-    def __iter__(self) -> Iterator[P.Event]:
-        return self
-
-    def __next__(self) -> P.Event:
-        if self._early:
-            return self._early.pop(0)
-        while self._sock is not None:
-            line = self._reader.pop_line()
-            if line is None:
-                try:
-                    data = self._sock.recv(RECV_SIZE)
-                except TimeoutError:
-                    raise TimeoutError("no event from argentd within the idle timeout") from None
-                except OSError:
-                    data = b""
-                if not data:
-                    self.close()
-                    break
-                self._reader.feed(data)
-                continue
-            event = _event_of(line)
-            if event is not None:
-                return event
-        raise StopIteration
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _event_of(line: bytes) -> P.Event | None:
-    try:
-        msg = P.decode_incoming(line)
-        if msg.method == "event":
-            return P.decode_event(msg.params)
-    except (P.ParseError, msgspec.DecodeError):
-        log.debug("skipping an unreadable line from argentd")
-    return None
-
-
-class Client:
+class Client(ClientBase):
     """A blocking connection to argentd.
 
     `socket_path` defaults to `paths.default_socket_path()` (`$ARGENT_SOCKET`
     or the runtime dir). `timeout` bounds each call (plus its `wait`); None
     waits forever. `client_name` is what `status` shows for this client's
     leases (default `program[pid]`). Every method raises the `ArgentError`
-    subclass the daemon sent, or `DaemonUnavailable`.
+    subclass the daemon sent, or `DaemonUnavailable` (also when the socket is
+    not this user's own: `peer`).
     """
 
     def __init__(
@@ -212,17 +128,15 @@ class Client:
         client_name: str | None = None,
         fallback_env: bool = True,
     ) -> None:
-        self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
-        self.timeout = timeout
-        self.client_name = client_name or C.default_client_name()
-        self.fallback_env = fallback_env
+        super().__init__(socket_path, timeout=timeout, client_name=client_name,
+                         fallback_env=fallback_env)
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._sock_timeout: float | None = None
         self._fresh = False
         """The connection was opened for the call in progress (nothing answered on it yet)."""
-        self._reader = C.LineReader()
-        self._book = C.CallBook()
+        self._reader = W.LineReader()
+        self._book = W.CallBook()
 
     # ------------------------------------------------------------ plumbing
 
@@ -243,13 +157,18 @@ class Client:
             self._sock = None
 
     def _open(self, timeout: float | None) -> socket.socket:
+        check_folder(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(str(self.socket_path))
+            check_peer(sock, self.socket_path)
         except OSError as exc:
             sock.close()
-            raise C.unavailable(self.socket_path, exc) from None
+            raise W.unavailable(self.socket_path, exc) from None
+        except BaseException:
+            sock.close()
+            raise
         # A blocking socket whose timeouts live in the kernel (SO_RCVTIMEO /
         # SO_SNDTIMEO): CPython then neither polls before each send and recv
         # nor needs an ioctl to change the timeout (9 system calls a request
@@ -262,42 +181,30 @@ class Client:
     def _set_timeout(self, sock: socket.socket, timeout: float | None) -> None:
         if timeout == self._sock_timeout:
             return
-        tv = C.timeval(timeout)
+        tv = W.timeval(timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._sock_timeout = timeout
 
     def _call(self, method: str, params: msgspec.Struct | None, *, wait: float = 0.0) -> Any:
-        """Send one request and return its typed result (module doc for retries)."""
-        timeout = C.call_timeout(self.timeout, wait)
+        """Send one request and return its typed result (`_wire.Retry` for retries)."""
+        timeout = W.call_timeout(self.timeout, wait)
+        retry = W.Retry(self.socket_path, method, params)
         with self._lock:
-            attempt = 1
-            while attempt <= 2:
+            while True:
                 if self._sock is None:
                     self._sock = self._open(timeout)
                     self._fresh = True
-                    self._reader = C.LineReader()
-                    self._book = C.CallBook()
+                    self._reader = W.LineReader()
+                    self._book = W.CallBook()
                 try:
                     msg = self._roundtrip(self._sock, method, params, timeout)
-                except C.NotSent:
-                    # The daemon closed this connection since the last call (a
-                    # restart): the request never left, so a new connection may
-                    # carry it without using up the one retry.
+                except W.Broken as exc:
                     self._drop()
-                    if self._fresh:
-                        raise C.connection_lost(self.socket_path, method, True) from None
-                    continue
-                except C.Broken:
-                    self._drop()
-                    attempt += 1
-                    if attempt > 2 or not C.retry_safe(method, params):
-                        raise C.connection_lost(self.socket_path, method, attempt > 2) from None
-                    log.info("connection to argentd lost; sending %s again on a new one", method)
+                    retry.again(exc, fresh=self._fresh)
                     continue
                 self._fresh = False
-                return C.result_of(method, msg)
-        raise AssertionError("unreachable")  # pragma: no cover
+                return W.result_of(method, msg)
 
     def _roundtrip(
         self, sock: socket.socket, method: str, params: msgspec.Struct | None,
@@ -310,25 +217,22 @@ class Client:
                 self._set_timeout(sock, timeout)
                 sock.sendall(line)
             except (TimeoutError, BlockingIOError):
-                raise C.Broken("send timed out") from None
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # A Unix socket refuses the first byte once its peer has closed.
-                raise C.NotSent(str(exc)) from None
+                raise W.Broken("send timed out") from None
             except OSError as exc:
-                raise C.Broken(str(exc)) from None
+                raise W.send_error(exc) from None
             while True:
                 incoming = self._reader.pop_line()
                 if incoming is None:
                     self._receive(sock, deadline, rid, method, timeout)
                     continue
                 outcome = self._book.on_line(incoming)
-                if isinstance(outcome, C.Reply) and outcome.id == rid:
+                if isinstance(outcome, W.Reply) and outcome.id == rid:
                     return outcome.message
                 if isinstance(outcome, bytes):
                     try:
                         sock.sendall(outcome)
                     except OSError as exc:
-                        raise C.Broken(str(exc)) from None
+                        raise W.Broken(str(exc)) from None
         finally:
             self._book.finish(rid)
 
@@ -339,15 +243,36 @@ class Client:
         try:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError  # lines keep coming, but not ours
-            data = sock.recv(RECV_SIZE)  # bounded by SO_RCVTIMEO: the call's timeout
+            data = sock.recv(W.RECV_SIZE)  # bounded by SO_RCVTIMEO: the call's timeout
         except (TimeoutError, BlockingIOError):
             self._book.abandon(rid)
-            raise C.timed_out(self.socket_path, method, timeout) from None
+            raise W.timed_out(self.socket_path, method, timeout) from None
         except OSError as exc:
-            raise C.Broken(str(exc)) from None
+            raise W.Broken(str(exc)) from None
         if not data:
-            raise C.Broken("end of stream")
+            raise W.Broken("end of stream")
         self._reader.feed(data)
+
+    def _run(self, steps: C.Steps, fn: Callable[[Lease], Any] | None = None,
+             relet: Callable[[], Lease] | None = None) -> Any:
+        """Run a lease's steps (`_core`): do what each asks, send back its answer."""
+        run = C.Runner(steps)
+        while (op := run.next()) is not None:
+            try:
+                match op:
+                    case C.Call(method, params):
+                        run.answer = self._call(method, params)
+                    case C.Invoke(lease):
+                        assert fn is not None and isinstance(lease, Lease)
+                        run.answer = fn(lease)
+                    case C.Adopt(result):
+                        run.answer = self.adopt(result)
+                    case C.Relet():
+                        assert relet is not None
+                        run.answer = relet()
+            except BaseException as exc:
+                run.error = exc
+        return run.value
 
     # ------------------------------------------------------------ methods
 
@@ -373,24 +298,12 @@ class Client:
         `DaemonUnavailable` (when the env fallback is off or has no variable
         for `provider`; a route cannot fall back).
         """
-        params = C.lease_params(self.client_name, provider, route, model, session, ttl, wait,
-                                detached)
+        params = self._lease_params(provider, route, model, session, ttl, wait, detached)
         try:
             result: P.LeaseResult = self._call("lease", params, wait=params.wait)
         except P.DaemonUnavailable as exc:
-            fallback = self._fallback(exc, provider, model, ttl)
-            if fallback is None:
-                raise
-            return fallback
+            return self._fallback(exc, params)
         return result
-
-    def _fallback(
-        self, exc: P.DaemonUnavailable, provider: str | None, model: str | None,
-        ttl: float | None,
-    ) -> P.LeaseResult | None:
-        if not self.fallback_env or exc.data.get("reason") != "unreachable":
-            return None
-        return C.env_lease(provider, model, ttl)
 
     def lease(
         self,
@@ -414,17 +327,18 @@ class Client:
     def renew(self, lease_id: str, ttl: float | None = None) -> P.RenewResult:
         """Extend a lease; returns the new `expires_at`. Raises `LeaseNotFound`."""
         if C.is_local(lease_id):
-            return P.RenewResult(expires_at=time.time() + (ttl or C.ENV_TTL))
+            return self._local_renew(ttl)
         result: P.RenewResult = self._call("renew", P.RenewParams(lease_id=lease_id, ttl=ttl))
         return result
 
     def release(
-        self, lease_id: str, *, usage: P.Usage | None = None, limits: P.Limits | None = None
+        self, lease_id: str, *, usage: P.Usage | None = None, limits: P.Limits | None = None,
+        success: bool = True,
     ) -> P.ReleaseResult:
-        """End a lease as a success. Raises `LeaseNotFound`."""
+        """End a lease; as a success unless `success=False`. Raises `LeaseNotFound`."""
         if C.is_local(lease_id):
             return P.ReleaseResult()
-        params = P.ReleaseParams(lease_id=lease_id, usage=usage, limits=limits)
+        params = P.ReleaseParams(lease_id=lease_id, usage=usage, limits=limits, success=success)
         result: P.ReleaseResult = self._call("release", params)
         return result
 
@@ -449,11 +363,8 @@ class Client:
         """
         if lease_id is not None and C.is_local(lease_id):
             return C.local_report()
-        params = P.ReportParams(
-            kind=kind,  # type: ignore[arg-type]
-            lease_id=lease_id, profile=profile, retry_after=retry_after, status=status,
-            message=message, model=model, limits=limits, failover=failover,
-        )
+        params = self._report_params(lease_id, kind, profile, retry_after, status, message,
+                                     model, limits, failover)
         result: P.ReportResult = self._call("report_failure", params)
         return result
 
@@ -496,37 +407,24 @@ class Client:
         """
         sock = self._open(self.timeout)
         try:
-            reader = C.LineReader()
-            book = C.CallBook()
-            rid, line = book.start("subscribe", None)
-            early: list[P.Event] = []
-            sock.sendall(line)
-            while True:
-                incoming = reader.pop_line()
-                if incoming is None:
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        raise C.Broken("end of stream")
-                    reader.feed(data)
-                    continue
-                outcome = book.on_line(incoming)
-                if isinstance(outcome, C.Reply) and outcome.id == rid:
-                    C.result_of("subscribe", outcome.message)
-                    break
-                event = _event_of(incoming)
-                if event is not None:
-                    early.append(event)
+            shake = W.Handshake()
+            sock.sendall(shake.line)
+            while not shake.done():
+                data = sock.recv(W.RECV_SIZE)
+                if not data:
+                    raise W.Broken("end of stream")
+                shake.reader.feed(data)
             sock.settimeout(idle_timeout)
         except TimeoutError:
             sock.close()
-            raise C.timed_out(self.socket_path, "subscribe", self.timeout) from None
-        except (OSError, C.Broken):
+            raise W.timed_out(self.socket_path, "subscribe", self.timeout) from None
+        except (OSError, W.Broken):
             sock.close()
-            raise C.connection_lost(self.socket_path, "subscribe", False) from None
+            raise W.connection_lost(self.socket_path, "subscribe", False) from None
         except BaseException:
             sock.close()
             raise
-        return EventStream(sock, reader, early)
+        return EventStream(sock, shake.reader, shake.early)
 
     def call_with_failover(
         self,
@@ -550,36 +448,9 @@ class Client:
         """
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        lease = self.lease(provider, route=route, model=model, session=session, wait=wait)
-        for attempt in range(1, attempts + 1):
-            try:
-                value = fn(lease)
-            except BaseException as exc:
-                failure = None if lease.ended else lease.failure_for(exc)
-                if failure is None:
-                    lease._release_quietly(lease.usage, raising=False)
-                    raise
-                last = attempt == attempts
-                failed = lease.profile
-                try:
-                    report = lease._report(failure, failover=not last)
-                except P.ArgentError as err:
-                    log.warning("could not report %s: %s", failure.kind, err)
-                    raise exc from None
-                if last:
-                    raise
-                if report.next is not None:
-                    lease = self.adopt(report.next)
-                elif wait is not None:
-                    try:
-                        lease = self.lease(provider, route=route, model=model, session=session,
-                                           wait=wait)
-                    except P.ArgentError:
-                        raise exc from None
-                else:
-                    raise
-                log.info("%s on %s; trying %s", failure.kind, failed, lease.profile)
-                continue
-            lease._release_quietly(lease.usage, raising=False)
-            return value
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def relet() -> Lease:
+            return self.lease(provider, route=route, model=model, session=session, wait=wait)
+
+        return self._run(C.failover_steps(relet(), attempts=attempts, wait=wait), fn,  # type: ignore[no-any-return]
+                         relet)

@@ -129,14 +129,17 @@ def _call(args: argparse.Namespace, fn: Callable[[Client], Any], *, name: str) -
 
 
 def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    from .facts import normalise_provider
     from .render import status_tables
 
     status = _call(args, lambda c: c.status(), name="argentctl status")
     if out.json:
         out.print_json(status)
     else:
-        status_tables(status, time.time(), out.console)
-    return ExitCode.OK
+        provider = normalise_provider(args.provider) if args.provider else None
+        status_tables(status, time.time(), out.console, provider=provider, show_all=args.all)
+    # A broken file is a failure even though the daemon answered.
+    return ExitCode.REFUSED if status.config.error else ExitCode.OK
 
 
 def cmd_lease(args: argparse.Namespace, out: Out) -> int:
@@ -309,7 +312,9 @@ def cmd_exec(args: argparse.Namespace, out: Out) -> int:
             renewer.stop()
             renewer.join()
         try:
-            client.release(lease.lease_id)
+            # Only a clean exit says the credential worked; a failed or killed
+            # child may have failed on it (e.g. Claude Code after eleven 429s).
+            client.release(lease.lease_id, success=rc == 0)
         except ArgentError as exc:
             out.note(f"argentctl: could not release {lease.lease_id}: {exc.code}: {exc}")
     finally:
@@ -348,6 +353,7 @@ def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_profiles_list(args: argparse.Namespace, out: Out) -> int:
+    from .facts import shown_id
     from .profiles_file import read_profiles, summarise
     from .protocol import DaemonUnavailable
     from .render import daemon_profiles_table, file_profiles_table
@@ -359,9 +365,14 @@ def cmd_profiles_list(args: argparse.Namespace, out: Out) -> int:
             out.note("argentctl: the daemon is not reachable; reading the file", style="dim")
         else:
             if out.json:
-                out.print_json({"source": "daemon", "profiles": status.profiles})
+                # An id that may be a secret pasted in the wrong place shows as #N.
+                shown = [
+                    msgspec.structs.replace(p, id=shown_id(p.id, i))
+                    for i, p in enumerate(status.profiles)
+                ]
+                out.print_json({"source": "daemon", "profiles": shown})
             else:
-                out.console.print(daemon_profiles_table(status.profiles, time.time()))
+                daemon_profiles_table(status.profiles, time.time()).print(out.console)
             return ExitCode.OK
     path = _profiles_path(args)
     doc = read_profiles(path)
@@ -371,7 +382,7 @@ def cmd_profiles_list(args: argparse.Namespace, out: Out) -> int:
     elif not doc.exists:
         out.note(f"{path} does not exist: add a profile with `argentctl setup`")
     else:
-        out.console.print(file_profiles_table(items))
+        file_profiles_table(items).print(out.console)
     return ExitCode.OK
 
 
@@ -390,11 +401,59 @@ def _read_secret_stdin() -> str:
     return sys.stdin.read(64 * 1024 + 1)
 
 
+def _served_path(args: argparse.Namespace) -> Path | None:
+    """The profiles file the running daemon serves, or None when it does not answer."""
+    from .client import Client
+
+    try:
+        client = Client(_socket_path(args), timeout=5.0, client_name="argentctl profiles",
+                        fallback_env=False)
+        try:
+            return Path(client.status().config.profiles_path)
+        finally:
+            client.close()
+    except ArgentError:
+        return None
+
+
+def _target_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Where `profiles add|remove` writes, and the file the daemon serves (None: down).
+
+    Without --profiles or $ARGENT_PROFILES it is the daemon's file, so the
+    change reaches the daemon that runs.
+    """
+    served = _served_path(args)
+    explicit = bool(getattr(args, "profiles", None) or os.environ.get("ARGENT_PROFILES"))
+    if served is not None and not explicit:
+        return served, served
+    return _profiles_path(args), served
+
+
+def _after_write(out: Out, path: Path, served: Path | None) -> None:
+    """Say whether the daemon will see the change: never promise what will not happen."""
+    from .profiles_file import real_path
+
+    if served is None:
+        out.note("the daemon is not running: start it with `argentd` (or `argentctl service"
+                 " install`) to use this file", style="dim")
+    elif real_path(served) == real_path(path):
+        out.note("argentd reloads the file on its own; `argentctl status` shows it in a moment",
+                 style="dim")
+    else:
+        out.note(
+            f"warning: the running daemon serves {served}, not {path}: it will not see this"
+            f" change. Write to its file (--profiles {served}) or restart argentd with"
+            f" --profiles {path}",
+            style="bold yellow",
+        )
+
+
 def cmd_profiles_add(args: argparse.Namespace, out: Out) -> int:
     from .wizard import SetupOptions, WizardIO, run_setup
 
+    path, served = _target_path(args)
     opts = SetupOptions(
-        path=_profiles_path(args),
+        path=path,
         provider=args.provider,
         type=args.type,
         name=args.name,
@@ -418,23 +477,20 @@ def cmd_profiles_add(args: argparse.Namespace, out: Out) -> int:
     else:
         verb = "replaced" if result.replaced else "added"
         out.line(f"{verb} {result.id} ({result.fingerprint}) in {result.path}")
-        out.note(
-            "argentd reloads the file on its own; `argentctl status` shows it in a moment",
-            style="dim",
-        )
+    _after_write(out, path, served)
     return ExitCode.OK
 
 
 def cmd_profiles_remove(args: argparse.Namespace, out: Out) -> int:
     from .profiles_file import remove_profile
 
-    path = _profiles_path(args)
+    path, served = _target_path(args)
     remove_profile(path, args.profile)
     if out.json:
         out.print_json({"removed": args.profile, "path": str(path)})
     else:
         out.line(f"removed {args.profile} from {path}")
-        out.note("argentd reloads the file on its own", style="dim")
+    _after_write(out, path, served)
     return ExitCode.OK
 
 

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,8 @@ from rich.console import Console
 from rich.text import Text
 
 from . import paths
-from .profiles_file import ProfilesFileError, file_mode, read_profiles
+from .facts import FALLBACK_ENV
+from .profiles_file import ProfilesFileError, file_mode, problems, read_profiles
 from .protocol import PROTOCOL_VERSION, ArgentError, DaemonUnavailable, StatusResult
 
 CheckStatus = Literal["ok", "warn", "fail", "skip"]
@@ -48,10 +50,33 @@ def _q(path: Path | str) -> str:
 # ------------------------------------------------------------ profiles file
 
 
-def check_profiles_file(path: Path) -> list[Check]:
-    """Exists, parses with a supported shape, mode 0600 and owned by us."""
+def _fix_file(path: Path) -> str:
+    return f"edit {path} at the place shown; argentd reloads it on its own when it changes"
+
+
+def check_profiles_file(
+    path: Path, *, daemon_lines: Sequence[str] | None = None, fallback: Sequence[str] = ()
+) -> list[Check]:
+    """Exists, parses with a supported shape, each profile valid, mode 0600 and owned by us.
+
+    `daemon_lines` are the daemon's own messages about this file when it
+    serves it (they cover what only the daemon can check, such as `cmd:`
+    references); without them each profile is checked here. `fallback`
+    names the environment fallback profiles: with any, a missing file is a
+    warning, not a failure.
+    """
     path = path.expanduser().absolute()
     if not path.exists():
+        if fallback:
+            return [
+                Check(
+                    "profiles_file",
+                    "warn",
+                    f"{path} does not exist; only the environment fallback is served"
+                    f" ({', '.join(fallback)})",
+                    "add a profile with `argentctl setup` (it creates the file with mode 0600)",
+                )
+            ]
         return [
             Check(
                 "profiles_file",
@@ -64,42 +89,71 @@ def check_profiles_file(path: Path) -> list[Check]:
     try:
         doc = read_profiles(path)
     except ProfilesFileError as exc:
+        syntax = "not valid JSON" in str(exc) or "not UTF-8" in str(exc)
         checks.append(
             Check(
                 "profiles_parse",
                 "fail",
                 str(exc),
+                f"edit {path} at that line and column" if syntax else
                 f"edit {path}: it must be a JSON object, either a flat map "
                 '{"provider:name": {...}} or {"version": 1, "profiles": {...}}',
             )
         )
+        doc = None
+    checks.append(_mode_check(path))
+    if doc is None:
+        return checks
+    shape = "versioned store" if doc.versioned else "flat map"
+    n = len(doc.profiles)
+    if daemon_lines is None:
+        found = problems(doc, path)
     else:
-        shape = "versioned store" if doc.versioned else "flat map"
-        n = len(doc.profiles)
-        checks.append(Check("profiles_parse", "ok", f"{shape}, {n} profile(s)"))
+        prefixes = (f"{path}: profile ", f"{path}: order ")
+        found = [line for line in daemon_lines if line.startswith(prefixes)]
+        if all(c.status == "ok" for c in checks):
+            # A fault of the whole file that the checks above do not see (yet).
+            checks += [
+                Check("profiles_daemon", "fail", f"the daemon says: {line}",
+                      "fix it, or `argentctl reload` if it is already fixed")
+                for line in daemon_lines if not line.startswith(prefixes)
+            ]
+    skipped = [line for line in found if not _warning(line)]
+    detail = f"{shape}, {n} profile(s)"
+    if found:
+        detail += f": {len(skipped)} skipped, {len(found) - len(skipped)} warning(s) (below)"
+    parse = Check("profiles_parse", "fail" if skipped else "ok", detail,
+                  _fix_file(path) if skipped else None)
+    checks.insert(1, parse)
+    for line in found:
+        checks.append(Check("profile", "warn" if _warning(line) else "fail",
+                            line.removeprefix(f"{path}: "), _fix_file(path)))
+    return checks
+
+
+def _warning(line: str) -> bool:
+    """Whether a problem line is a warning: the profile is loaded anyway."""
+    return "; loaded anyway - at " in line
+
+
+def _mode_check(path: Path) -> Check:
     st = path.stat()
     mode = file_mode(path) or 0
     if st.st_uid != os.getuid():
-        checks.append(
-            Check(
-                "profiles_mode",
-                "fail",
-                f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})",
-                f"chown {os.getuid()} {_q(path)} && chmod 600 {_q(path)}",
-            )
+        return Check(
+            "profiles_mode",
+            "fail",
+            f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})",
+            f"chown {os.getuid()} {_q(path)} && chmod 600 {_q(path)}",
         )
-    elif mode & 0o077:
-        checks.append(
-            Check(
-                "profiles_mode",
-                "fail",
-                f"mode is {mode:04o}: other users can read your secrets; argentd refuses it",
-                f"chmod 600 {_q(path)}",
-            )
+    if mode & 0o077:
+        return Check(
+            "profiles_mode",
+            "fail",
+            f"mode is {mode:04o}: other users can read your secrets; argentd refuses it",
+            f"chmod 600 {_q(path)}",
         )
-    else:
-        checks.append(Check("profiles_mode", "ok", f"mode {mode:04o}"))
-    return checks
+    return Check("profiles_mode", "ok", f"mode {mode:04o}")
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -154,8 +208,12 @@ def check_git(path: Path) -> Check:
 # ------------------------------------------------------------ config and daemon
 
 
-def check_config(path: Path) -> Check:
-    """`argentd.toml` parses as TOML, if present (the daemon checks its keys)."""
+def check_config(path: Path, daemon_lines: Sequence[str] = ()) -> Check:
+    """`argentd.toml`: parses as TOML, if present, and the daemon's own verdict on it.
+
+    `daemon_lines` are the daemon's messages about this file (unknown keys,
+    bad routes): one check, one verdict, for the file.
+    """
     if not path.exists():
         return Check("config", "ok", f"{path} not present: defaults apply")
     try:
@@ -167,6 +225,11 @@ def check_config(path: Path) -> Check:
         )
     except OSError as exc:
         return Check("config", "fail", f"{path}: cannot read: {exc}", f"check {_q(path)}")
+    if daemon_lines:
+        return Check(
+            "config", "fail", "\n".join(daemon_lines),
+            f"edit {path} as the message says; argentd reloads it on its own when it changes",
+        )
     return Check("config", "ok", str(path))
 
 
@@ -208,22 +271,20 @@ def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
         return checks, None
     finally:
         client.close()
-    if status.config.error:
-        checks.append(
-            Check(
-                "daemon_config",
-                "fail",
-                status.config.error,
-                f"fix {status.config.profiles_path} as the message says; "
-                "the daemon reloads it on its own when it changes",
-            )
-        )
-    else:
-        checks.append(
-            Check("daemon_config", "ok", f"loaded {status.config.profiles_path} without error")
-        )
     checks.append(_profiles_check(status))
     return checks, status
+
+
+def _daemon_config_check(status: StatusResult, lines: Sequence[str]) -> Check:
+    """What the daemon reported that belongs to neither file (the environment)."""
+    if lines:
+        return Check(
+            "daemon_config", "fail", "\n".join(lines),
+            "fix what the message names, then `argentctl reload`",
+        )
+    if status.config.error:
+        return Check("daemon_config", "ok", "the daemon's problems are listed under each file")
+    return Check("daemon_config", "ok", f"loaded {status.config.profiles_path} without error")
 
 
 def _profiles_check(status: StatusResult) -> Check:
@@ -254,32 +315,61 @@ def run_doctor(
     socket_path: Path | None = None,
     config_path: Path | None = None,
     fallback_profiles_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Check]:
-    """Every check, in a fixed order.
+    """Every check, in a fixed order: one verdict per file, then the daemon.
 
     The daemon is asked first so that, when no `profiles_path` is given, the
     file it actually reads is the one checked; when it is unreachable,
-    `fallback_profiles_path` (else the default path) is.
+    `fallback_profiles_path` (else the default path) is. Each line of the
+    daemon's `config.error` goes under the file it names.
     """
+    env = os.environ if environ is None else environ
     sock = socket_path or paths.default_socket_path()
     daemon_checks, status = probe_daemon(sock)
     path = profiles_path
     if path is None and status is not None:
         path = Path(status.config.profiles_path)
     path = (path or fallback_profiles_path or paths.default_profiles_path()).expanduser().absolute()
-    checks = check_profiles_file(path)
+    config = config_path
+    if config is None and status is not None and status.config.config_path:
+        config = Path(status.config.config_path)
+    config = (config or paths.default_config_path()).expanduser()
+
+    lines = status.config.error.splitlines() if status and status.config.error else []
+    about_config = [line for line in lines if line.startswith(f"{config}:")]
+    daemon_path = Path(status.config.profiles_path) if status is not None else None
+    about_profiles: list[str] | None = None
+    if daemon_path is not None and _same_file(daemon_path, path):
+        about_profiles = [line for line in lines if line.startswith(f"{daemon_path}:")]
+    # What belongs to neither checked file: the environment, or the file the
+    # daemon serves when another one was checked.
+    placed = {*about_config, *(about_profiles or ())}
+    rest = [line for line in lines if line not in placed]
+    if status is not None:
+        fallback = [p.id for p in status.profiles if p.source == "env" and not p.removed]
+    else:
+        fallback = [var for pairs in FALLBACK_ENV.values() for var, _ in pairs
+                    if env.get(var, "").strip()]
+    checks = check_profiles_file(path, daemon_lines=about_profiles, fallback=fallback)
     checks.append(check_git(path))
-    if status is not None and Path(status.config.profiles_path) != path:
+    if daemon_path is not None and not _same_file(daemon_path, path):
         checks.append(
             Check(
                 "profiles_path",
                 "warn",
-                f"you checked {path}, but the daemon reads {status.config.profiles_path}",
+                f"you checked {path}, but the daemon reads {daemon_path}",
                 "pass the same --profiles / ARGENT_PROFILES to argentd and argentctl",
             )
         )
-    checks.append(check_config((config_path or paths.default_config_path()).expanduser()))
+    checks.append(check_config(config, about_config))
+    if status is not None:
+        daemon_checks.insert(2, _daemon_config_check(status, rest))
     return checks + daemon_checks
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.realpath(a.expanduser()) == os.path.realpath(b.expanduser())
 
 
 def failed(checks: list[Check]) -> bool:
@@ -302,7 +392,10 @@ def render(checks: list[Check], console: Console) -> None:
         line = Text()
         line.append(mark, style=style)
         line.append(f" {c.name}: ", style="bold")
-        line.append(c.detail)
+        first, *rest = c.detail.splitlines() or [""]
+        line.append(first)
         console.print(line, soft_wrap=True)
+        for more in rest:
+            console.print(Text(f"    {more}"), soft_wrap=True)
         if c.fix and c.status in ("warn", "fail"):
             console.print(Text(f"    fix: {c.fix}"), soft_wrap=True)

@@ -25,12 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .facts import (
+    RESERVED_NAMES,
+    SECRET_FIELD,
+    TYPE_ALIASES,
+    did_you_mean,
+    fingerprint,
+    id_is_shown,
+    json_syntax_error,
+    normalise_provider,
+    shown_id,
+    suggest_provider,
+    token_problem,
+    utf8_error,
+    valid_provider,
+)
 from .protocol import ProfileType
-from .providers import TYPE_ALIASES, fingerprint, normalise_provider
 
 _NAME: re.Pattern[str] = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
-RESERVED_NAMES = frozenset({"env", "env-key"})
-"""Names the daemon keeps for its environment fallback (`anthropic:env`)."""
 
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a profile name, or None."""
@@ -41,10 +53,10 @@ def name_problem(name: str) -> str | None:
     return None
 
 # The versioned store spells types its own way; these are what we write there.
-_STORE_TYPE: dict[ProfileType, tuple[str, str]] = {
-    "setup-token": ("token", "token"),
-    "api-key": ("api_key", "key"),
-    "oauth": ("oauth", "access"),
+_STORE_TYPE: dict[ProfileType, str] = {
+    "setup-token": "token",
+    "api-key": "api_key",
+    "oauth": "oauth",
 }
 
 
@@ -94,7 +106,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ProfilesFileError(f"duplicate key {key!r}")
+            shown = json.dumps(key) if id_is_shown(key) else "(not shown: it may be a secret)"
+            raise ProfilesFileError(f"duplicate key {shown}")
         out[key] = value
     return out
 
@@ -107,10 +120,10 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
     """
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise ProfilesFileError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    except json.JSONDecodeError:
+        raise ProfilesFileError(f"{path}: not valid JSON: {json_syntax_error(text)}") from None
+    except RecursionError:
+        raise ProfilesFileError(f"{path}: not valid JSON: nested too deeply") from None
     except ProfilesFileError as exc:
         raise ProfilesFileError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
@@ -124,11 +137,13 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
             )
     else:
         profiles = data
-    for key, value in profiles.items():
+    for index, (key, value) in enumerate(profiles.items()):
         if not isinstance(value, dict):
             where = "$.profiles" if versioned else "$"
+            shown = shown_id(key, index)
+            step = json.dumps(key) if shown == key else shown
             raise ProfilesFileError(
-                f"{path}: profile {key!r} is not an object (at {where}[{key!r}])"
+                f"{path}: profile {step} is not an object (at {where}[{step}])"
             )
     return ProfilesDoc(data=data, versioned=versioned, exists=True)
 
@@ -142,8 +157,10 @@ def read_profiles(path: Path) -> ProfilesDoc:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return ProfilesDoc()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfilesFileError(f"{path}: cannot read: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProfilesFileError(f"{path}: {utf8_error(path.read_bytes())}") from None
+    except OSError as exc:
+        raise ProfilesFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_profiles(text, path)
 
 
@@ -156,9 +173,13 @@ def _secret_of(entry: dict[str, Any]) -> str | None:
 
 
 def summarise(doc: ProfilesDoc) -> list[FileProfile]:
-    """One `FileProfile` per file entry, in file order, with fingerprints only."""
+    """One `FileProfile` per file entry, in file order, with fingerprints only.
+
+    An id that may be a secret pasted in the wrong place shows as `#N`, as the
+    daemon shows it (`facts.shown_id`).
+    """
     out: list[FileProfile] = []
-    for pid, entry in doc.profiles.items():
+    for index, (pid, entry) in enumerate(doc.profiles.items()):
         secret = _secret_of(entry)
         ref = entry.get("token_ref") or entry.get("key_ref")
         if secret is not None:
@@ -171,7 +192,7 @@ def summarise(doc: ProfilesDoc) -> list[FileProfile]:
         priority = entry.get("priority")
         out.append(
             FileProfile(
-                id=pid,
+                id=shown_id(pid, index),
                 provider=normalise_provider(str(entry.get("provider", pid.split(":", 1)[0]))),
                 type=TYPE_ALIASES.get(raw_type, raw_type or "?"),
                 label=str(entry.get("label", "")),
@@ -180,6 +201,70 @@ def summarise(doc: ProfilesDoc) -> list[FileProfile]:
                 priority=priority if isinstance(priority, int) else None,
             )
         )
+    return out
+
+
+def _problem(pid: str, entry: dict[str, Any], versioned: bool) -> tuple[str, str] | None:
+    """What the daemon would refuse in one entry: (text, path below the entry), or None.
+
+    A subset of the daemon's checks (it also runs `token_ref`s and checks
+    every field's type), in its words; never a value.
+    """
+    id_provider, sep, name = pid.partition(":")
+    if not sep or not id_provider.strip() or not name.strip():
+        return 'the id must be "provider:name"', ""
+    if name in RESERVED_NAMES:
+        return f'the name "{name}" is reserved for the environment fallback', ""
+    raw_provider = entry.get("provider")
+    if raw_provider is None:
+        return "provider is required", ".provider"
+    if not isinstance(raw_provider, str):
+        return "provider must be a string", ".provider"
+    provider = normalise_provider(raw_provider)
+    if not valid_provider(provider):
+        return (
+            "provider must be 1-32 letters, digits, '-' or '_' (aliases: z.ai, z-ai, gemini)"
+            + did_you_mean(provider),
+            ".provider",
+        )
+    if normalise_provider(id_provider) != provider:
+        shown = json.dumps(normalise_provider(id_provider) + ":")
+        return f"provider does not match the id's {shown} part", ".provider"
+    raw_type = entry.get("type")
+    if raw_type is None:
+        return "type is required", ".type"
+    type_ = TYPE_ALIASES.get(raw_type.strip().lower()) if isinstance(raw_type, str) else None
+    if type_ is None:
+        return (
+            "type must be setup-token, api-key or oauth (aliases: token, setup_token, api_key)",
+            ".type",
+        )
+    field = SECRET_FIELD[type_] if versioned else "token"
+    literal, ref = entry.get(field), entry.get("token_ref")
+    if literal is not None and ref is not None:
+        return f"give {field} or token_ref, not both", ".token_ref"
+    if ref is None:
+        if literal is None:
+            return f"{field} is required", f".{field}"
+        if not isinstance(literal, str) or token_problem(literal.strip()):
+            return f"{field} holds whitespace or characters a token cannot have", f".{field}"
+    if suggest_provider(provider):
+        return f'unknown provider "{provider}"{did_you_mean(provider)}; loaded anyway', ".provider"
+    return None
+
+
+def problems(doc: ProfilesDoc, path: Path) -> list[str]:
+    """One message per entry the daemon would skip (or load with a warning), in file order."""
+    out: list[str] = []
+    root = "$.profiles" if doc.versioned else "$"
+    for index, (pid, entry) in enumerate(doc.profiles.items()):
+        found = _problem(pid, entry, doc.versioned)
+        if found is None:
+            continue
+        text, at = found
+        shown = shown_id(pid, index)
+        quoted = json.dumps(pid) if shown == pid else shown
+        out.append(f"{path}: profile {quoted}: {text} - at {root}[{quoted}]{at}")
     return out
 
 
@@ -262,8 +347,7 @@ def make_entry(
     """The JSON object for one profile in the given file shape."""
     entry: dict[str, Any]
     if versioned:
-        store_type, secret_key = _STORE_TYPE[type]
-        entry = {"type": store_type, "provider": provider, secret_key: secret}
+        entry = {"type": _STORE_TYPE[type], "provider": provider, SECRET_FIELD[type]: secret}
     else:
         entry = {"provider": provider, "type": type, "token": secret}
     if label:

@@ -4,11 +4,16 @@ Every request, result, event and error of DESIGN's wire-protocol table is
 defined here once; the daemon and the client both import this module. It
 imports no I/O library, so an agent that only leases loads nothing heavy.
 
-Theory of operation: a line is decoded into a `Request` whose `params` stay
-raw; the method name picks the params Struct (`PARAMS`), and a second,
-typed decode turns the raw params into it. A failure of the first decode is
-a parse error (-32700) or an invalid request (-32600); of the second, invalid
-params (-32602). Application errors are `ArgentError` subclasses, each with a
+Theory of operation: the daemon decodes a well-formed request line in one
+typed decode (`decode_typed`: a tagged union on `method`, each variant with
+its own params Struct from `METHODS`). Only a line that decode refuses goes
+the two-step way, to say exactly what is wrong: `decode_request` gives a
+`Request` whose `params` stay raw (its failure is a parse error, -32700, or
+an invalid request, -32600), then `decode_params` decodes them with the
+method's params Struct (invalid params, -32602, naming the JSON path). A
+client decodes what it reads with `decode_incoming` (an `Incoming`: a reply
+or a notification, its result still raw) and then `decode_result` /
+`decode_event`. Application errors are `ArgentError` subclasses, each with a
 JSON-RPC code in -32000..-32099 and a stable `data.code` string; the client
 raises the same class again from that string (`error_from_wire`).
 """
@@ -150,6 +155,10 @@ class ReleaseParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     lease_id: str
     usage: Usage | None = None
     limits: Limits | None = None
+    success: bool = True
+    """False: the lease ends without claiming the credential worked (the outcome
+    is unknown, e.g. `argentctl exec` whose child failed): the profile's failure
+    counts are not reset. Left out on the wire when true."""
 
 
 class ReportParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

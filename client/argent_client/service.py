@@ -1,378 +1,108 @@
 """`argentctl service install|uninstall|status`: argentd as a systemd user service or LaunchAgent.
 
-Theory of operation: the unit texts live here as templates (the copies in the
-repository's `systemd/` and `launchd/` folders are checked against them by
-`tests/test_service_units.py`, so they cannot drift, and a pip install carries
-them without package data). `Host.detect()` gathers every fact of the machine
-the plan depends on (platform, home, uid, where `argentd` is, whether user
-namespaces work); `plan_install` / `plan_uninstall` turn a `Host` into an
-ordered list of `Step`s without touching anything; `execute` carries the steps
-out with an injectable command runner, and `--dry-run` prints them instead.
-`status` asks the service manager and then whether the socket answers `hello`.
+Theory of operation: the unit texts are templates in `units`. `Host.detect()`
+(`machine`) gathers every fact of the machine the plan depends on (platform, home, uid,
+where `argentd` is, whether user namespaces work, whether a user bus
+answers); `plan_install` / `plan_uninstall` turn a `Host` into an ordered
+list of `Step`s (`steps`) without touching anything; `execute` carries the
+steps out with an injectable command runner, and `--dry-run` prints them
+instead. `status` asks the service manager and then whether the socket
+answers `hello`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple, TextIO, TypeAlias
-from xml.sax.saxutils import escape as xml_escape
+from typing import Any, Final, Literal, TextIO, TypeAlias
 
 import msgspec
 
-from .paths import default_socket_path
+from .machine import (
+    Host,
+    Platform,
+    ServiceError,
+    current_platform,
+    find_argentd,
+    user_bus_missing,
+    userns_blocked,
+)
 from .protocol import decode_incoming, decode_result, encode_request
+from .steps import (
+    Completed,
+    MakeDir,
+    RemoveDir,
+    RemoveFile,
+    Run,
+    Runner,
+    Step,
+    StepResult,
+    WriteFile,
+    describe,
+    execute,
+    step_to_json,
+    step_to_shell,
+    subprocess_runner,
+)
+from .units import (
+    LABEL,
+    LAUNCHD_TEMPLATE,
+    REPO_EXEC_START,
+    SANDBOX_DROPIN,
+    SERVICE_UNIT,
+    SOCKET_UNIT,
+    SYSTEMD_SANDBOX,
+    SYSTEMD_SOCKET,
+    render_launchd_plist,
+    render_systemd_service,
+    render_systemd_units,
+    systemd_quote,
+)
 
-Platform: TypeAlias = Literal["linux", "darwin"]
+__all__ = [
+    "LABEL",
+    "LAUNCHD_TEMPLATE",
+    "REPO_EXEC_START",
+    "SYSTEMD_SANDBOX",
+    "SYSTEMD_SOCKET",
+    "Completed",
+    "Host",
+    "MakeDir",
+    "Platform",
+    "RemoveDir",
+    "RemoveFile",
+    "Run",
+    "ServiceError",
+    "Step",
+    "StepResult",
+    "WriteFile",
+    "current_platform",
+    "execute",
+    "find_argentd",
+    "plan_install",
+    "plan_uninstall",
+    "render_launchd_plist",
+    "render_systemd_service",
+    "render_systemd_units",
+    "service_main",
+    "step_to_json",
+    "step_to_shell",
+    "systemd_quote",
+    "user_bus_missing",
+    "userns_blocked",
+]
+
 Action: TypeAlias = Literal["install", "uninstall", "status"]
-
-LABEL: Final = "org.argentos.argentd"
-"""The LaunchAgent's label (reverse-DNS, as launchd expects)."""
-SOCKET_UNIT: Final = "argentd.socket"
-SERVICE_UNIT: Final = "argentd.service"
-SANDBOX_DROPIN: Final = "sandbox.conf"
-REPO_EXEC_START: Final = "%h/.argentd/bin/argentd"
-"""ExecStart of the repository's copy of the unit: the README quick start's venv."""
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 """A command failed or argentd was not found (argentctl's "failure")."""
 EXIT_UNREACHABLE: Final = 3
 """`status`: the socket does not answer (argentctl's "daemon not reachable")."""
-
-# ---------------------------------------------------------------- unit texts
-
-SYSTEMD_SOCKET: Final = """\
-# argentd's socket, created by systemd (socket activation): the first client
-# that connects starts argentd.service, which adopts this socket.
-# Installed by `argentctl service install`; see docs/service.md.
-
-[Unit]
-Description=argentd credential broker socket
-
-[Socket]
-# Where argentd and argentctl look by default: $XDG_RUNTIME_DIR/argentos/.
-# Not under the service's RuntimeDirectory=, which systemd deletes on stop.
-ListenStream=%t/argentos/argentd.sock
-SocketMode=0600
-DirectoryMode=0700
-RemoveOnStop=yes
-
-[Install]
-WantedBy=sockets.target
-"""
-
-_SYSTEMD_SERVICE: Final = """\
-# argentd as a systemd user service, started through argentd.socket.
-# Installed by `argentctl service install`; see docs/service.md.
-# Namespace sandboxing lives in argentd.service.d/sandbox.conf, which can be
-# removed where unprivileged user namespaces are blocked.
-
-[Unit]
-Description=argentd credential broker for LLM agents
-Requires=argentd.socket
-After=argentd.socket
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart=@EXEC_START@
-# notify-reload needs systemd 253; SIGHUP works everywhere.
-ExecReload=kill -HUP $MAINPID
-Restart=on-failure
-RestartSec=2s
-# Exit 2 is a bad command line: restarting cannot fix it.
-RestartPreventExitStatus=2
-# argentd pings every half interval.
-WatchdogSec=30s
-TimeoutStopSec=20s
-UMask=0077
-
-# Hardening that needs no user namespace, so it works in any user unit.
-# CapabilityBoundingSet= is left out on purpose: an unprivileged user manager
-# cannot drop the bounding set (the service would fail with 218/CAPABILITIES),
-# and with NoNewPrivileges= the process can gain no capability anyway.
-NoNewPrivileges=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallErrorNumber=EPERM
-# argentd itself only speaks AF_UNIX and never contacts a provider, so a
-# compromised daemon cannot send a secret over the network. `cmd:` token refs
-# run with the same filter: one that needs the network (vault, a cloud secret
-# manager) needs a drop-in adding AF_INET AF_INET6 AF_NETLINK (docs/service.md).
-RestrictAddressFamilies=AF_UNIX
-
-[Install]
-Also=argentd.socket
-"""
-
-SYSTEMD_SANDBOX: Final = """\
-# Namespace sandboxing for argentd.service. In a user unit these options need
-# an unprivileged user namespace (PrivateUsers=); where the kernel or AppArmor
-# blocks those, the service fails with status 224/USER or 226/NAMESPACE.
-# Then remove this file:
-#   rm ~/.config/systemd/user/argentd.service.d/sandbox.conf
-#   systemctl --user daemon-reload && systemctl --user restart argentd.socket
-# `argentctl service install` leaves it out when it sees user namespaces blocked.
-
-[Service]
-PrivateUsers=yes
-PrivateTmp=yes
-ProtectSystem=strict
-# The state folder and any helper a `cmd:` token ref runs live in $HOME or the
-# runtime folder; everything else (/usr, /etc, /var, /opt) is read-only.
-ReadWritePaths=-%h -%t -%S
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-"""
-
-LAUNCHD_TEMPLATE: Final = """\
-<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" \
-"http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<!--
-  argentd as a macOS LaunchAgent. launchd expands neither ~ nor variables, so
-  this is a template: argentctl service install writes it to
-  ~/Library/LaunchAgents/org.argentos.argentd.plist with the absolute path of
-  argentd and of the log file filled in. See docs/service.md.
--->
-<plist version="1.0">
-<dict>
-	<key>Label</key>
-	<string>org.argentos.argentd</string>
-	<key>ProgramArguments</key>
-	<array>
-		<string>@ARGENTD@</string>
-	</array>
-	<key>RunAtLoad</key>
-	<true/>
-	<key>KeepAlive</key>
-	<dict>
-		<key>SuccessfulExit</key>
-		<false/>
-	</dict>
-	<key>ThrottleInterval</key>
-	<integer>10</integer>
-	<key>Umask</key>
-	<integer>63</integer>
-	<key>EnvironmentVariables</key>
-	<dict>
-		<key>PATH</key>
-		<string>/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin</string>
-	</dict>
-	<key>StandardOutPath</key>
-	<string>@HOME@/Library/Logs/argentos/argentd.log</string>
-	<key>StandardErrorPath</key>
-	<string>@HOME@/Library/Logs/argentos/argentd.log</string>
-</dict>
-</plist>
-"""
-
-
-def systemd_quote(path: str) -> str:
-    """`path` as one systemd command-line word: `%` and `$` doubled, quoted if needed."""
-    word = path.replace("%", "%%").replace("$", "$$")
-    if any(c.isspace() or c in "\"'\\;" for c in word):
-        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return word
-
-
-def render_systemd_service(exec_start: str) -> str:
-    """argentd.service with `exec_start` (an already-quoted systemd word) as ExecStart."""
-    return _SYSTEMD_SERVICE.replace("@EXEC_START@", exec_start)
-
-
-def render_systemd_units(argentd_path: Path) -> dict[Path, str]:
-    """The systemd unit files for `argentd_path`, keyed by path relative to the unit folder."""
-    return {
-        Path(SOCKET_UNIT): SYSTEMD_SOCKET,
-        Path(SERVICE_UNIT): render_systemd_service(systemd_quote(str(argentd_path))),
-        Path(f"{SERVICE_UNIT}.d") / SANDBOX_DROPIN: SYSTEMD_SANDBOX,
-    }
-
-
-def render_launchd_plist(argentd_path: Path, home: Path) -> str:
-    """The LaunchAgent plist with absolute paths filled in (XML-escaped)."""
-    return LAUNCHD_TEMPLATE.replace("@ARGENTD@", xml_escape(str(argentd_path))).replace(
-        "@HOME@", xml_escape(str(home))
-    )
-
-
-# ---------------------------------------------------------------- the machine
-
-
-class ServiceError(Exception):
-    """A service action cannot be planned or carried out; the message says why."""
-
-
-def find_argentd() -> Path:
-    """The `argentd` of this installation: beside `sys.executable`, else on PATH.
-
-    Raises `ServiceError` when neither exists.
-    """
-    # The venv's own script comes first: it is the argentd that matches this
-    # argentctl, whatever PATH says. sys.executable is not resolved, because a
-    # venv's python is a symlink to the base interpreter.
-    beside = Path(sys.executable).absolute().parent / "argentd"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("argentd")
-    if found:
-        return Path(found).absolute()
-    raise ServiceError(
-        f"argentd not found beside {sys.executable} or on PATH; install the argentd package first"
-    )
-
-
-def userns_blocked(proc_sys: Path = Path("/proc/sys")) -> str | None:
-    """Why unprivileged user namespaces are blocked here, or None when they look usable."""
-    checks = (
-        ("user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
-        ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
-        (
-            "kernel/apparmor_restrict_unprivileged_userns",
-            "1",
-            "AppArmor restricts unprivileged user namespaces",
-        ),
-    )
-    for name, bad, reason in checks:
-        try:
-            value = (proc_sys / name).read_text().strip()
-        except OSError:
-            continue
-        if value == bad:
-            return reason
-    return None
-
-
-@dataclass(frozen=True)
-class Host:
-    """Every fact about this machine that a plan depends on."""
-
-    platform: Platform
-    home: Path
-    uid: int
-    config_home: Path
-    """`$XDG_CONFIG_HOME` (when absolute), else `~/.config`: systemd's user unit root."""
-    argentd: Path | None
-    """None when not found (install then fails; uninstall and status do not need it)."""
-    userns_blocked: str | None = None
-    socket_path: Path = field(default_factory=default_socket_path)
-
-    @classmethod
-    def detect(
-        cls, platform: Platform | None = None, *, environ: Mapping[str, str] | None = None
-    ) -> Host:
-        """The running machine; `platform` overrides `sys.platform` (tests).
-
-        Raises `ServiceError` on a platform that is neither Linux nor macOS.
-        """
-        env = os.environ if environ is None else environ
-        plat = platform or current_platform()
-        home = Path(env.get("HOME") or Path.home())
-        xdg = env.get("XDG_CONFIG_HOME", "")
-        config_home = Path(xdg) if os.path.isabs(xdg) else home / ".config"
-        try:
-            argentd: Path | None = find_argentd()
-        except ServiceError:
-            argentd = None
-        return cls(
-            platform=plat,
-            home=home,
-            uid=os.getuid(),
-            config_home=config_home,
-            argentd=argentd,
-            userns_blocked=userns_blocked() if plat == "linux" else None,
-        )
-
-    @property
-    def unit_dir(self) -> Path:
-        return self.config_home / "systemd" / "user"
-
-    @property
-    def plist_path(self) -> Path:
-        return self.home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.home / "Library" / "Logs" / "argentos"
-
-    def unit_files(self) -> list[Path]:
-        """Every file an install may write on this platform."""
-        if self.platform == "darwin":
-            return [self.plist_path]
-        return [self.unit_dir / rel for rel in render_systemd_units(Path("argentd"))]
-
-    def require_argentd(self) -> Path:
-        if self.argentd is None:
-            raise ServiceError(
-                f"argentd not found beside {sys.executable} or on PATH; "
-                "install the argentd package first"
-            )
-        return self.argentd
-
-
-def current_platform() -> Platform:
-    """`linux` or `darwin`; raises `ServiceError` elsewhere."""
-    if sys.platform.startswith("linux"):
-        return "linux"
-    if sys.platform == "darwin":
-        return "darwin"
-    raise ServiceError(f"no service support on {sys.platform}: only Linux (systemd) and macOS")
-
-
-# ---------------------------------------------------------------- plans
-
-
-class MakeDir(msgspec.Struct, frozen=True, tag="mkdir"):
-    path: Path
-    mode: int = 0o755
-
-
-class WriteFile(msgspec.Struct, frozen=True, tag="write"):
-    path: Path
-    content: str
-    mode: int = 0o644
-
-
-class RemoveFile(msgspec.Struct, frozen=True, tag="remove"):
-    """Remove a file if it exists."""
-
-    path: Path
-
-
-class RemoveDir(msgspec.Struct, frozen=True, tag="rmdir"):
-    """Remove a folder if it exists and is empty."""
-
-    path: Path
-
-
-class Run(msgspec.Struct, frozen=True, tag="run"):
-    argv: tuple[str, ...]
-    check: bool = True
-    """False: a failure is expected in some states (e.g. unloading what is not loaded)."""
-    attempts: int = 1
-
-
-Step: TypeAlias = MakeDir | WriteFile | RemoveFile | RemoveDir | Run
 
 _SYSTEMCTL: Final = ("systemctl", "--user")
 
@@ -445,91 +175,6 @@ def status_commands(host: Host) -> list[Run]:
     ]
 
 
-# ---------------------------------------------------------------- doing it
-
-
-class Completed(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-Runner: TypeAlias = Callable[[Sequence[str]], Completed]
-
-
-def subprocess_runner(argv: Sequence[str]) -> Completed:
-    """Run `argv` and capture its output; a missing program is exit 127."""
-    try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=60, check=False
-        )
-    except FileNotFoundError:
-        return Completed(127, "", f"{argv[0]}: command not found")
-    except subprocess.TimeoutExpired:
-        return Completed(124, "", f"{shlex.join(argv)}: timed out after 60 s")
-    return Completed(done.returncode, done.stdout, done.stderr)
-
-
-class StepResult(msgspec.Struct, omit_defaults=True):
-    step: Step
-    ok: bool = True
-    returncode: int | None = None
-    output: str | None = None
-
-
-def _write_file(path: Path, content: str, mode: int) -> None:
-    # Temp file + rename: a service manager reading the folder never sees half a unit.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def execute(
-    steps: Sequence[Step],
-    runner: Runner = subprocess_runner,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[StepResult]:
-    """Carry out `steps` in order, stopping after the first failure that counts.
-
-    Returns one result per step attempted; the last one has `ok` False when a
-    step failed. Raises `OSError` only for a file step that fails.
-    """
-    results: list[StepResult] = []
-    for step in steps:
-        match step:
-            case MakeDir(path, mode):
-                path.mkdir(mode=mode, parents=True, exist_ok=True)
-            case WriteFile(path, content, mode):
-                _write_file(path, content, mode)
-            case RemoveFile(path):
-                path.unlink(missing_ok=True)
-            case RemoveDir(path):
-                if path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-            case Run(argv, check, attempts):
-                for attempt in range(attempts):
-                    if attempt:
-                        sleep(1.0)
-                    done = runner(argv)
-                    if done.returncode == 0:
-                        break
-                output = (done.stdout + done.stderr).strip() or None
-                failed = check and done.returncode != 0
-                results.append(StepResult(step, not failed, done.returncode, output))
-                if failed:
-                    return results
-                continue
-        results.append(StepResult(step))
-    return results
-
-
 # ---------------------------------------------------------------- status
 
 
@@ -598,52 +243,6 @@ def parse_manager(host: Host, results: Sequence[Completed]) -> dict[str, Any]:
     return info
 
 
-# ---------------------------------------------------------------- output
-
-
-def step_to_json(step: Step) -> dict[str, Any]:
-    """`step` as a JSON object: `op` plus its fields, modes as octal strings."""
-    match step:
-        case MakeDir(path, mode):
-            return {"op": "mkdir", "path": str(path), "mode": f"{mode:04o}"}
-        case WriteFile(path, content, mode):
-            return {"op": "write", "path": str(path), "mode": f"{mode:04o}", "content": content}
-        case RemoveFile(path):
-            return {"op": "remove", "path": str(path)}
-        case RemoveDir(path):
-            return {"op": "rmdir", "path": str(path)}
-        case Run(argv, check, _):
-            return {"op": "run", "argv": list(argv), "check": check}
-
-
-def step_to_shell(step: Step) -> str:
-    """`step` as the shell a user could type to do the same by hand."""
-    match step:
-        case MakeDir(path, mode):
-            return f"mkdir -p -m {mode:04o} {shlex.quote(str(path))}"
-        case WriteFile(path, content, mode):
-            p = shlex.quote(str(path))
-            return f"cat > {p} <<'EOF'\n{content}EOF\nchmod {mode:04o} {p}"
-        case RemoveFile(path):
-            return f"rm -f {shlex.quote(str(path))}"
-        case RemoveDir(path):
-            return f"rmdir {shlex.quote(str(path))} 2>/dev/null || true"
-        case Run(argv, check, _):
-            return shlex.join(argv) + ("" if check else " || true")
-
-
-def _describe(step: Step) -> str:
-    match step:
-        case MakeDir(path, _):
-            return f"made   {path}"
-        case WriteFile(path, _, _):
-            return f"wrote  {path}"
-        case RemoveFile(path) | RemoveDir(path):
-            return f"removed {path}"
-        case Run(argv, _, _):
-            return f"ran    {shlex.join(argv)}"
-
-
 def _manager_name(host: Host) -> str:
     return "launchd LaunchAgent" if host.platform == "darwin" else "systemd user units"
 
@@ -662,6 +261,15 @@ def _change(
     runner: Runner,
     sleep: Callable[[float], None],
 ) -> int:
+    if action == "install" and host.platform == "linux" and host.no_user_bus and not dry_run:
+        # Checked first: without a user manager the units would be written and
+        # then `systemctl --user` would fail with "Failed to connect to bus".
+        raise ServiceError(
+            f"{host.no_user_bus}; nothing was written. Run argentd by hand instead"
+            " (`argentd`, e.g. in tmux or with `nohup argentd &`), or give your user a"
+            " manager that outlives logins: `sudo loginctl enable-linger $USER`, log in"
+            " again and rerun `argentctl service install`"
+        )
     steps = plan_install(host) if action == "install" else plan_uninstall(host)
     head: dict[str, Any] = {"action": action, "platform": host.platform, "dry_run": dry_run}
     if action == "install" and host.platform == "linux":
@@ -687,7 +295,7 @@ def _change(
         _print_json({**head, "ok": ok, "steps": done}, out)
         return EXIT_OK if ok else EXIT_FAILED
     for r in results:
-        out.write(_describe(r.step) + "\n")
+        out.write(describe(r.step) + "\n")
         if not r.ok:
             out.write(f"failed (exit {r.returncode}): {r.output or 'no output'}\n")
     if not ok:

@@ -8,11 +8,12 @@ read with hidden input or from stdin and never echoed or put in a message.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .facts import did_you_mean, suggest_provider, token_problem
 from .profiles_file import (
     ProfileExists,
     add_profile,
@@ -25,6 +26,7 @@ from .providers import (
     PROVIDERS,
     TOKEN_SHAPES,
     TYPE_ALIASES,
+    a_or_an,
     fingerprint,
     normalise_provider,
     shape_problem,
@@ -88,11 +90,36 @@ def parse_type(raw: str) -> ProfileType:
     return t
 
 
-def _missing(flag: str) -> WizardAborted:
-    return WizardAborted(f"{flag} is required when the secret comes from stdin")
+def _missing(flag: str) -> ValueError:
+    # A usage error (exit 2): the command line lacks what stdin input needs.
+    return ValueError(f"{flag} is required when the secret comes from stdin")
 
 
-def _choose_provider(io: WizardIO) -> str:
+def _yes(io: WizardIO, prompt: str, default: bool) -> bool:
+    raw = io.ask(prompt).strip().lower()
+    if not raw:
+        return default
+    return raw in ("y", "yes")
+
+
+def _checked_provider(io: WizardIO, raw: str, ask: bool, force: bool) -> str:
+    """`raw` normalised; a likely typo of a known provider is offered (or refused)."""
+    name = normalise_provider(raw)
+    if not valid_provider(name):
+        raise ValueError(f"not a provider name: {raw!r}{did_you_mean(name)}")
+    known = suggest_provider(name)
+    if known is None or force:
+        return name
+    if not ask:
+        raise WizardAborted(
+            f"unknown provider {name!r} (did you mean {known}?); pass --force to add it anyway"
+        )
+    if _yes(io, f"{name} is not a known provider. Did you mean {known}? [Y/n]: ", True):
+        return known
+    return name
+
+
+def _choose_provider(io: WizardIO, force: bool) -> str:
     names = [*PROVIDERS, "other"]
     menu = "  ".join(f"{i}) {n}" for i, n in enumerate(names, 1))
     while True:
@@ -101,10 +128,10 @@ def _choose_provider(io: WizardIO) -> str:
             raw = names[int(raw) - 1]
             if raw == "other":
                 raw = io.ask("Provider name (lower-case): ").strip()
-        name = normalise_provider(raw)
-        if name and valid_provider(name):
-            return name
-        print(f"  not a provider name: {raw!r}", file=io.err)
+        try:
+            return _checked_provider(io, raw, True, force)
+        except ValueError as exc:
+            print(f"  {exc}", file=io.err)
 
 
 def _choose_type(io: WizardIO, provider: str) -> ProfileType:
@@ -117,13 +144,47 @@ def _choose_type(io: WizardIO, provider: str) -> ProfileType:
             print(f"  {exc}", file=io.err)
 
 
-def _choose_name(io: WizardIO, provider: str) -> str:
+def _choose_name(io: WizardIO, provider: str, taken: Container[str], path: Path) -> str:
     while True:
         raw = io.ask(f"Name (the id becomes {provider}:NAME): ").strip()
         problem = name_problem(raw)
+        if problem is None and f"{provider}:{raw}" in taken:
+            problem = f"{provider}:{raw} is already in {path}: choose another name"
         if problem is None:
             return raw
         print(f"  {problem}", file=io.err)
+
+
+def _choose_secret(
+    io: WizardIO, provider: str, ptype: ProfileType | None, force: bool
+) -> tuple[str, ProfileType]:
+    """Ask for the secret until it is one the daemon accepts and the user keeps.
+
+    A secret that looks like the provider's other type is offered as that
+    type; a declined shape warning asks for the secret again.
+    """
+    while True:
+        secret = io.ask_secret("Secret (input hidden): ").strip()
+        if not secret:
+            raise WizardAborted("no secret given")
+        refused = token_problem(secret)
+        if refused:
+            print(f"  {refused}; the daemon would refuse it. Paste it again.", file=io.err)
+            continue
+        guessed = guess_type(provider, secret)
+        kind = ptype or guessed
+        problem = shape_problem(provider, kind, secret)
+        if problem is None or force:
+            if problem:
+                print(f"warning: {problem} (saved anyway: --force)", file=io.err)
+            return secret, kind
+        print(f"warning: {problem}", file=io.err)
+        if guessed != kind and shape_problem(provider, guessed, secret) is None:
+            if _yes(io, f"Save it as {a_or_an(guessed)} {guessed}? [Y/n]: ", True):
+                return secret, guessed
+        elif _yes(io, "Save it anyway? [y/N]: ", False):
+            return secret, kind
+        print("  Not saved. Paste the secret again (Ctrl-C to stop).", file=io.err)
 
 
 def run_setup(opts: SetupOptions, io: WizardIO) -> SetupResult:
@@ -131,9 +192,10 @@ def run_setup(opts: SetupOptions, io: WizardIO) -> SetupResult:
 
     Interactive (`io.interactive`, which the caller sets only when stdin is
     a terminal and `--secret-stdin` was not given): asks for what the flags
-    did not give; the secret is read with hidden input. Otherwise every
-    answer comes from flags and the secret from stdin. The secret is never
-    echoed or put into a message.
+    did not give, and asks again after a wrong answer (a taken name, a
+    refused or mistyped secret); the secret is read with hidden input.
+    Otherwise every answer comes from flags and the secret from stdin. The
+    secret is never echoed or put into a message.
     Raises `WizardAborted`, `ProfilesFileError`, `ProfileExists`, ValueError.
     """
     ask = io.interactive
@@ -144,28 +206,26 @@ def run_setup(opts: SetupOptions, io: WizardIO) -> SetupResult:
             file=io.err,
         )
     if opts.provider:
-        provider = normalise_provider(opts.provider)
-        if not valid_provider(provider):
-            raise ValueError(f"not a provider name: {opts.provider!r}")
+        provider = _checked_provider(io, opts.provider, ask, opts.force)
     else:
         if not ask:
             raise _missing("--provider")
-        provider = _choose_provider(io)
+        provider = _choose_provider(io, opts.force)
+    # Refuse early, before the secret is typed: a broken file or a taken id.
+    doc = read_profiles(real_path(opts.path))
+    taken: Container[str] = () if opts.replace else doc.profiles
     if opts.name:
         problem = name_problem(opts.name)
         if problem:
             raise ValueError(problem)
         name = opts.name
+        if f"{provider}:{name}" in taken:
+            raise ProfileExists(f"{provider}:{name} is already in {opts.path} (use --replace)")
     else:
         if not ask:
             raise _missing("--name")
-        name = _choose_name(io, provider)
+        name = _choose_name(io, provider, taken, opts.path)
     profile_id = f"{provider}:{name}"
-
-    # Refuse early, before the secret is typed: a broken file or a taken id.
-    doc = read_profiles(real_path(opts.path))
-    if profile_id in doc.profiles and not opts.replace:
-        raise ProfileExists(f"{profile_id} is already in {opts.path} (use --replace)")
 
     ptype: ProfileType | None = parse_type(opts.type) if opts.type else None
     if ptype is None and ask:
@@ -174,24 +234,22 @@ def run_setup(opts: SetupOptions, io: WizardIO) -> SetupResult:
     if label is None and ask:
         label = io.ask(f"Label ({name}): ").strip() or name
 
-    if not ask:
-        secret = io.read_stdin().strip()
+    if ask:
+        secret, ptype = _choose_secret(io, provider, ptype, opts.force)
     else:
-        secret = io.ask_secret("Secret (input hidden): ").strip()
-    if not secret:
-        raise WizardAborted("no secret given")
-    if ptype is None:
-        ptype = guess_type(provider, secret)
-
-    problem = shape_problem(provider, ptype, secret)
-    if problem and not opts.force:
-        if not ask:
+        secret = io.read_stdin().strip()
+        if not secret:
+            raise WizardAborted("no secret given")
+        refused = token_problem(secret)
+        if refused:
+            # --force cannot help: the daemon would refuse it on every load.
+            raise WizardAborted(f"{refused}; the daemon would refuse it, so it was not saved")
+        ptype = ptype or guess_type(provider, secret)
+        problem = shape_problem(provider, ptype, secret)
+        if problem and not opts.force:
             raise WizardAborted(f"{problem}; check it, or pass --force to save it anyway")
-        print(f"warning: {problem}", file=io.err)
-        if io.ask("Save it anyway? [y/N]: ").strip().lower() not in ("y", "yes"):
-            raise WizardAborted("not saved")
-    elif problem:
-        print(f"warning: {problem} (saved anyway: --force)", file=io.err)
+        if problem:
+            print(f"warning: {problem} (saved anyway: --force)", file=io.err)
 
     replaced = add_profile(
         opts.path,
