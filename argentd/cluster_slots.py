@@ -79,7 +79,9 @@ class SlotGate:
             return True
         if active < self.held and now < self.valid_until:
             self.last_admit = now
-            self.poke(self.key)  # the slot now backs a lease: give it the lease's TTL
+            if active + 1 >= self.held:
+                self.poke(self.key)  # the last slot is taken: fetch a spare now
+            # Otherwise the planner's next look (SLOT_POLL) gives the slot its lease's TTL.
             return True
         if not self.wanted:
             self.wanted = True

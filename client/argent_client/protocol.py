@@ -286,13 +286,13 @@ class ClusterStatus(msgspec.Struct):
     """Redis' TIME minus this host's clock, in seconds."""
 
 
-class StatusResult(msgspec.Struct):
+class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
     cluster: ClusterStatus | None = None
-    """None without `[cluster]`."""
+    """Left out without `[cluster]`."""
 
 
 class ProfileStateResult(msgspec.Struct):
