@@ -41,12 +41,12 @@ from argent_client import protocol as P
 
 from . import cluster_books as B
 from . import cluster_scripts as S
+from .books import Slot
 from .cluster_link import Link, Session, SessionLost, display_url
 from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
 from .config import ClusterConfig
 from .engine import Engine
 from .keystate import KeyState
-from .selection import Slot
 from .snapshot import ProfileSnapshot, Snapshot
 
 log = logging.getLogger("argentd")

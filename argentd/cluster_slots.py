@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 A secret whose profiles set `max_concurrent` has one sorted set of slots in
 Redis for the whole cluster (cluster_scripts.SLOTS). A host leases from
-that secret only while it *holds* a free slot: the engine asks the secret's
-`SlotGate` (KeyState.gate) on every readiness check, which answers from
-what this host holds, without a round trip. So the hot path never waits on
+that secret only while it *holds* a free slot: `readiness` asks the
+secret's `SlotGate` (KeyState.gate), which answers from what this host
+holds, without a round trip; selection tells it what it granted and when
+it found nothing ready. So the hot path never waits on
 Redis, and the cluster never has more leases out than slots.
 
 The cluster task keeps each gate's holding right (`plan`): one slot per
@@ -72,25 +73,23 @@ class SlotGate:
     planned_active: int = 0
     """Leases out here when the last plan was made."""
 
-    def admits(self, active: int, now: float) -> bool:
+    def open(self, active: int, now: float) -> bool:
+        """Whether this host holds a free slot (always, while Redis is unreachable)."""
+        return not self.connected or (active < self.held and now < self.valid_until)
+
+    def granted(self, active: int, now: float) -> None:
+        self.last_demand = self.last_admit = now
+        self.active = active + 1
+        if self.connected and active + 1 >= self.held:
+            self.poke(self.key)  # the last slot is taken: fetch a spare now
+        # Otherwise the planner's next look (SLOT_POLL) gives the slot its lease's TTL.
+
+    def refused(self, active: int, now: float) -> None:
         self.last_demand = now
         self.active = active
-        if not self.connected:
-            return True
-        if active < self.held and now < self.valid_until:
-            self.last_admit = now
-            if active + 1 >= self.held:
-                self.poke(self.key)  # the last slot is taken: fetch a spare now
-            # Otherwise the planner's next look (SLOT_POLL) gives the slot its lease's TTL.
-            return True
-        if not self.wanted:
+        if self.connected and not self.open(active, now) and not self.wanted:
             self.wanted = True
             self.poke(self.key)
-        return False
-
-    def open(self, active: int, now: float) -> bool:
-        """`admits` without noting demand (for views)."""
-        return not self.connected or active < self.held
 
 
 @dataclass(slots=True)

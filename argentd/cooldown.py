@@ -25,8 +25,8 @@ spent its window, so the key cools (profile-wide, kind `quota`) until the
 window reopens, capped like `retry_after`, and never shortened.
 
 The functions here decide; the engine keeps the books (wake-up heaps,
-events, counters). `start`, `end`, `live` and `clear` are the only writers
-and readers of the cooldown fields besides `KeyState.cooling`.
+events, counters). Only `start`, `end` and `clear` change the cooldown
+fields at run time (`KeyState.restore` sets them from `state.json`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The daemon's lifetime: load, bind, serve, reload, persist, stop.
 
-`run_daemon` owns one nursery with every task of the daemon (server, file
-watcher, state saver, watchdog, signals). Readiness (`READY=1`) is sent once
-the socket is bound and the profiles are loaded; SIGTERM/SIGINT cancel the
-nursery after `STOPPING=1`, and the state is saved on the way out.
+`Daemon.__init__` loads the files and the state (before `trio.run`);
+`Daemon.run` binds (or adopts) the socket and owns one nursery with every
+task of the daemon (server, state saver, usage saver, STATUS= updates, file
+watcher, watchdog, signals). Readiness (`READY=1`) is sent once they have
+all started; SIGTERM/SIGINT send `STOPPING=1` and cancel the nursery, and
+the state is saved on the way out. Every time comes from one `Clock`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import functools
 import logging
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from argent_client.paths import (
 )
 
 from . import log as logmod
+from .clock import Clock
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .engine import Engine
 from .model import ProfileSet
@@ -119,12 +121,13 @@ def socket_path(opts: Options, config: Config) -> Path:
 
 
 class Daemon:
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, *, clock: Clock | None = None) -> None:
         self.opts = opts
+        self.clock = clock or Clock()
         self.loaded = load_all(opts, None)
         self._log_load(self.loaded)
-        self.loaded_at: float | None = time.time()
-        now = time.time()
+        now = self.clock.now()
+        self.loaded_at: float | None = now
         self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
         self.store = StateStore((opts.state or state_dir()) / "state.json")
         raw = self.store.load()
@@ -141,6 +144,7 @@ class Daemon:
             reload=self.reload,
             config_status=self.config_status,
             on_change=self._changed,
+            clock=self.clock,
             peer_uid=peer_uid,
         )
         self._reload_lock = trio.Lock()
@@ -170,7 +174,8 @@ class Daemon:
             self._status_dirty.set()
 
         cluster = Cluster(cfg, self.engine, after_change=self.server.after_change,
-                          on_change=saved, password=password, broken=error)
+                          on_change=saved, clock=self.clock.now, password=password,
+                          broken=error)
         self.server.status_extras.append(cluster.add_status)
         self.server.metrics_extras.append(cluster.metrics)
         return cluster
@@ -208,7 +213,7 @@ class Daemon:
             await trio.sleep(STATUS_EVERY)
 
     def status_line(self) -> str:
-        now = time.time()
+        now = self.clock.now()
         states = [self.engine.state_of(p.id, now) for p in self.engine.profiles()]
         return (
             f"{states.count('ready')} ready, {states.count('cooldown')} cooling, "
@@ -223,7 +228,7 @@ class Daemon:
             loaded = await trio.to_thread.run_sync(load_all, self.opts, last)
             self.loaded = loaded
             self._log_load(loaded)
-            now = time.time()
+            now = self.clock.now()
             self.engine.load(loaded.profiles, loaded.config, now=now)
             if self.cluster is not None:
                 self.cluster.changed()

@@ -9,19 +9,22 @@ So the engine is always consistent at `now`, whatever the caller did before.
 
 What a call decides beyond its return value goes to the *outbox*: events for
 subscribers and the results of waiters it served. The adapter drains it with
-`take_outbox()` after each call and sleeps until `next_deadline()`, which
-the lazy-deletion heaps of lease expiries, cooldown ends, waiter deadlines
-and budget refills answer.
+`take_outbox()` after each call and sleeps until `next_deadline()`.
 
 State lives in three places:
-- `_keys`: per *secret* (`Secret.key`), so two profiles holding one secret
-  share one cooldown and a changed secret starts clean (`KeyState`).
-- `_slots`: per profile id: the Profile, its leases, its user disable flag.
-- `_leases` and `_waiters`: who holds what and who is queued, FIFO.
+- `_books` (books.py): a `Slot` per profile id (the Profile, its leases, its
+  user disable flag) and a `KeyState` per *secret* (`Secret.key`), so two
+  profiles holding one secret share one cooldown and a changed secret
+  starts clean; with their persistent form (`snapshot`/`restore`).
+- `_leases` (leases.py) and `_waiters` (waiters.py): who holds what and who
+  is queued, first come, first served.
+- `_due` (deadlines.py): when the engine next has work.
 
-Two decisions live in their own modules, over that state:
+The decisions live in their own modules, over that state:
+- whether a profile may be leased, and why not: `readiness.py` (one rule,
+  read by selection, `status` and `no_profile_available`);
 - which ready profile a request gets, and session affinity: `selection.py`
-  (the `Selector` the engine owns shares `_slots` and `_keys`);
+  (the `Selector` the engine owns shares `_slots` and the books' keys);
 - what a failure report or a rejected subscription window does to a key:
   `cooldown.py` (pure; the engine applies the verdict and keeps the heaps,
   events and counters).
@@ -29,11 +32,7 @@ Two decisions live in their own modules, over that state:
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import msgspec
 
@@ -55,12 +54,16 @@ from argent_client.protocol import (
 )
 
 from . import cooldown
+from .books import Books, Slot
 from .config import DEFAULT_CONFIG, Config
+from .deadlines import Deadlines
 from .keystate import KeyState
-from .leases import Lease, Outbox, Waiter, new_lease_id
-from .model import Profile, ProfileSet, auth_headers
-from .selection import Selector, Slot
-from .snapshot import ProfileSnapshot, Snapshot
+from .leases import Lease, Outbox, Waiter, lease_result, new_lease_id
+from .model import Profile, ProfileSet
+from .readiness import Readiness, profile_state
+from .selection import Selector
+from .snapshot import Snapshot
+from .waiters import WaitQueue
 
 
 class Engine:
@@ -76,18 +79,14 @@ class Engine:
     ) -> None:
         self.config = config
         self._new_id = lease_id
-        self._keys: dict[str, KeyState] = {}
-        self._slots: dict[str, Slot] = {}
+        self._books = Books()
+        self._keys = self._books.keys
+        self._slots = self._books.slots
         self._leases: dict[str, Lease] = {}
-        self._waiters: dict[int, Waiter] = {}
-        self._waiter_ids = itertools.count(1)
-        # Lazy-deletion heaps of (time, ...) for next_deadline().
-        self._lease_heap: list[tuple[float, str]] = []
-        self._cool_heap: list[tuple[float, str, str]] = []  # (until, key, model or "")
-        self._wait_heap: list[tuple[float, int]] = []
-        self._refill_heap: list[tuple[float, str]] = []  # (when a budget refills, key)
-        self._earliest = math.inf
-        self._sel = Selector(self._slots, self._keys, config, self._note_refill, now=now)
+        self._waiters = WaitQueue()
+        self._due = Deadlines()
+        self._now = now
+        self._sel = Selector(self._slots, self._keys, config, now=now)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
         self.events_wanted = True
@@ -106,29 +105,16 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` would change something."""
-        # The heaps delete lazily: drop tops that no longer stand for anything.
-        lh, ch, wh = self._lease_heap, self._cool_heap, self._wait_heap
-        while lh and (lh[0][1] not in self._leases
-                      or self._leases[lh[0][1]].expires_at != lh[0][0]):
-            heapq.heappop(lh)
-        while ch and not self._cool_entry_live(*ch[0]):
-            heapq.heappop(ch)
-        while wh and (wh[0][1] not in self._waiters
-                      or self._waiters[wh[0][1]].deadline != wh[0][0]):
-            heapq.heappop(wh)
-        times = [h[0][0] for h in (lh, ch, wh) if h]
-        if self._waiters and self._refill_heap:
-            times.append(self._refill_heap[0][0])  # a refill only matters to a waiter
-        return min(times) if times else None
+        return self._due.next(self._lease_live, self._cool_entry_live, self._waiter_live,
+                              bool(self._waiters))
 
-    def _push(self, heap: list[Any], entry: tuple[Any, ...]) -> None:
-        heapq.heappush(heap, entry)
-        if entry[0] < self._earliest:
-            self._earliest = entry[0]
+    def _lease_live(self, at: float, lease_id: str) -> bool:
+        lease = self._leases.get(lease_id)
+        return lease is not None and lease.expires_at == at
 
-    def _note_refill(self, when: float, key: str) -> None:
-        """A key is held back by its rate budget until `when`: wake the waiters then."""
-        self._push(self._refill_heap, (when, key))
+    def _waiter_live(self, at: float, waiter_id: int) -> bool:
+        w = self._waiters.get(waiter_id)
+        return w is not None and w.deadline == at
 
     def _cool_entry_live(self, until: float, key: str, model: str) -> bool:
         ks = self._keys.get(key)
@@ -140,8 +126,7 @@ class Engine:
         Cheaper than `next_deadline` after every request: the adapter needs
         to wake its timer only when a deadline earlier than its own appeared.
         """
-        earliest, self._earliest = self._earliest, math.inf
-        return earliest
+        return self._due.take_earliest()
 
     def profile(self, profile_id: str) -> Profile:
         slot = self._slots.get(profile_id)
@@ -158,9 +143,17 @@ class Engine:
     def key_state(self, profile_id: str) -> KeyState:
         return self._keys[self.profile(profile_id).secret.key]
 
+    def readiness_of(
+        self, profile_id: str, now: float, model: str | None = None
+    ) -> Readiness:
+        """Whether the profile may take a lease for `model` at `now`, and if not
+        why and until when (`readiness.py`). Raises `UnknownProfile`."""
+        self.profile(profile_id)
+        return self._sel.readiness(self._slots[profile_id], model, now)
+
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        return self._sel.state(self._slots[profile_id], now)
+        return profile_state(self._sel.readiness(self._slots[profile_id], None, now))
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -175,37 +168,11 @@ class Engine:
         """
         self._tick(now)
         self.config = config
-        new_ids = set()
-        for p in profiles.profiles:
-            if p.id in new_ids:
-                continue
-            new_ids.add(p.id)
-            self._keys.setdefault(p.secret.key, KeyState())
-            slot = self._slots.get(p.id)
-            if slot is None:
-                self._slots[p.id] = Slot(p)
-                continue
-            if slot.profile.secret.key != p.secret.key:
-                slot.user_disabled = None
-            slot.profile = p
-            slot.removed = False
-        for pid in list(self._slots):
-            if pid not in new_ids:
-                if self._slots[pid].active:
-                    self._slots[pid].removed = True
-                else:
-                    del self._slots[pid]
+        self._books.merge(profiles.profiles, now)
         self._sel.config = config
         self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
-        self._gc_keys()
         self._outbox.changed = True
         self._serve_waiters(now)
-
-    def _gc_keys(self) -> None:
-        used = {s.profile.secret.key for s in self._slots.values()}
-        for key in list(self._keys):
-            if key not in used:
-                del self._keys[key]
 
     def _try_lease(
         self,
@@ -254,7 +221,7 @@ class Engine:
             key=p.secret.key,
         )
         self._leases[lease.id] = lease
-        self._push(self._lease_heap, (lease.expires_at, lease.id))
+        self._due.lease(lease.expires_at, lease.id)
         slot.active += 1
         self._sel.granted(slot, params.session, now)
         ks = self._keys[p.secret.key]
@@ -267,18 +234,7 @@ class Engine:
         # change that does, the adapter's periodic save, or the one at shutdown.
         self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
                    model=model, client=params.client)
-        return LeaseResult(
-            lease_id=lease.id,
-            profile=p.id,
-            provider=p.provider,
-            type=p.type,
-            token=p.secret.reveal(),
-            label=p.label,
-            headers=auth_headers(p),
-            expires_at=lease.expires_at,
-            source=p.source,
-            model=model,
-        )
+        return lease_result(lease, p)
 
     # ------------------------------------------------------------ leases
 
@@ -309,15 +265,17 @@ class Engine:
         if params.ttl is not None and params.ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         self._sel.targets(params)
-        wid = next(self._waiter_ids)
-        deadline = now + max(0.0, params.wait)
-        self._waiters[wid] = Waiter(wid, params, conn, deadline)
-        self._push(self._wait_heap, (deadline, wid))
+        w = self._waiters.add(params, conn, now + max(0.0, params.wait))
+        self._due.waiter(w.deadline, w.id)
         self._serve_waiters(now)
-        return wid
+        return w.id
 
     def cancel_wait(self, waiter_id: int) -> None:
-        self._waiters.pop(waiter_id, None)
+        self._waiters.cancel(waiter_id)
+
+    def waiters_of(self, conn: int) -> int:
+        """How many lease requests connection `conn` has waiting (to bound them)."""
+        return self._waiters.of_conn(conn)
 
     def renew(self, lease_id: str, ttl: float | None, *, now: float) -> float:
         """Extend a lease to `now + ttl`; returns the new expiry. Raises `LeaseNotFound`."""
@@ -327,7 +285,7 @@ class Engine:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
         lease.expires_at = now + ttl
-        self._push(self._lease_heap, (lease.expires_at, lease.id))
+        self._due.lease(lease.expires_at, lease.id)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         return lease.expires_at
     def _lease(self, lease_id: str) -> Lease:
@@ -355,51 +313,35 @@ class Engine:
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
         if ks is not None:
-            if success and (ks.error_count or ks.streak or ks.probing):
-                self._outbox.changed = True  # the success resets persisted counts
+            if ks.released(lease.grant, usage, now, success=success):
+                self._outbox.changed = True  # the success reset persisted counts
                 self._book(lease.key)
-            if success:
-                ks.succeeded()
-            tokens = None
-            if usage is not None:
-                ks.input_tokens += usage.input_tokens or 0
-                ks.output_tokens += usage.output_tokens or 0
-                if usage.input_tokens is not None or usage.output_tokens is not None:
-                    tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
-            ks.own_budget().settle(lease.grant, tokens, now)
             if limits is not None:
                 self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
                               lease.grant, now)
         self._sel.touch_session(lease.session, lease.profile_id, now)
-        self._end_lease(lease)
+        self._end_lease(lease, now)
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
 
-    def _end_lease(self, lease: Lease) -> Slot:
+    def _end_lease(self, lease: Lease, now: float) -> Slot:
         del self._leases[lease.id]
-        if len(self._lease_heap) > 2 * len(self._leases) + 64:
-            # Ended leases leave their entry behind until it reaches the top, a
-            # whole TTL later: rebuild before the heap outgrows the leases.
-            self._lease_heap = [(le.expires_at, le.id) for le in self._leases.values()]
-            heapq.heapify(self._lease_heap)
+        self._due.rebuild_leases(((le.expires_at, le.id) for le in self._leases.values()),
+                                 len(self._leases))
         ks = self._keys.get(lease.key)
         if ks is not None:
             ks.active -= 1
         slot = self._slots[lease.profile_id]
-        slot.active -= 1
-        if slot.removed and slot.active == 0:
-            del self._slots[lease.profile_id]
-            self._gc_keys()
+        self._books.lease_ended(slot, now)
         return slot
 
     def disconnect(self, conn: int, *, now: float) -> None:
         """A connection closed: end its attached leases and drop its waiters."""
         self._tick(now)
-        for wid in [w.id for w in self._waiters.values() if w.conn == conn]:
-            del self._waiters[wid]
+        self._waiters.drop_conn(conn)
         ended = False
         for lease in [le for le in self._leases.values() if le.conn == conn]:
-            self._end_lease(lease)
+            self._end_lease(lease, now)
             self._emit("release", now, profile=lease.profile_id, lease_id=lease.id,
                        message="connection closed")
             ended = True
@@ -440,7 +382,7 @@ class Engine:
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
         )
         if lease is not None:
-            self._end_lease(lease)
+            self._end_lease(lease, now)
         if params.failover:
             result.next = self._failover(slot.profile, lease, params.kind, conn, now)
         self._serve_waiters(now)
@@ -456,9 +398,7 @@ class Engine:
         ks = self._keys.get(key)
         if ks is None:
             return  # a replaced secret no profile holds any more
-        ks.error_count += 1
-        ks.failures += 1
-        ks.last_error = kind if params.status is None else f"{kind} ({params.status})"
+        ks.failed(kind, params.status)
         self._outbox.changed = True
         self._book(key)
         verdict = cooldown.on_failure(ks, kind, params.retry_after, model, self.config, now)
@@ -473,7 +413,7 @@ class Engine:
         self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
     ) -> None:
         cooldown.start(self._keys[key], kind, until, model)
-        self._push(self._cool_heap, (until, key, model or ""))
+        self._due.cooldown(until, key, model or "")
         self._count("cooldowns_started")
         self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
 
@@ -543,18 +483,15 @@ class Engine:
         self._tick(now)
 
     def _tick(self, now: float) -> None:
+        self._now = now
         changed = False
-        # self._lease_heap, not a local: _end_lease may rebuild it.
-        while self._lease_heap and self._lease_heap[0][0] <= now:
-            _, lid = heapq.heappop(self._lease_heap)
+        for lid in self._due.due_leases(now):
             lease = self._leases.get(lid)
             if lease is not None and lease.expires_at <= now:
-                self._end_lease(lease)
+                self._end_lease(lease, now)
                 self._emit("expire", now, profile=lease.profile_id, lease_id=lid)
                 changed = True
-        cool = self._cool_heap
-        while cool and cool[0][0] <= now:
-            until, key, model = heapq.heappop(cool)
+        for until, key, model in self._due.due_cooldowns(now):
             ks = self._keys.get(key)
             if ks is None or not cooldown.end(ks, until, model):
                 continue  # a reset or a later cooldown replaced it
@@ -562,9 +499,7 @@ class Engine:
                 if slot.profile.secret.key == key:
                     self._emit("cooldown_end", now, profile=slot.profile.id, model=model or None)
             changed = True
-        refills = self._refill_heap
-        while refills and refills[0][0] <= now:
-            heapq.heappop(refills)  # the waiters it held back are served below
+        self._due.drop_wakes(now)  # the waiters they held back are tried below
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
             self._sel.sweep(now)
         if changed:
@@ -574,20 +509,21 @@ class Engine:
     def _serve_waiters(self, now: float) -> None:
         if not self._waiters:
             return
-        for wid in list(self._waiters):
-            w = self._waiters.get(wid)
-            if w is None:
-                continue
-            result: LeaseResult | ArgentError | None
+        def attempt(w: Waiter) -> LeaseResult | ArgentError | None:
             try:
                 result = self._try_lease(w.params, w.conn, now)
                 if result is None and w.deadline <= now:
-                    result = self._sel.unavailable(w.params, self._leases.values(), now)
+                    return self._sel.unavailable(w.params, self._leases.values(), now)
+                if result is None:
+                    # Try again when what holds its profiles back ends by itself.
+                    when = self._sel.soonest(w.params, now)
+                    if when is not None and when > now:
+                        self._due.wake(when)
+                return result
             except ArgentError as exc:
-                result = exc
-            if result is not None:
-                del self._waiters[wid]
-                self._outbox.served.append((wid, result))
+                return exc
+
+        self._outbox.served += self._waiters.serve(attempt)
 
     # ------------------------------------------------------------ events
 
@@ -615,28 +551,12 @@ class Engine:
         Profiles removed by a reload (kept only while their leases finish) are
         left out: a restart would not load them.
         """
-        loaded = {s.profile.secret.key for s in self._slots.values() if not s.removed}
-        keys = {key: ks.to_snapshot() for key, ks in self._keys.items() if key in loaded}
-        profiles = {
-            pid: ProfileSnapshot(key=s.profile.secret.key, user_disabled=s.user_disabled)
-            for pid, s in self._slots.items()
-            if not s.removed
-        }
-        return Snapshot(keys=keys, profiles=profiles)
+        return self._books.snapshot(self._now)
 
     def restore(self, snap: Snapshot, *, now: float) -> None:
         """Take back the state of `snap` for every profile whose secret is unchanged."""
-        for key, k in snap.keys.items():
-            ks = self._keys.get(key)
-            if ks is None:
-                continue
-            ks.restore(k)
-            for until, model in cooldown.entries(ks):
-                self._push(self._cool_heap, (until, key, model))
-        for pid, ps in snap.profiles.items():
-            slot = self._slots.get(pid)
-            if slot is not None and slot.profile.secret.key == ps.key:
-                slot.user_disabled = ps.user_disabled
+        for entry in self._books.restore(snap, now):
+            self._due.cooldown(*entry)
         self._tick(now)
 
     def active_profiles(self) -> Iterable[Slot]:

@@ -2,13 +2,17 @@
 
 State is per *secret* (`Secret.key`), not per profile id: two profiles that
 hold one secret share one cooldown, and a changed secret starts clean.
-`KeySnapshot` (in snapshot.py) is its persistent part.
+`KeySnapshot` (in snapshot.py) is its persistent part. The cooldown fields
+are written by `cooldown.py`, the counts by the engine; whether the key may
+be leased is read by `readiness.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
+
+from argent_client.protocol import Usage
 
 from .budget import Budget
 from .snapshot import KeySnapshot
@@ -21,10 +25,22 @@ PROBE_AFTER: Final = 3
 
 
 class Gate(Protocol):
-    """A limit on a secret's leases kept outside the engine (the cluster's slots)."""
+    """A limit on a secret's leases kept outside the engine (the cluster's slots).
 
-    def admits(self, active: int, now: float) -> bool:
+    `open` is read by `readiness` (pure); `granted` and `refused` tell the
+    gate's owner what selection did, so it can plan its slots.
+    """
+
+    def open(self, active: int, now: float) -> bool:
         """Whether one more lease may go out while `active` are out on this secret."""
+        ...
+
+    def granted(self, active: int, now: float) -> None:
+        """A lease is being granted; `active` were out before it."""
+        ...
+
+    def refused(self, active: int, now: float) -> None:
+        """A lease was asked for and nothing was ready (perhaps because of this gate)."""
         ...
 
 
@@ -47,10 +63,10 @@ class KeyState:
     """The provider's rate budget as last reported, predicted forward (not persisted:
     it refills within a minute or two). Made on first use: 10,000 idle profiles
     carry none."""
+    orphaned_at: float | None = None
+    """Since when no loaded profile holds this secret (books.py), or None."""
     active: int = 0
     """Leases out on this secret, over every profile that holds it."""
-    refill_noted: float | None = None
-    """The budget refill time last put on the engine's wake-up heap."""
     probing: bool = False
     """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
     until a success."""
@@ -66,17 +82,6 @@ class KeyState:
                 until = m
         return until
 
-    def blocked_until(self, now: float) -> float | None:
-        """When a grant fits the rate budget (later than `now`), or None if it does now.
-
-        A probing key with a lease out waits for that lease: None is not
-        returned, but neither is a time, so callers check `probe_busy`.
-        """
-        if self.budget is None:
-            return None
-        when = self.budget.ready_at(now)
-        return when if when > now else None
-
     @property
     def known_budget(self) -> Budget:
         """The budget to read (an empty one when nothing was ever counted)."""
@@ -88,15 +93,32 @@ class KeyState:
             self.budget = Budget()
         return self.budget
 
-    @property
-    def probe_busy(self) -> bool:
-        return self.probing and self.active > 0
+    def released(
+        self, grant: int, usage: Usage | None, now: float, *, success: bool = True
+    ) -> bool:
+        """Lease number `grant` on this secret ended, having used `usage`; with
+        `success` it ended well: the error counts reset and probing ends.
+        Returns whether a persisted count changed."""
+        changed = False
+        if success:
+            changed = bool(self.error_count or self.streak or self.probing)
+            self.streak.clear()
+            self.error_count = 0
+            self.probing = False
+        tokens = None
+        if usage is not None:
+            self.input_tokens += usage.input_tokens or 0
+            self.output_tokens += usage.output_tokens or 0
+            if usage.input_tokens is not None or usage.output_tokens is not None:
+                tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+        self.own_budget().settle(grant, tokens, now)
+        return changed
 
-    def succeeded(self) -> None:
-        """A lease on this secret ended well: counts reset, probing ends."""
-        self.streak.clear()
-        self.error_count = 0
-        self.probing = False
+    def failed(self, kind: str, status: int | None) -> None:
+        """A failure of `kind` (HTTP `status`) was reported against this secret."""
+        self.error_count += 1
+        self.failures += 1
+        self.last_error = kind if status is None else f"{kind} ({status})"
 
     def cooldown_ended(self) -> None:
         """A profile-wide cooldown is over: probe it if it failed often in a row."""

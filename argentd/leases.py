@@ -12,6 +12,8 @@ from typing import Final
 
 from argent_client.protocol import ArgentError, Event, LeaseParams, LeaseResult
 
+from .model import Profile, auth_headers
+
 
 @dataclass(slots=True)
 class Lease:
@@ -34,6 +36,22 @@ class Lease:
     """The secret key it handed out: a reload may replace the profile's secret meanwhile."""
     grant: int = 0
     """Its number among the grants on that key (rate budgets count from it)."""
+
+
+def lease_result(lease: Lease, p: Profile) -> LeaseResult:
+    """The `lease` reply for `lease` on profile `p` (the one place a secret goes out)."""
+    return LeaseResult(
+        lease_id=lease.id,
+        profile=p.id,
+        provider=p.provider,
+        type=p.type,
+        token=p.secret.reveal(),
+        label=p.label,
+        headers=auth_headers(p),
+        expires_at=lease.expires_at,
+        source=p.source,
+        model=lease.model,
+    )
 
 
 @dataclass(slots=True)

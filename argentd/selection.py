@@ -2,10 +2,8 @@
 
 Theory of operation
 -------------------
-A profile is *ready* for a request when it is enabled, not invalid, not
-expired, not cooling down (for the requested model, when the cooldown is
-model-scoped), not being probed by another lease, within its rate budget,
-below `max_concurrent`, and not removed by a reload.
+Whether a profile is *ready* for a request, and why not, is decided once,
+in `readiness.py`; this module decides the order.
 
 Each provider's profiles are split into *tiers* (`reindex`), walked in order
 (`pick`); the first tier with a ready profile answers:
@@ -21,7 +19,8 @@ Each provider's profiles are split into *tiers* (`reindex`), walked in order
 
 A request names a provider or a route; a route's targets, (provider,
 model) pairs, are tried in order (`targets`). When none is ready,
-`unavailable` says why per profile and when the first one may be.
+`unavailable` says why per profile (its readiness reason) and when the
+first one may be.
 
 Session affinity: a lease with a `session` returns to the profile that
 session last had while it is ready and was used within `affinity_idle`
@@ -35,7 +34,7 @@ reads the engine's `Slot`s and `KeyState`s, which it shares by reference.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -43,38 +42,18 @@ from argent_client.protocol import (
     InvalidParams,
     LeaseParams,
     NoProfileAvailable,
-    ProfileState,
     UnknownProvider,
     UnknownRoute,
 )
 
+from .books import Slot
 from .config import Config
 from .keystate import KeyState
-from .model import Profile, normalise_provider
+from .model import normalise_provider
+from .readiness import BUSY, PROBING, READY, Readiness, readiness
 
 SWEEP_EVERY: Final = 60.0
 """Seconds between sweeps of idle session affinities."""
-
-
-@dataclass(slots=True)
-class Slot:
-    """One profile id: its current Profile and runtime flags."""
-
-    profile: Profile
-    seq: int = 0
-    """Order of the last grant; lower was leased longer ago (spreads load)."""
-    active: int = 0
-    user_disabled: bool | None = None
-    """Set by disable/enable; None follows the file's `disabled`."""
-    removed: bool = False
-    """Gone from the file, kept only while its leases finish."""
-
-    @property
-    def disabled(self) -> bool:
-        """Disabled by the user, or else by the file."""
-        if self.user_disabled is not None:
-            return self.user_disabled
-        return self.profile.disabled
 
 
 @dataclass(slots=True)
@@ -112,19 +91,13 @@ class Selector:
         slots: dict[str, Slot],
         keys: dict[str, KeyState],
         config: Config,
-        note_refill: Callable[[float, str], None],
         *,
         now: float,
     ) -> None:
-        """`slots` and `keys` are the engine's own dicts (read, never replaced).
-
-        `note_refill(when, key)` is told once per refill time when a key is
-        held back only by its rate budget, so the engine wakes its waiters then.
-        """
+        """`slots` and `keys` are the engine's own dicts (read, never replaced)."""
         self.slots = slots
         self.keys = keys
         self.config = config
-        self._note_refill = note_refill
         self.by_provider: dict[str, list[str]] = {}
         """Profile ids per provider, in selection order (removed ones left out)."""
         self._tiers: dict[str, list[Tier]] = {}
@@ -196,24 +169,8 @@ class Selector:
     # ------------------------------------------------------------ picking
 
     def ready(self, slot: Slot, model: str | None, now: float) -> bool:
-        """Whether `slot` may take a lease for `model` at `now` (module docstring)."""
-        p = slot.profile
-        if slot.removed or slot.disabled or not p.serves(model):
-            return False
-        if p.expires is not None and p.expires <= now:
-            return False
-        if p.max_concurrent is not None and slot.active >= p.max_concurrent:
-            return False
-        ks = self.keys[p.secret.key]
-        if ks.invalid or ks.cooling(now, model) is not None or ks.probe_busy:
-            return False
-        refill = ks.blocked_until(now)
-        if refill is not None:
-            if ks.refill_noted != refill:  # once per refill time, not once per look
-                ks.refill_noted = refill
-                self._note_refill(refill, p.secret.key)
-            return False
-        return ks.gate is None or ks.gate.admits(ks.active, now)
+        """Whether `slot` may take a lease for `model` at `now` (`readiness.py`)."""
+        return readiness(slot, self.keys[slot.profile.secret.key], model, now) is READY
 
     def pick(
         self,
@@ -247,11 +204,13 @@ class Selector:
                     return slot
                 else:
                     del self._sessions[session]
+        slots, keys = self.slots, self.keys
         for tier in self._tiers[provider]:
             if not tier.budgeted:
                 for pid in tier.ids:  # in order: the first ready one is the answer
-                    slot = self.slots[pid]
-                    if pid != exclude and self.ready(slot, model, now):
+                    slot = slots[pid]
+                    if (pid != exclude
+                            and readiness(slot, keys[slot.key], model, now) is READY):
                         return slot
                 continue
             best: Slot | None = None
@@ -267,6 +226,10 @@ class Selector:
                     best, best_rank = slot, rank
             if best is not None:
                 return best
+        for pid in ids:  # nothing ready: a cluster gate may be why (it plans its slots)
+            gate = keys[slots[pid].key].gate
+            if gate is not None:
+                gate.refused(keys[slots[pid].key].active, now)
         return None
 
     def preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
@@ -279,6 +242,9 @@ class Selector:
         """`slot` was just leased: it goes last in its tier, and `session` sticks to it."""
         pid = slot.profile.id
         slot.seq = next(self._seq)
+        ks = self.keys[slot.key]
+        if ks.gate is not None:
+            ks.gate.granted(ks.active, now)
         tier = self._tier_of.get(pid)
         if tier is not None and tier.lru:
             del tier.ids[pid]
@@ -288,17 +254,9 @@ class Selector:
 
     # ------------------------------------------------------------ requests
 
-    def state(self, slot: Slot, now: float) -> ProfileState:
-        """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        p = slot.profile
-        if slot.disabled:
-            return "disabled"
-        ks = self.keys[p.secret.key]
-        if ks.invalid or (p.expires is not None and p.expires <= now):
-            return "invalid"
-        if ks.cooling(now) is not None:
-            return "cooldown"
-        return "ready"
+    def readiness(self, slot: Slot, model: str | None, now: float) -> Readiness:
+        """`readiness.readiness` of `slot` for `model` at `now`."""
+        return readiness(slot, self.keys[slot.profile.secret.key], model, now)
 
     def targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
         """(route name, [(provider, model)]) a lease request may be served from, in order.
@@ -324,8 +282,9 @@ class Selector:
     ) -> NoProfileAvailable:
         """The `no_profile_available` error for `params`, saying when and why.
 
-        `leases` are the leases out: a busy or probing profile frees up when
-        its first one ends.
+        Each profile of the targets is listed with its `readiness` reason as
+        `state` and its `until`; `leases` are the leases out: a busy or
+        probing profile frees up when its first one ends.
         """
         _, targets = self.targets(params)
         states: list[dict[str, object]] = []
@@ -333,38 +292,35 @@ class Selector:
         for provider, model in targets:
             for pid in self.by_provider.get(provider, ()):
                 slot = self.slots[pid]
-                p = slot.profile
-                ks = self.keys[p.secret.key]
-                state: str = self.state(slot, now)
-                until = ks.cooling(now, model)
-                when: float | None = None
-                if state in ("disabled", "invalid") or not p.serves(model):
-                    pass
-                elif until is not None:
-                    state, when = "cooldown", until
-                elif (p.max_concurrent is not None and slot.active >= p.max_concurrent) or (
-                    ks.gate is not None and not ks.gate.admits(ks.active, now)
-                ):
-                    state = "busy"
-                    when = min(
-                        (le.expires_at for le in leases if le.profile_id == pid),
-                        default=None,
-                    )
-                elif ks.probe_busy:
-                    state = "probing"
-                    when = min((le.expires_at for le in leases
-                                if le.key == p.secret.key), default=None)
-                elif (refill := ks.blocked_until(now)) is not None:
-                    state, when = "budget", refill
+                r = self.readiness(slot, model, now)
+                when = r.until
+                if r is BUSY:
+                    when = min((le.expires_at for le in leases if le.profile_id == pid),
+                               default=None)
+                elif r is PROBING:
+                    key = slot.profile.secret.key
+                    when = min((le.expires_at for le in leases if le.key == key), default=None)
                 if when is not None:
                     soonest = when if soonest is None else min(soonest, when)
-                states.append({"id": pid, "state": state, "until": until})
+                states.append({"id": pid, "state": r.reason, "until": when})
         what = f"route {params.route!r}" if params.route else f"provider {targets[0][0]!r}"
         retry = None if soonest is None else max(0.0, soonest - now)
         msg = f"no profile of {what} is ready"
         if retry is not None:
             msg += f"; one may be in {retry:.0f}s"
         return NoProfileAvailable(msg, retry_after=retry, profiles=states)
+
+    def soonest(self, params: LeaseParams, now: float) -> float | None:
+        """The earliest time a reason holding back every profile of `params` ends by
+        itself (a cooldown, a refill), or None when only an event can help."""
+        _, targets = self.targets(params)
+        soonest: float | None = None
+        for provider, model in targets:
+            for pid in self.by_provider.get(provider, ()):
+                until = self.readiness(self.slots[pid], model, now).until
+                if until is not None and (soonest is None or until < soonest):
+                    soonest = until
+        return soonest
 
     # ------------------------------------------------------------ sessions
 

@@ -1,13 +1,22 @@
 """The wire-protocol server: one trio task per connection around the engine.
 
 Theory of operation: a connection task reads bytes, cuts them into lines
-and answers every complete line at once (the engine is synchronous), so
-pipelined requests cost one send for a whole batch of replies. Only two
-kinds of request outlive their line: a `lease` that `wait`s (a task in the
-connection's nursery parks on the waiter's result) and `reload` (file I/O in
-a thread). Whatever the engine decided besides the reply — events, waiters
-it served, a new deadline — is drained by `Server.after_change()` after
-every call. One timer task sleeps until the engine's next deadline.
+and answers the complete lines of each read at once (the engine is
+synchronous), so pipelined requests cost one send for a batch of replies;
+replies are sent as soon as they reach `FLUSH_AT` bytes, so a peer that does
+not read stops its own pipeline (back-pressure) instead of making the daemon
+build every reply first. Only two kinds of request outlive their line: a
+`lease` that `wait`s (a task in the connection's nursery parks on the
+waiter's result) and `reload` (file I/O in a thread); each connection may
+have at most `MAX_WAITING` and `MAX_RELOADS` of them at once. Whatever the
+engine decided besides the reply — events, waiters it served, a new
+deadline — is drained by `Server.after_change()` after every call. One timer
+task sleeps until the engine's next deadline, on the same `Clock` that
+gives the engine its `now`.
+
+Unfinished lines are bounded: a line must end within `LINE_TIMEOUT` seconds
+of its first byte, and all connections together may hold `MAX_BUFFERED`
+bytes of them; past either, the connection is told why and closed.
 
 Every connection is wrapped: an exception in one is logged and ends that
 connection only. A connection's writes go through one lock, so a reply, a
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -33,6 +43,7 @@ import trio
 from argent_client import protocol as P
 
 from . import __version__
+from .clock import Clock
 from .engine import Engine
 from .views import metrics, status
 
@@ -44,6 +55,24 @@ RECV_SIZE: Final = 65536
 EVENT_QUEUE: Final = 1024
 """A subscriber that falls this many events behind is disconnected."""
 LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""accept() out of resources: wait `ACCEPT_BACKOFF` and try again (as trio's serve_listeners)."""
+ACCEPT_IGNORABLE_ERRNOS: Final = frozenset(
+    getattr(errno, name) for name in ("ECONNABORTED", "EPROTO", "EPERM", "ETIMEDOUT",
+                                      "ECONNRESET") if hasattr(errno, name)
+)
+"""accept() failed for that one connection (as trio's SocketListener): take the next."""
+ACCEPT_BACKOFF: Final = 0.1
+MAX_WAITING: Final = 256
+"""Waiting `lease` requests one connection may have at once (`limit_exceeded` past it)."""
+MAX_RELOADS: Final = 4
+"""`reload` requests one connection may have in flight at once."""
+MAX_BUFFERED: Final = 64 * 1024 * 1024
+"""Bytes of unfinished lines all connections together may hold in the daemon."""
+LINE_TIMEOUT: Final = 30.0
+"""Seconds a line may stay unfinished before its connection is closed."""
+FLUSH_AT: Final = 64 * 1024
+"""Replies to one read are sent once they reach this many bytes, not all at the end."""
 
 
 @dataclass(eq=False)
@@ -61,6 +90,13 @@ class Conn:
     lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
     events: trio.MemorySendChannel[bytes] | None = None
     closed: bool = False
+    partial: int = 0
+    """Bytes of an unfinished line held for it (counted against `MAX_BUFFERED`)."""
+    waiting: int = 0
+    """Its `lease` requests parked until a profile is ready (at most `MAX_WAITING`)."""
+    reloads: int = 0
+    """Its `reload` requests in flight (at most `MAX_RELOADS`)."""
+    warned_notify: bool = False
 
     async def recv(self) -> bytes:
         """The next bytes from the peer (b"" at EOF)."""
@@ -111,6 +147,8 @@ class Server:
     `reload` is the daemon's reload coroutine (returns the `reload` result);
     `config_status` returns the current `status.config`; `on_change` is
     called after every engine change that should reach the state file.
+    `clock` gives the engine its `now` (the daemon's; tests pass
+    `Clock.fake(epoch)` to run under `MockClock`).
     """
 
     def __init__(
@@ -120,7 +158,7 @@ class Server:
         reload: Callable[[str], Awaitable[P.ReloadResult]],
         config_status: Callable[[], P.ConfigStatus],
         on_change: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         uid: int | None = None,
         peer_uid: Callable[[Any], int | None] | None = None,
     ) -> None:
@@ -128,7 +166,8 @@ class Server:
         self._reload = reload
         self._config_status = config_status
         self._on_change = on_change
-        self.clock = clock
+        self.clock = clock or Clock()
+        self.now = self.clock.now
         self.uid = os.getuid() if uid is None else uid
         self._peer_uid = peer_uid
         self._conn_ids = 0
@@ -137,6 +176,8 @@ class Server:
         self._waiting: dict[int, tuple[trio.Event, list[P.LeaseResult | P.ArgentError]]] = {}
         self._timer_wakeup = trio.Event()
         self._timer_target = math.inf
+        self._buffered = 0
+        """Bytes of unfinished lines held across connections."""
         self._lat_counts = [0] * len(LATENCY_BUCKETS)
         self._lat_sum = 0.0
         self._lat_n = 0
@@ -145,17 +186,6 @@ class Server:
         self.metrics_extras: list[Callable[[], str]] = []
         """Adapters that add their lines to `metrics`."""
         self._want_events()
-        self._handlers: dict[str, Callable[[Conn, Any], msgspec.Struct]] = {
-            "hello": self._hello,
-            "renew": self._renew,
-            "release": self._release,
-            "report_failure": self._report,
-            "status": self._status,
-            "reset": self._reset,
-            "disable": self._disable,
-            "enable": self._enable,
-            "metrics": self._metrics,
-        }
 
     # ------------------------------------------------------------ lifecycle
 
@@ -165,23 +195,33 @@ class Server:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections on the listening socket until cancelled."""
+        """Accept connections on the listening socket until cancelled.
+
+        Out of descriptors or memory (`ACCEPT_CAPACITY_ERRNOS`), accept is
+        tried again after `ACCEPT_BACKOFF` seconds; a connection that died
+        in the backlog is skipped; any other `OSError` is a bug (a closed or
+        wrong listener) and propagates.
+        """
         listener.setblocking(False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._timer)
             task_status.started()
             while True:
+                await trio.lowlevel.wait_readable(listener)
                 try:
-                    await trio.lowlevel.wait_readable(listener)
                     sock, _ = listener.accept()
-                    sock.setblocking(False)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    # EMFILE and friends: back off instead of spinning.
-                    log.warning("accept failed: %s", exc.strerror or exc)
-                    await trio.sleep(0.1)
+                    if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                        continue
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.warning("accept failed: %s; trying again in %.1f s",
+                                exc.strerror or exc, ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF)
                     continue
+                sock.setblocking(False)
                 nursery.start_soon(self._connection, sock)
 
     def after_change(self) -> None:
@@ -218,20 +258,26 @@ class Server:
             self._timer_wakeup.set()
 
     async def _timer(self) -> None:
+        """Advance the engine at its deadlines (sleeping on the clock `now` reads).
+
+        With a wall clock to follow, it wakes at least every
+        `clock.resync_every` seconds to re-sync (after a suspend a deadline
+        is then at most that late).
+        """
+        longest = self.clock.resync_every or math.inf
         while True:
             self._timer_wakeup = trio.Event()
             deadline = self.engine.next_deadline()
             self._timer_target = math.inf if deadline is None else deadline
-            if deadline is None:
-                await self._timer_wakeup.wait()
-                continue
-            delay = deadline - self.clock()
+            delay = math.inf if deadline is None else deadline - self.now()
             if delay > 0:
-                with trio.move_on_after(delay):
+                with trio.move_on_after(min(delay, longest)):
                     await self._timer_wakeup.wait()
+                self.clock.resync()
+                if deadline is None or self.now() < deadline:
                     continue
             try:
-                self.engine.advance(self.clock())
+                self.engine.advance(self.now())
                 self.after_change()
             except Exception:
                 # A bug here must not take every client down with the timer:
@@ -265,30 +311,49 @@ class Server:
             log.exception("connection %d failed", conn.id)
         finally:
             conn.close()
+            self._hold(conn, 0)
             self._conns.pop(conn.id, None)
             self._drop_subscriber(conn)
-            self.engine.disconnect(conn.id, now=self.clock())
+            self.engine.disconnect(conn.id, now=self.now())
             self.after_change()
 
     async def _read_loop(self, conn: Conn, nursery: trio.Nursery) -> None:
         buf = bytearray()  # a partial line (amortised appends: no quadratic copies)
+        line_deadline = math.inf
         while True:
-            data = await conn.recv()
+            if not buf:
+                data = await conn.recv()
+            else:
+                with trio.move_on_at(line_deadline) as waited:
+                    data = await conn.recv()
+                if waited.cancelled_caught:
+                    await self._refuse(conn, P.InvalidRequest(
+                        f"a line stayed unfinished for {LINE_TIMEOUT:g} s; closing the "
+                        f"connection"))
+                    return
             if not data:
                 return
             if not buf and data[-1:] == b"\n" and data.count(b"\n") == 1:
                 # The common case, one whole request: no splitting, no copies.
                 lines = [data[:-1]]
             else:
+                started = not buf
                 buf += data
-                if b"\n" not in data:
-                    if len(buf) > P.MAX_LINE:
-                        await self._too_long(conn)
-                        return
-                    continue
-                *lines, rest = bytes(buf).split(b"\n")
-                buf = bytearray(rest)
+                if b"\n" in data:
+                    *lines, rest = bytes(buf).split(b"\n")
+                    buf = bytearray(rest)
+                    started = bool(rest)
+                else:
+                    lines = []
+                if started:
+                    line_deadline = trio.current_time() + LINE_TIMEOUT
+                if not self._hold(conn, len(buf)):
+                    await self._refuse(conn, P.InvalidRequest(
+                        f"the daemon holds {MAX_BUFFERED} bytes of unfinished lines from all "
+                        f"connections; closing this one"))
+                    return
             replies: list[bytes] = []
+            size = 0
             for line in lines:
                 if len(line) > P.MAX_LINE:
                     if replies:
@@ -300,14 +365,33 @@ class Server:
                 reply = self._handle_line(conn, line, nursery)
                 if reply:
                     replies.append(reply)
+                    size += len(reply)
+                    if size >= FLUSH_AT:
+                        # Send as we go: a peer that does not read stops this loop
+                        # (back-pressure), and the others get their turn meanwhile.
+                        await conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
+                        replies.clear()
+                        size = 0
+                        await trio.lowlevel.checkpoint()
             if replies:
                 await conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
             if len(buf) > P.MAX_LINE:
                 await self._too_long(conn)
                 return
 
+    def _hold(self, conn: Conn, size: int) -> bool:
+        """Account `size` bytes of unfinished line for `conn`; False past `MAX_BUFFERED`."""
+        self._buffered += size - conn.partial
+        conn.partial = size
+        return self._buffered <= MAX_BUFFERED or size == 0
+
     async def _too_long(self, conn: Conn) -> None:
-        err = P.InvalidRequest(f"line longer than {P.MAX_LINE} bytes; closing the connection")
+        await self._refuse(conn, P.InvalidRequest(
+            f"line longer than {P.MAX_LINE} bytes; closing the connection"))
+
+    async def _refuse(self, conn: Conn, err: P.ArgentError) -> None:
+        """Say why the connection ends (the caller then returns, which closes it)."""
+        log.warning("connection %d: %s", conn.id, err.message)
         await conn.send(P.encode_error(None, err))
 
     def _handle_line(self, conn: Conn, line: bytes, nursery: trio.Nursery) -> bytes | None:
@@ -327,20 +411,12 @@ class Server:
                 method, req_id, params = typed
                 notify = req_id is msgspec.UNSET
                 rid = None if isinstance(req_id, msgspec.UnsetType) else req_id
-            if method == "lease":
-                assert isinstance(params, P.LeaseParams)
-                result = self._lease(conn, rid, notify, params, nursery)
-            elif method == "subscribe":
-                self._subscribe(conn, nursery)
-                result = P.SubscribeResult()
-            elif method == "reload":
-                nursery.start_soon(self._reload_task, conn, rid, notify)
-                result = None
-            else:
-                result = self._handlers[method](conn, params)
+            result = self._dispatch(conn, rid, notify, method, params, nursery)
             reply = None if notify or result is None else P.encode_result(rid, result)
         except P.ArgentError as exc:
             reply = None if notify else P.encode_error(rid, exc)
+        except RecursionError:  # msgspec's depth limit: a parse error like any other
+            reply = P.encode_error(None, P.ParseError("parse error: JSON nested too deeply"))
         except Exception as exc:
             log.exception("internal error answering a request")
             reply = None if notify else P.encode_error(rid, P.InternalError(
@@ -348,6 +424,56 @@ class Server:
         self.after_change()
         self._observe(time.perf_counter() - start)
         return reply
+
+    def _dispatch(
+        self, conn: Conn, rid: P.RequestId, notify: bool, method: str, params: msgspec.Struct,
+        nursery: trio.Nursery,
+    ) -> msgspec.Struct | None:
+        """The result of one decoded request, or None when its reply comes later."""
+        now = self.now()
+        engine = self.engine
+        match method, params:
+            case "hello", _:
+                return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
+            case "lease", P.LeaseParams() as p:
+                if notify:
+                    self._ignored_lease(conn)
+                    return None
+                return self._lease(conn, rid, p, nursery, now)
+            case "renew", P.RenewParams() as p:
+                return P.RenewResult(engine.renew(p.lease_id, p.ttl, now=now))
+            case "release", P.ReleaseParams() as p:
+                engine.release(p.lease_id, now=now, usage=p.usage, limits=p.limits,
+                               success=p.success)
+                return P.ReleaseResult()
+            case "report_failure", P.ReportParams() as p:
+                if notify and p.failover:  # nobody would learn the next lease's id
+                    p = msgspec.structs.replace(p, failover=False)
+                return engine.report(p, conn=conn.id, now=now)
+            case "status", _:
+                result = status(engine, self._config_status(), now=now)
+                for add in self.status_extras:
+                    add(result)
+                return result
+            case "reset", P.ProfileParams() as p:
+                return P.ProfileStateResult(engine.reset(p.profile, now=now))
+            case "disable" | "enable", P.ProfileParams() as p:
+                state = engine.set_disabled(p.profile, method == "disable", now=now)
+                return P.ProfileStateResult(state)
+            case "metrics", _:
+                return self._metrics(now)
+            case "subscribe", _:
+                self._subscribe(conn, nursery)
+                return P.SubscribeResult()
+            case "reload", _:
+                if conn.reloads >= MAX_RELOADS:
+                    raise P.LimitExceeded(
+                        f"this connection already has {MAX_RELOADS} reloads in flight; wait "
+                        f"for their replies", limit=MAX_RELOADS)
+                conn.reloads += 1
+                nursery.start_soon(self._reload_task, conn, rid, notify)
+                return None
+        raise P.MethodNotFound(f"unknown method {method!r}")  # decode let through a new one
 
     def _observe(self, seconds: float) -> None:
         self._lat_n += 1
@@ -358,85 +484,67 @@ class Server:
 
     # ------------------------------------------------------------ methods
 
-    def _hello(self, conn: Conn, params: Any) -> msgspec.Struct:
-        return P.HelloResult("argentd", __version__, P.PROTOCOL_VERSION, os.getpid())
+    def _ignored_lease(self, conn: Conn) -> None:
+        """A `lease` without an `id`: granting it would strand a lease nobody can name."""
+        if not conn.warned_notify:
+            conn.warned_notify = True
+            log.warning("connection %d sent `lease` as a notification (no id); ignored, "
+                        "since its reply is the only way to learn the lease id", conn.id)
 
     def _lease(
-        self, conn: Conn, rid: P.RequestId, notify: bool, params: P.LeaseParams,
-        nursery: trio.Nursery,
+        self, conn: Conn, rid: P.RequestId, params: P.LeaseParams, nursery: trio.Nursery,
+        now: float,
     ) -> P.LeaseResult | None:
         """A lease now, or None when the request waits (its reply comes later)."""
-        now = self.clock()
         try:
             return self.engine.lease(params, conn=conn.id, now=now)
         except P.NoProfileAvailable:
             if params.wait <= 0:
                 raise
+            if conn.waiting >= MAX_WAITING:
+                raise P.LimitExceeded(
+                    f"this connection already has {MAX_WAITING} leases waiting; wait for "
+                    f"their replies before asking for more", limit=MAX_WAITING) from None
         wid = self.engine.wait(params, conn=conn.id, now=now)
         done = trio.Event()
         box: list[P.LeaseResult | P.ArgentError] = []
         self._waiting[wid] = (done, box)
-        nursery.start_soon(self._await_lease, conn, rid, notify, wid, done, box)
+        conn.waiting += 1
+        nursery.start_soon(self._await_lease, conn, rid, wid, done, box)
         return None
 
     async def _await_lease(
-        self, conn: Conn, rid: P.RequestId, notify: bool, wid: int, done: trio.Event,
+        self, conn: Conn, rid: P.RequestId, wid: int, done: trio.Event,
         box: list[P.LeaseResult | P.ArgentError],
     ) -> None:
         try:
             await done.wait()
         finally:
+            conn.waiting -= 1
             if not box:  # cancelled: the connection is closing
                 self._waiting.pop(wid, None)
                 self.engine.cancel_wait(wid)
-        if notify:
-            return
         result = box[0]
         if isinstance(result, P.ArgentError):
             await self._send_quietly(conn, P.encode_error(rid, result))
         else:
             await self._send_quietly(conn, P.encode_result(rid, result))
 
-    def _renew(self, conn: Conn, params: P.RenewParams) -> msgspec.Struct:
-        return P.RenewResult(self.engine.renew(params.lease_id, params.ttl, now=self.clock()))
-
-    def _release(self, conn: Conn, params: P.ReleaseParams) -> msgspec.Struct:
-        self.engine.release(params.lease_id, now=self.clock(), usage=params.usage,
-                            limits=params.limits, success=params.success)
-        return P.ReleaseResult()
-
-    def _report(self, conn: Conn, params: P.ReportParams) -> msgspec.Struct:
-        return self.engine.report(params, conn=conn.id, now=self.clock())
-
-    def _status(self, conn: Conn, params: Any) -> msgspec.Struct:
-        result = status(self.engine, self._config_status(), now=self.clock())
-        for add in self.status_extras:
-            add(result)
-        return result
-
-    def _reset(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        return P.ProfileStateResult(self.engine.reset(params.profile, now=self.clock()))
-
-    def _disable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        state = self.engine.set_disabled(params.profile, True, now=self.clock())
-        return P.ProfileStateResult(state)
-
-    def _enable(self, conn: Conn, params: P.ProfileParams) -> msgspec.Struct:
-        state = self.engine.set_disabled(params.profile, False, now=self.clock())
-        return P.ProfileStateResult(state)
-
-    def _metrics(self, conn: Conn, params: Any) -> msgspec.Struct:
+    def _metrics(self, now: float) -> P.MetricsResult:
         cumulative = []
         total = 0
         for bound, n in zip(LATENCY_BUCKETS, self._lat_counts, strict=True):
             total += n
             cumulative.append((bound, total))
-        text = metrics(self.engine, now=self.clock(), latency_buckets=cumulative,
+        text = metrics(self.engine, now=now, latency_buckets=cumulative,
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
         return P.MetricsResult(text + "".join(extra() for extra in self.metrics_extras))
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
-        result = await self._reload("reload method")
+        try:
+            result = await self._reload("reload method")
+        finally:
+            conn.reloads -= 1
         if not notify:
             await self._send_quietly(conn, P.encode_result(rid, result))
 

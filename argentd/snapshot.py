@@ -25,11 +25,23 @@ class KeySnapshot(msgspec.Struct, omit_defaults=True):
     failures: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    orphaned_at: float | None = None
+    """Since when no loaded profile holds this secret (books.py keeps it a while)."""
 
 
 class ProfileSnapshot(msgspec.Struct, omit_defaults=True):
     key: str
     user_disabled: bool | None = None
+
+
+class KeptFlag(msgspec.Struct, omit_defaults=True):
+    """A user flag set on `profile` with secret `key`, which it no longer holds."""
+
+    profile: str
+    key: str
+    user_disabled: bool
+    since: float
+    """When the profile stopped holding `key` (books.py keeps it ORPHAN_KEEP)."""
 
 
 class Snapshot(msgspec.Struct, omit_defaults=True):
@@ -38,6 +50,8 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     """Secret key -> its state."""
     profiles: dict[str, ProfileSnapshot] = {}
     """Profile id -> the secret key it had and its user flags."""
+    kept_flags: list[KeptFlag] = []
+    """User flags set with a secret their profile no longer holds (books.py)."""
 
 
 def decode_snapshot(data: object) -> Snapshot:

@@ -18,6 +18,7 @@ from argent_client.protocol import (
 )
 
 from .engine import Engine
+from .readiness import profile_state
 
 
 def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> StatusResult:
@@ -26,13 +27,14 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
     for slot in engine.active_profiles():
         p = slot.profile
         ks = engine.key_state(p.id)
+        ready = engine.readiness_of(p.id, now)
         profiles.append(
             ProfileStatus(
                 id=p.id,
                 provider=p.provider,
                 type=p.type,
                 label=p.label,
-                state=engine.state_of(p.id, now),
+                state=profile_state(ready),
                 cooldown_until=ks.cooling(now),
                 error_count=ks.error_count,
                 active_leases=slot.active,
@@ -45,6 +47,8 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 model_cooldowns={m: t for m, t in ks.model_cooldowns.items() if t > now},
                 budget=ks.known_budget.view(now),
                 removed=slot.removed,
+                reason=ready.reason,
+                until=ready.until,
             )
         )
     profiles.sort(key=lambda s: (s.provider, s.id))

@@ -100,8 +100,8 @@ async def test_cluster_budget_reading_lowers_the_other_host(redis_server: RedisS
         reset = time.time() + 60
         a.release(lease.lease_id, limits=Limits(requests_limit=50, requests_remaining=0,
                                                  requests_reset=reset))
-        await wait_until(lambda: b.engine.key_state("anthropic:x").blocked_until(time.time())
-                         is not None, what="b's budget spent")
+        await wait_until(lambda: b.engine.key_state("anthropic:x").known_budget
+                         .ready_at(time.time()) > time.time(), what="b's budget spent")
         with pytest.raises(NoProfileAvailable):
             b.lease()
         n.cancel_scope.cancel()

@@ -27,6 +27,7 @@ from argent_client.protocol import (
     UnknownRoute,
     Usage,
 )
+from argentd.books import ORPHAN_KEEP
 from argentd.config import Config, CooldownConfig, LeaseConfig
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret
@@ -1269,15 +1270,24 @@ def test_snapshot_changed_secret_does_not_inherit() -> None:
     assert fresh.state_of("anthropic:b", T0 + 1) == "invalid"
 
 
-def test_snapshot_drops_state_of_profiles_no_longer_loaded() -> None:
+def test_snapshot_keeps_the_books_of_a_profile_no_longer_loaded() -> None:
+    # Issue 10: a reload that loses a profile for a moment must not wipe (and
+    # then save without) its books. They are kept, orphaned, for ORPHAN_KEEP.
     e = make(prof("anthropic:a"), prof("anthropic:b"))
     held = lease(e, provider="anthropic")
+    key_a = e.profile("anthropic:a").secret.key
     report(e, T0, "rate_limit", profile="anthropic:a")
     reload(e, prof("anthropic:b"), now=T0 + 1)  # a is removed but its lease runs
     snap = e.snapshot()
     assert list(snap.profiles) == ["anthropic:b"]
-    assert list(snap.keys) == [e.profile("anthropic:b").secret.key]
+    assert set(snap.keys) == {key_a, e.profile("anthropic:b").secret.key}
+    assert snap.keys[key_a].orphaned_at == T0 + 1
+    assert snap.keys[key_a].cooldown_until == T0 + 60
     assert held.profile == "anthropic:a"
+    e.release(held.lease_id, now=T0 + 2)
+    e.advance(T0 + 1 + ORPHAN_KEEP)  # a week later the secret is gone for good
+    reload(e, prof("anthropic:b"), now=T0 + 1 + ORPHAN_KEEP)
+    assert set(e.snapshot().keys) == {e.profile("anthropic:b").secret.key}
 
 
 def test_snapshot_restore_past_cooldown_ends_it() -> None:
@@ -1340,4 +1350,4 @@ def test_engine_lease_heap_stays_bounded_under_churn() -> None:
     for i in range(10_000):
         granted = lease(e, now=T0 + i * 0.001, provider="anthropic")
         e.release(granted.lease_id, now=T0 + i * 0.001)
-    assert len(e._lease_heap) <= 2 * len(e.leases()) + 65
+    assert len(e._due.leases) <= 2 * len(e.leases()) + 65

@@ -8,6 +8,10 @@ checks DESIGN's invariants after every step:
   expired, removed or full profile, nor on a profile that does not serve its
   model; and `no_profile_available` is only answered when nothing is ready;
 - active leases per profile <= `max_concurrent`, and equal to the engine's leases;
+  a secret's lease count equals the leases out on it (never negative, also
+  when a reload swaps a secret out and back while a lease is out);
+- books are per secret: a cooldown, an `invalid` mark or a disable flag
+  comes back with its secret after a reload lost it (for ORPHAN_KEEP);
 - no lease outlives its TTL;
 - waiters with identical params are served in arrival order;
 - snapshot -> JSON -> decode -> restore into a fresh engine is lossless;
@@ -42,6 +46,7 @@ from argent_client.protocol import (
     ReportParams,
     UnknownProvider,
 )
+from argentd.books import ORPHAN_KEEP
 from argentd.config import Config, LeaseConfig
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret
@@ -139,7 +144,10 @@ class EngineMachine(RuleBasedStateMachine):
         self.invalid_keys: set[str] = set()
         self.cooling: dict[str, float] = {}
         """Secret key -> end of its profile-wide cooldown, as reports answered."""
-        self.user_disabled: dict[str, bool] = {}
+        self.user_disabled: dict[tuple[str, str], bool] = {}
+        """(profile id, secret key) -> the user's disable flag."""
+        self.last_held: dict[str, float] = {}
+        """Secret key -> when a loaded profile last held it (books outlive it a while)."""
         self.over_limit: set[str] = set()
         """Profiles a reload gave a `max_concurrent` below their running leases."""
 
@@ -189,7 +197,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert p.expires is None or p.expires > now, "lease on an expired profile"
         assert key not in self.invalid_keys, "lease on an invalid profile"
         assert self.cooling.get(key, now) <= now, "lease inside a reported cooldown"
-        assert not self.user_disabled.get(pid, p.disabled), "lease on a disabled profile"
+        assert not self.user_disabled.get((pid, key), p.disabled), "lease on a disabled profile"
         assert got.expires_at > now
         assert got.token == p.secret.reveal()
         active = sum(1 for le in e.leases() if le.profile_id == pid)
@@ -200,13 +208,15 @@ class EngineMachine(RuleBasedStateMachine):
 
     def drain(self) -> None:
         """Check what the last call put in the outbox; forget what the engine dropped."""
-        # A secret no profile holds any more is forgotten (state is kept per
-        # loaded secret), and so is a profile id that is gone for good.
-        slots = {s.profile.id: s.profile.secret.key for s in self.e.active_profiles()}
-        keys = set(slots.values())
-        self.invalid_keys &= keys
-        self.cooling = {k: v for k, v in self.cooling.items() if k in keys}
-        self.user_disabled = {k: v for k, v in self.user_disabled.items() if k in slots}
+        # Books are per secret and outlive the profile that held it for
+        # ORPHAN_KEEP: only then may the engine forget them.
+        for s in self.e.active_profiles():
+            if not s.removed:
+                self.last_held[s.key] = self.now
+        gone = {k for k, t in self.last_held.items() if self.now - t >= ORPHAN_KEEP}
+        self.invalid_keys -= gone
+        self.cooling = {k: v for k, v in self.cooling.items() if k not in gone}
+        self.user_disabled = {k: v for k, v in self.user_disabled.items() if k[1] not in gone}
         out = self.e.take_outbox()
         self.texts += [msgspec.json.encode(ev).decode() for ev in out.events]
         for wid, result in out.served:
@@ -226,13 +236,8 @@ class EngineMachine(RuleBasedStateMachine):
         return ids[i % len(ids)] if ids else "l-stale"
 
     def load(self, specs: dict[str, dict[str, Any]], order: dict[str, list[str]]) -> None:
-        before = ({s.profile.id: s.profile.secret.key for s in self.e.active_profiles()}
-                  if self.engine is not None else {})
         self.current = build(specs, self.now)
         self.order = order
-        for p in self.current:
-            if before.get(p.id, p.secret.key) != p.secret.key:
-                self.user_disabled.pop(p.id, None)  # a new secret starts clean
         if self.engine is None:
             self.engine = Engine(ProfileSet(list(self.current), order=dict(order)), CONFIG,
                                  now=self.now, lease_id=self.new_id)
@@ -399,7 +404,7 @@ class EngineMachine(RuleBasedStateMachine):
                 self.cooling.pop(key, None)
             else:
                 self.e.set_disabled(pid, action == "disable", now=self.now)
-                self.user_disabled[pid] = action == "disable"
+                self.user_disabled[(pid, key)] = action == "disable"
         except ArgentError as exc:
             self.note_error(exc)
             assert pid not in {s.profile.id for s in self.e.active_profiles()}
@@ -444,6 +449,12 @@ class EngineMachine(RuleBasedStateMachine):
             # are checked against it in check_grant.
             assert limit is None or slot.active <= limit or pid in self.over_limit
         assert set(counts) <= {s.profile.id for s in e.active_profiles()}
+        per_key: dict[str, int] = {}
+        for le in e.leases():
+            per_key[le.key] = per_key.get(le.key, 0) + 1
+        for key, ks in e._keys.items():
+            assert ks.active == per_key.get(key, 0), "a secret's lease count is off"
+        assert set(per_key) <= set(e._keys), "a lease's secret lost its books"
 
     @invariant()
     def waiters_are_tracked(self) -> None:

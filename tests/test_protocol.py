@@ -79,7 +79,8 @@ def test_protocol_rpc_codes_are_stable() -> None:
         "parse_error": -32700, "invalid_request": -32600, "method_not_found": -32601,
         "invalid_params": -32602, "internal_error": -32603, "no_profile_available": -32001,
         "unknown_provider": -32002, "unknown_route": -32003, "lease_not_found": -32004,
-        "unknown_profile": -32005, "permission_denied": -32006, "daemon_unavailable": -32099,
+        "unknown_profile": -32005, "permission_denied": -32006, "limit_exceeded": -32010,
+        "daemon_unavailable": -32099,
     }
 
 

@@ -33,9 +33,8 @@ FailureKind: TypeAlias = Literal[
 ]
 FAILURE_KINDS: Final[tuple[str, ...]] = get_args(FailureKind)
 PROFILE_FAULTS: Final = frozenset({"rate_limit", "quota", "auth"})
-"""Kinds that blame the profile: failover stays with the same provider."""
-PROVIDER_FAULTS: Final = frozenset({"overloaded", "timeout", "server_error"})
-"""Kinds that blame the provider: failover moves to the next route target."""
+"""Kinds that blame the profile: failover stays with the same provider (the
+other kinds blame the provider: failover moves to the next route target)."""
 
 ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
 ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid"]
@@ -252,6 +251,11 @@ class ProfileStatus(msgspec.Struct):
     model_cooldowns: dict[str, float] = {}
     budget: Budget | None = None
     removed: bool = False
+    reason: str = "ready"
+    """Why a lease (for no model in particular) would not get it now: `ready`,
+    `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
+    until: float | None = None
+    """When `reason` ends by itself, if time alone ends it."""
 
 
 class LeaseStatus(msgspec.Struct):
@@ -268,6 +272,8 @@ class ConfigStatus(msgspec.Struct):
     loaded_at: float | None
     error: str | None = None
     config_path: str | None = None
+    state_path: str | None = None
+    """The state file this daemon keeps (one per socket)."""
 
 
 class ClusterStatus(msgspec.Struct):
@@ -426,6 +432,14 @@ class PermissionDenied(ArgentError):
     rpc_code = -32006
 
 
+class LimitExceeded(ArgentError):
+    """One connection asked for more than the daemon holds for it at once (waiting
+    leases, reloads); `data.limit` is the bound."""
+
+    code = "limit_exceeded"
+    rpc_code = -32010
+
+
 class DaemonUnavailable(ArgentError):
     """Client side only: the socket could not be reached."""
 
@@ -447,6 +461,7 @@ ERRORS: Final[dict[str, type[ArgentError]]] = {
         LeaseNotFound,
         UnknownProfile,
         PermissionDenied,
+        LimitExceeded,
         DaemonUnavailable,
     )
 }

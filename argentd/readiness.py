@@ -1,0 +1,111 @@
+"""Whether a profile may take a lease, and if not, why and until when.
+
+Theory of operation
+-------------------
+`readiness` is the one rule. Selection (`selection.py`), the `status` view
+(`views.py`) and the `no_profile_available` error all call it, so they
+cannot disagree. It reads a profile's `Slot` and its secret's `KeyState` at
+`now` and changes nothing.
+
+It answers a `Readiness`: `reason` is `"ready"` or the first thing found
+that holds the profile back, checked cheapest first (the hot path stops at
+the first answer), and `until` is when that reason ends by itself, when
+time alone ends it:
+
+| reason | holds back | `until` |
+|---|---|---|
+| `removed` | gone from the file, kept while its leases finish | — |
+| `disabled` | `disabled` in the file or `argentctl disable` | — |
+| `invalid` | an `auth` verdict (until `reset` or a new secret) | — |
+| `expired` | the profile's `expires` has passed | — |
+| `model` | `models` does not list the requested model | — |
+| `cooldown` | a cooldown (profile-wide, or for the model) | its end |
+| `busy` | `max_concurrent` leases out (here, or the cluster's slots) | — (its first lease's end) |
+| `probing` | a probe lease is out (one at a time) | — (that lease's end) |
+| `budget` | the predicted rate budget is spent | the refill |
+
+`until` is a lower bound: another reason may hold the profile after it, and
+is found then. Reasons without an `until` end by an event (a release, an
+`enable`, a reload), never by time alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from .books import Slot
+    from .keystate import KeyState
+
+Reason: TypeAlias = Literal[
+    "ready", "removed", "disabled", "invalid", "expired", "model", "cooldown", "busy",
+    "probing", "budget",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """A `readiness` answer: see the module docstring."""
+
+    reason: Reason
+    until: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == "ready"
+
+
+READY: Final = Readiness("ready")
+REMOVED: Final = Readiness("removed")
+DISABLED: Final = Readiness("disabled")
+INVALID: Final = Readiness("invalid")
+EXPIRED: Final = Readiness("expired")
+MODEL: Final = Readiness("model")
+BUSY: Final = Readiness("busy")
+PROBING: Final = Readiness("probing")
+
+
+def readiness(slot: Slot, ks: KeyState, model: str | None, now: float) -> Readiness:
+    """Whether `slot` (whose secret's state is `ks`) may serve `model` at `now`.
+
+    Pure: reads, never writes.
+    """
+    p = slot.profile
+    if slot.removed:
+        return REMOVED
+    if slot.disabled:
+        return DISABLED
+    if ks.invalid:
+        return INVALID
+    if p.expires is not None and p.expires <= now:
+        return EXPIRED
+    if model is not None and p.models is not None and model not in p.models:
+        return MODEL
+    until = ks.cooling(now, model)
+    if until is not None:
+        return Readiness("cooldown", until)
+    if p.max_concurrent is not None and slot.active >= p.max_concurrent:
+        return BUSY
+    if ks.gate is not None and not ks.gate.open(ks.active, now):
+        return BUSY  # the cluster's slots for this secret are all taken (cluster_slots.py)
+    if ks.probing and ks.active:
+        return PROBING
+    budget = ks.budget
+    if budget is not None:
+        refill = budget.ready_at(now)
+        if refill > now:
+            return Readiness("budget", refill)
+    return READY
+
+
+def profile_state(r: Readiness) -> Literal["ready", "cooldown", "disabled", "invalid"]:
+    """The coarse `status` state of a profile-wide readiness."""
+    reason = r.reason
+    if reason in ("disabled", "invalid"):
+        return reason  # type: ignore[return-value]
+    if reason == "expired":
+        return "invalid"
+    if reason == "cooldown":
+        return "cooldown"
+    return "ready"
