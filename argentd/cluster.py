@@ -236,6 +236,8 @@ class Cluster:
             self._force |= self._index.keys()
             await self._flush_books(session)
             await self._plan_slots(session, list(self.gates))
+            for key in list(self._owned):  # an empty Redis must not let another host take it
+                await self._claim(session, key)
             self._session = session
             self.error = None
             self._set_connected(True)

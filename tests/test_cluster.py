@@ -211,3 +211,47 @@ async def test_cluster_nothing_secret_in_redis(redis_server: RedisServer) -> Non
     for secret in SECRETS:
         for text in texts:
             assert secret not in text and secret[-16:] not in text, "a secret reached Redis"
+
+
+@pytest.mark.trio
+async def test_cluster_different_profiles_files_share_by_secret(redis_server: RedisServer) -> None:
+    shared_secret, only_a, only_b = (*same_keys(), make_secret("sk-ant-api03-"))
+    a = Host("a", redis_server.url, [prof("anthropic:work", shared_secret),
+                                      prof("anthropic:mine", only_a)])
+    b = Host("b", redis_server.url, [prof("anthropic:team", shared_secret),
+                                      prof("anthropic:other", only_b)])
+    now = time.time
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await b.start(n)
+        a.report(profile="anthropic:work", kind="quota", retry_after=900)
+        a.report(profile="anthropic:mine", kind="quota", retry_after=900)
+        await wait_until(lambda: b.engine.state_of("anthropic:team", now()) == "cooldown",
+                         what="the shared secret cools on b under its own id")
+        await trio.sleep(0.1)
+        assert b.engine.state_of("anthropic:other", now()) == "ready"
+        assert set(b.cluster.books) == {b.engine.profile(p).secret.key
+                                        for p in ("anthropic:team", "anthropic:other")}
+        n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_cluster_refresh_token_owned_by_the_first_host(redis_server: RedisServer) -> None:
+    s1 = make_secret("sk-ant-ort01-")
+    a, b = pair(redis_server.url, ("anthropic:x", s1))
+    key = a.engine.profile("anthropic:x").secret.key
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await b.start(n)
+        assert await a.cluster.claim_refresh_token(key) == "a"
+        assert await b.cluster.claim_refresh_token(key) == "a"
+        assert await a.cluster.claim_refresh_token(key) == "a"
+        redis_server.kill()
+        await wait_until(lambda: not b.cluster.connected, what="b sees Redis gone")
+        assert await b.cluster.claim_refresh_token(key) is None
+        redis_server.start()
+        # Redis restarted empty: a's heartbeat claims its token again before b can.
+        await wait_until(lambda: a.cluster.connected and b.cluster.connected, timeout=20)
+        await trio.sleep(0.7)
+        assert await b.cluster.claim_refresh_token(key) == "a"
+        n.cancel_scope.cancel()

@@ -159,3 +159,28 @@ def test_cluster_slots_interleavings_never_exceed_the_limit(
             n.cancel_scope.cancel()
 
     trio.run(main)
+
+
+@pytest.mark.trio
+async def test_cluster_slots_reload_gates_a_new_max_concurrent(redis_server: RedisServer) -> None:
+    from argentd.config import Config
+    from argentd.model import ProfileSet
+
+    secret = make_secret("sk-proj-")
+    a, b = (Host(n, redis_server.url, [prof("openai:main", secret)]) for n in "ab")
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await b.start(n)
+        assert a.engine.key_state("openai:main").gate is None
+        for h in (a, b):  # both files now say max_concurrent = 1: a reload
+            h.engine.load(ProfileSet([prof("openai:main", secret, max_concurrent=1)]),
+                          Config(), now=time.time())
+            h.cluster.changed()
+        await wait_until(lambda: all(h.engine.key_state("openai:main").gate is not None
+                                     for h in (a, b)), what="gates after the reload")
+        got = await lease_within(a, 2.0)
+        assert got is not None
+        assert await lease_within(b, 0.3) is None  # one slot, cluster-wide
+        a.release(got.lease_id)
+        assert await lease_within(b, 3.0) is not None
+        n.cancel_scope.cancel()
