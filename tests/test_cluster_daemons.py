@@ -81,6 +81,9 @@ def test_cluster_daemons_cooldown_on_a_holds_for_the_next_lease_on_b(
         got = conn_b.call("lease", {"provider": "anthropic", "ttl": 5})
         assert got["profile"] != lease["profile"]
         conn_b.call("release", {"lease_id": got["lease_id"]})
+    shown = subprocess.run([sys.executable, "-m", "argent_client.cli", "status"],
+                           capture_output=True, text=True, env=b.env, timeout=60).stdout
+    assert "Cluster argentd as b: 2 host(s) (a, b)" in shown
     metrics = conn_b.call("metrics")["text"]
     assert "argentd_cluster_connected 1" in metrics
     assert "argentd_cluster_propagation_seconds_count 1" in metrics
@@ -96,6 +99,9 @@ def test_cluster_daemons_redis_lost_keeps_serving_and_merges_when_back(
     redis_server.kill()
     wait_for(lambda: not cluster_status(a)["connected"] and not cluster_status(b)["connected"],
              what="both see Redis gone")
+    shown = subprocess.run([sys.executable, "-m", "argent_client.cli", "status"],
+                           capture_output=True, text=True, env=a.env, timeout=60).stdout
+    assert "Cluster argentd as a: not connected, serving alone" in shown
     for d in (a, b):
         status = cluster_status(d)
         assert status["error"] and status["hosts"] == []
