@@ -27,7 +27,6 @@ other hosts' (DESIGN, "Cluster"):
 
 from __future__ import annotations
 
-import bisect
 import logging
 import socket
 import time
@@ -44,6 +43,7 @@ from . import cluster_scripts as S
 from .books import Slot
 from .cluster_link import Link, Session, SessionLost, display_url
 from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
+from .cluster_views import Histogram, metrics_text
 from .config import ClusterConfig
 from .engine import Engine
 from .keystate import KeyState
@@ -59,7 +59,6 @@ OWNER_TTL: Final = 300
 """Seconds a refresh-token claim outlives its host's last heartbeat."""
 BATCH: Final = 256
 """Scripts per pipeline round trip."""
-LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 _MESSAGE = msgspec.json.Decoder(dict[str, Any])
 
@@ -112,10 +111,8 @@ class Cluster:
         self._session: Session | None = None
         self._shas: dict[str, str] = {}
         self._owned: set[str] = set()
-        self._lag_counts = [0] * len(LAG_BUCKETS)
-        self._lag_sum = 0.0
-        self._lag_n = 0
-        self.last_lag: float | None = None
+        self.lag = Histogram()
+        """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
         engine.on_book_change = self._book_changed
         self._reindex()
 
@@ -201,7 +198,7 @@ class Cluster:
         was = self.connected
         self._session = None
         self.error = error
-        self._set_connected(False)
+        self._set_connected(False, deliver=was)
         for gate in self.gates.values():
             gate.planned = False
         for book in self.books.values():
@@ -210,11 +207,11 @@ class Cluster:
             log.warning("cluster: lost Redis at %s (%s); going on alone, retrying", self.url,
                         error)
 
-    def _set_connected(self, connected: bool) -> None:
+    def _set_connected(self, connected: bool, *, deliver: bool = True) -> None:
         self.connected = connected
         for gate in self.gates.values():
             gate.connected = connected
-        if not connected:
+        if not connected and deliver:
             self._deliver()  # open gates: waiters may be served alone
 
     async def _run_session(self, session: Session) -> None:
@@ -236,8 +233,7 @@ class Cluster:
             self._force |= self._index.keys()
             await self._flush_books(session)
             await self._plan_slots(session, list(self.gates))
-            for key in list(self._owned):  # an empty Redis must not let another host take it
-                await self._claim(session, key)
+            await self._claim_owned(session)  # an empty Redis must not let another host take it
             self._session = session
             self.error = None
             self._set_connected(True)
@@ -268,8 +264,7 @@ class Cluster:
                 self._reindex()
             self._slots_dirty |= self.gates.keys()
             self._wake.set()
-            for key in list(self._owned):
-                await self._claim(session, key)
+            await self._claim_owned(session)
 
     async def _poll_slots(self) -> None:
         """An ended lease frees its slot: the engine does not say so, so look."""
@@ -315,7 +310,8 @@ class Cluster:
         self.hosts = sorted(h.decode() if isinstance(h, bytes) else str(h) for h in hosts)
 
     async def _flush_books(self, session: Session) -> None:
-        keys = self._dirty | self._force
+        forced = self._force
+        keys = self._dirty | forced
         self._dirty, self._force = set(), set()
         now = self.clock()
         calls: list[tuple[str, list[str], list[str]]] = []
@@ -332,8 +328,8 @@ class Cluster:
                 book.reading = signature
                 sent += [("max", f, v) for f, v in B.reading_fields(ks.budget, self.host,
                                                                     now).items()]
-            if not sent and book.version and key not in self._force:
-                continue
+            if not sent and book.version and key not in forced:
+                continue  # nothing to say, and its remote state is known
             flat = [x for op in sent for x in op]
             calls.append(("book", [self._key("book", key)],
                           [self.channel, self.host, key, repr(now), *flat]))
@@ -412,6 +408,13 @@ class Cluster:
                                    args=[self.host, str(OWNER_TTL)])
         return owner.decode() if isinstance(owner, bytes) else str(owner)
 
+    async def _claim_owned(self, session: Session) -> None:
+        """Renew this host's refresh-token claims (one pipelined round trip)."""
+        keys = sorted(self._owned)
+        if keys:
+            await self._scripts(session, [("claim", [self._key("owner", k)],
+                                           [self.host, str(OWNER_TTL)]) for k in keys])
+
     async def claim_refresh_token(self, key: str) -> str | None:
         """The host that owns the refresh token whose `Secret.key` is `key`: this
         host when it is the first to claim it (its heartbeat then keeps the
@@ -448,7 +451,7 @@ class Cluster:
         if "v" in msg:
             sent_at = msg.get("t")
             if isinstance(sent_at, int | float):
-                self._observe_lag(max(0.0, self.clock() - float(sent_at)))
+                self.lag.observe(max(0.0, self.clock() - float(sent_at)))
             if self._take(key, _pairs(msg["v"]), None):
                 self._deliver()
             return
@@ -460,16 +463,6 @@ class Cluster:
             self._poke_slots(key)
         elif msg.get("f") and gate.wanted:
             self._poke_slots(key)
-
-    def _observe_lag(self, seconds: float) -> None:
-        self.last_lag = seconds
-        self._lag_n += 1
-        self._lag_sum += seconds
-        i = bisect.bisect_left(LAG_BUCKETS, seconds)
-        if i < len(LAG_BUCKETS):
-            self._lag_counts[i] += 1
-
-    # ------------------------------------------------------------ views
 
     def status(self) -> P.ClusterStatus:
         """`status.cluster`: never the password."""
@@ -488,26 +481,8 @@ class Cluster:
         result.cluster = self.status()
 
     def metrics(self) -> str:
-        """Prometheus lines: argentd_cluster_connected and the propagation lag."""
-        out = [
-            "# HELP argentd_cluster_connected Whether this host reaches the cluster's Redis.",
-            "# TYPE argentd_cluster_connected gauge",
-            f"argentd_cluster_connected {int(self.connected)}",
-            "# HELP argentd_cluster_hosts Hosts with a recent heartbeat.",
-            "# TYPE argentd_cluster_hosts gauge",
-            f"argentd_cluster_hosts {len(self.hosts) if self.connected else 0}",
-            "# HELP argentd_cluster_propagation_seconds Delay from another host's change"
-            " to its arrival here.",
-            "# TYPE argentd_cluster_propagation_seconds histogram",
-        ]
-        total = 0
-        for bound, n in zip(LAG_BUCKETS, self._lag_counts, strict=True):
-            total += n
-            out.append(f'argentd_cluster_propagation_seconds_bucket{{le="{bound:g}"}} {total}')
-        out.append(f'argentd_cluster_propagation_seconds_bucket{{le="+Inf"}} {self._lag_n}')
-        out.append(f"argentd_cluster_propagation_seconds_sum {self._lag_sum:.6f}")
-        out.append(f"argentd_cluster_propagation_seconds_count {self._lag_n}")
-        return "\n".join(out) + "\n"
+        """Prometheus lines: argentd_cluster_connected, hosts and the propagation lag."""
+        return metrics_text(self.connected, len(self.hosts) if self.connected else 0, self.lag)
 
 
 def _pairs(value: Any) -> B.Fields:
