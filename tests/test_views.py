@@ -73,7 +73,8 @@ def test_status_fields_match_design() -> None:
         assert design <= set(p)
     assert design_lease_fields() <= set(wire["leases"][0])
     assert wire["config"] == {"profiles_path": "/home/u/auth-profiles.json",
-                              "loaded_at": T0, "error": None, "config_path": None}
+                              "loaded_at": T0, "error": None, "config_path": None,
+                              "state_path": None}
     assert wire["routes"] == {"default": ["anthropic/claude-sonnet-4-5", "openai/gpt-5"]}
     # the result decodes as the wire type the client uses
     again = msgspec.json.decode(msgspec.json.encode(st), type=StatusResult)
