@@ -41,6 +41,7 @@ from argent_client import protocol as P
 from . import cluster_books as B
 from . import cluster_scripts as S
 from .books import Slot
+from .cluster_inflight import InFlight
 from .cluster_link import Link, Session, SessionLost, display_url
 from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
 from .cluster_views import Histogram, metrics_text
@@ -53,6 +54,8 @@ log = logging.getLogger("argentd")
 
 SLOT_POLL: Final = 0.01
 """Seconds between looks at the leases out on gated secrets (an ended lease frees its slot)."""
+FLUSH_DELAY: Final = 0.002
+"""Seconds the flusher waits after a change for more to send with it."""
 HOST_STALE: Final = 10.0
 """A host without a heartbeat this long is no longer listed."""
 OWNER_TTL: Final = 300
@@ -113,12 +116,20 @@ class Cluster:
         self._owned: set[str] = set()
         self.lag = Histogram()
         """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
+        self.inflight = InFlight()
+        self._budgeted: set[str] = set()
         engine.on_book_change = self._book_changed
         self._reindex()
 
     # ------------------------------------------------------------ engine side
 
     def _book_changed(self, key: str) -> None:
+        # Called inside the engine's call, right after a reading: lower it by the
+        # other hosts' leases in flight before anything else is granted.
+        ks = self._ks(key)
+        if ks is not None and self.connected and self.inflight.after_change(key, ks,
+                                                                             self.clock()):
+            self._budgeted.add(key)
         self._dirty.add(key)
         self._wake.set()
 
@@ -241,12 +252,13 @@ class Cluster:
             log.info("cluster: connected to %s as %s (%d host(s))", self.url, self.host,
                      len(self.hosts))
             n.start_soon(self._renew_loop, session)
-            n.start_soon(self._poll_slots)
+            n.start_soon(self._poll, session)
             await self._flush_loop(session)
 
     async def _flush_loop(self, session: Session) -> None:
         while True:
             await self._wake.wait()
+            await trio.sleep(FLUSH_DELAY)  # a burst of changes goes in one round trip
             self._wake = trio.Event()
             if self._stale:
                 self._reindex()
@@ -266,8 +278,9 @@ class Cluster:
             self._wake.set()
             await self._claim_owned(session)
 
-    async def _poll_slots(self) -> None:
-        """An ended lease frees its slot: the engine does not say so, so look."""
+    async def _poll(self, session: Session) -> None:
+        """Ended leases: the engine does not say so, so look. A gated secret's slot
+        frees up; a budgeted secret's count in flight goes to the other hosts."""
         while True:
             await trio.sleep(SLOT_POLL)
             for key, gate in self.gates.items():
@@ -276,6 +289,11 @@ class Cluster:
                     self._slots_dirty.add(key)
             if self._slots_dirty:
                 self._wake.set()
+            actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
+            counts = self.inflight.to_send(actives, self.clock())
+            if counts:
+                msg = msgspec.json.encode({"h": self.host, "a": counts})
+                await session.call(session.client.publish, self.channel, msg)
 
     # ------------------------------------------------------------ Redis calls
 
@@ -446,7 +464,12 @@ class Cluster:
 
     def _message(self, msg: dict[str, Any]) -> None:
         host, key = msg.get("h"), msg.get("k")
-        if host == self.host or not isinstance(key, str):
+        if host == self.host or not isinstance(host, str):
+            return
+        if isinstance(msg.get("a"), dict):
+            self.inflight.heard(host, msg["a"], self.clock())
+            return
+        if not isinstance(key, str):
             return
         if "v" in msg:
             sent_at = msg.get("t")

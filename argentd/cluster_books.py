@@ -29,7 +29,8 @@ the host changed and has not yet seen come back keeps the local value,
 every other field takes the remote one, so a reset on another host clears
 a cooldown here too. Budget readings are not merged field by field: a
 newer reading from another host lowers the local prediction (the smaller
-remaining wins, `apply_reading`).
+remaining wins, `apply_reading`), and each reading taken here is lowered by
+the other hosts' leases in flight (cluster_inflight.py).
 
 Pure: no I/O, no clock; every function takes `now`.
 """
@@ -113,6 +114,17 @@ def local_fields(ks: KeyState, book: KeyBook, disabled: bool | None, now: float)
     return out
 
 
+LOCAL_COOLDOWN: Final = 5.0
+"""Seconds: a cooldown this short when first seen here is not shared. A 429's
+`retry-after` is whole seconds, coarser than the key's refill; each host
+holds the key until its budget refills, from the reading every host gets,
+and a 1 s pause shared by every host would cost each 429 that many times."""
+
+
+def _cooldown(name: str) -> bool:
+    return name == "c" or name.startswith("m:")
+
+
 def _live(name: str, value: str, now: float) -> bool:
     """Whether a field still stands at `now` (an ended cooldown does not)."""
     if name == "c" or name.startswith("m:"):
@@ -128,8 +140,11 @@ def ops(local: Fields, synced: Fields, now: float) -> list[Op]:
     """
     out: list[Op] = []
     for name, value in local.items():
-        if synced.get(name) != value:
-            out.append(("max", name, value))
+        if synced.get(name) == value:
+            continue
+        if _cooldown(name) and name not in synced and _num(value) - now <= LOCAL_COOLDOWN:
+            continue  # a short cooldown stays here: the others learn the budget's reading
+        out.append(("max", name, value))
     for name, value in synced.items():
         if name == "_v" or name in READINGS or name in local or name == "d":
             continue
@@ -234,8 +249,9 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
                   now: float) -> bool:
     """Take other hosts' newer budget readings into `ks`'s budget; True if any was.
 
-    A reading lowers the prediction only (the smaller remaining wins), less
-    the leases out here, which that host could not count.
+    A reading lowers the prediction only (the smaller remaining wins); the
+    other host's prediction already took every host's leases in flight off
+    (cluster_inflight.py).
     """
     taken = False
     for name in READINGS:
@@ -262,7 +278,6 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
         level, limit, rate = float(level_s), float(limit_s), _opt(rate_s)
         if rate is not None and now > at:
             level = min(limit, level + rate * (now - at))
-        level -= ks.active
         bucket = budget.requests if name == "r" else budget.tokens
         if bucket is None:
             bucket = Bucket(limit=limit, level=level, rate=rate, t=now)

@@ -52,7 +52,7 @@ def test_books_reading_from_another_host_lowers_the_prediction() -> None:
     fields = {"r": f"{T!r}|10.0|50.0|0.5|other"}
     assert B.apply_reading(ks, book, fields, "me", T)
     assert ks.known_budget.requests is not None
-    assert ks.known_budget.requests.at(T) == 8.0  # 10 less the two leases out here
+    assert ks.known_budget.requests.at(T) == 10.0
     assert not B.apply_reading(ks, book, fields, "me", T)  # taken once
     assert not B.apply_reading(KeyState(), B.KeyBook(), {"r": f"{T!r}|1|5||me"}, "me", T)
 
@@ -76,3 +76,28 @@ def test_slots_gate_opens_for_all_while_disconnected() -> None:
     assert not gate.open(0, T)
     gate.refused(0, T)
     assert gate.wanted and pokes == ["k"]
+
+
+def test_books_a_short_cooldown_stays_on_its_host() -> None:
+    local = {"c": f"{T + 1!r}|rate_limit", "m:x": repr(T + 3600)}
+    ops = B.ops(local, {}, T)
+    assert ops == [("max", "m:x", repr(T + 3600))]  # the 1 s pause is not shared
+    # A long one taken from another host is not cleared in its last seconds either.
+    assert B.ops({"c": f"{T + 2!r}|quota"}, {"c": f"{T + 2!r}|quota"}, T) == []
+
+
+def test_inflight_counts_fade_and_lower_a_fresh_reading() -> None:
+    from argentd.budget import Bucket, Budget
+    from argentd.cluster_inflight import STALE, InFlight
+
+    f = InFlight()
+    assert f.to_send([("k", 2), ("j", 0)], T) == {"k": 2, "j": 0}
+    assert f.to_send([("k", 2), ("j", 0)], T + 0.1) == {}  # unchanged, not yet due
+    assert f.to_send([("k", 2)], T + 1.5) == {"k": 2}  # nonzero: said again
+    f.heard("b", {"k": 3}, T)
+    assert f.others("k", T + 1) == 3 and f.others("k", T + STALE + 0.1) == 0
+    ks = KeyState(budget=Budget(requests=Bucket(limit=10, level=6, rate=None, t=T),
+                                reported_grant=4))
+    assert f.after_change("k", ks, T + 1)  # a new reading: the 3 out on b come off
+    assert ks.known_budget.requests is not None and ks.known_budget.requests.at(T + 1) == 3
+    assert not f.after_change("k", ks, T + 1)  # the same reading: once

@@ -178,9 +178,9 @@ async def test_cluster_slots_reload_gates_a_new_max_concurrent(redis_server: Red
             h.cluster.changed()
         await wait_until(lambda: all(h.engine.key_state("openai:main").gate is not None
                                      for h in (a, b)), what="gates after the reload")
-        got = await lease_within(a, 2.0)
+        got = await lease_within(a, 10.0)
         assert got is not None
         assert await lease_within(b, 0.3) is None  # one slot, cluster-wide
         a.release(got.lease_id)
-        assert await lease_within(b, 3.0) is not None
+        assert await lease_within(b, 10.0) is not None  # (liveness: generous on a busy box)
         n.cancel_scope.cancel()
