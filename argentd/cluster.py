@@ -54,8 +54,6 @@ log = logging.getLogger("argentd")
 
 SLOT_POLL: Final = 0.01
 """Seconds between looks at the leases out on gated secrets (an ended lease frees its slot)."""
-FLUSH_DELAY: Final = 0.002
-"""Seconds the flusher waits after a change for more to send with it."""
 HOST_STALE: Final = 10.0
 """A host without a heartbeat this long is no longer listed."""
 OWNER_TTL: Final = 300
@@ -258,7 +256,6 @@ class Cluster:
     async def _flush_loop(self, session: Session) -> None:
         while True:
             await self._wake.wait()
-            await trio.sleep(FLUSH_DELAY)  # a burst of changes goes in one round trip
             self._wake = trio.Event()
             if self._stale:
                 self._reindex()
