@@ -185,3 +185,18 @@ def test_cluster_off_by_default_never_imports_coredis(daemon: Daemon) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=daemon.env, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_cluster_daemons_redis_down_at_start_serves_then_joins(
+    daemon_factory: Any, redis_server: RedisServer
+) -> None:
+    redis_server.kill()
+    profiles = shared(1)
+    a = host(daemon_factory, redis_server, "a", profiles)  # READY=1 without Redis
+    got = a.call("lease", {"provider": "anthropic", "detached": True, "ttl": 5})
+    assert got["profile"] == "anthropic:k0"
+    status = cluster_status(a)
+    assert not status["connected"] and status["error"]
+    redis_server.start()
+    wait_for(lambda: cluster_status(a)["connected"], timeout=20, what="joined once Redis is up")
+    assert cluster_status(a)["hosts"] == ["a"]
