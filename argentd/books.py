@@ -170,6 +170,7 @@ class Books:
         for key, k in snap.keys.items():
             ks = self.ensure(key)
             ks.restore(k)
+            cooldown.bound(ks)
             if key in loaded:
                 ks.orphaned_at = None
             elif ks.orphaned_at is None:

@@ -22,18 +22,25 @@ bucket without a refill rate never blocks, a `reset` further than
 `MAX_HORIZON` ahead counts as `MAX_HORIZON`, and a report with impossible
 numbers is ignored.
 
-Subscription tokens also report a unified 5-hour/weekly window: `rejected`
-is handled by the engine as a cooldown until `unified_reset`, and a high
-utilisation moves the profile behind its siblings (`demoted`).
+Subscription tokens also report their windows (`windows`: Anthropic's
+`5h` and `7d`, Codex's `primary` and `secondary`), each with a utilisation,
+a reset and a status. A rejected window is handled by the engine as a
+cooldown until its reset (cooldown.py); a window at the policy's
+`window_cap` holds the profile back until it resets (`capped_until`,
+readiness reason `window`); a high utilisation moves the profile behind its
+siblings (`demoted`). A window whose reset has passed is over: what it said
+no longer counts. A value that cannot be true (not a number, a reset more
+than MAX_WINDOW ahead) is ignored, so no report blocks a key for long.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
 from argent_client.protocol import Budget as BudgetView
-from argent_client.protocol import Limits
+from argent_client.protocol import Limits, WindowStatus
 
 MAX_HORIZON: Final = 120.0
 """Seconds: a reset further ahead than this is treated as this far."""
@@ -41,6 +48,39 @@ DEMOTE_UTILIZATION: Final = 0.9
 """A subscription window this full moves the profile behind its siblings."""
 TOKEN_EMA: Final = 0.2
 """Weight of the newest request in the running mean of tokens per request."""
+MAX_WINDOW: Final = 8 * 24 * 3600.0
+"""Seconds: a window reset further ahead than this is not believed (weekly is 7 days)."""
+
+WINDOW_FIELDS: Final = (
+    ("5h", "unified_5h_utilization", "unified_5h_reset", "unified_5h_status", 1.0),
+    ("7d", "unified_7d_utilization", "unified_7d_reset", "unified_7d_status", 1.0),
+    ("primary", "codex_primary_used_percent", "codex_primary_reset", None, 100.0),
+    ("secondary", "codex_secondary_used_percent", "codex_secondary_reset", None, 100.0),
+)
+"""(window, utilisation field, reset field, status field, scale) of `Limits`."""
+
+
+@dataclass(slots=True)
+class Window:
+    """One subscription window as last reported."""
+
+    utilization: float | None = None
+    reset: float | None = None
+    status: str | None = None
+
+    def open_at(self, now: float) -> bool:
+        """Whether the report still counts at `now` (its reset has not passed)."""
+        return self.reset is None or self.reset > now
+
+    @property
+    def rejected(self) -> bool:
+        """Spent: the provider says `rejected`, or it is used up (Codex says no status)."""
+        return self.status == "rejected" or (
+            self.status is None and self.utilization is not None and self.utilization >= 1.0)
+
+
+def _number(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(slots=True)
@@ -118,9 +158,8 @@ class Budget:
     token_grants: dict[int, float] = field(default_factory=dict)
     """Tokens charged to each grant not yet settled by its usage."""
     unified_status: str | None = None
-    unified_5h: float | None = None
-    unified_7d: float | None = None
     unified_reset: float | None = None
+    windows: dict[str, Window] = field(default_factory=dict)
 
     # ------------------------------------------------------------ decisions
 
@@ -150,10 +189,27 @@ class Budget:
     @property
     def demoted(self) -> bool:
         """A subscription window nearly used up: lease its siblings first."""
-        h5, d7 = self.unified_5h, self.unified_7d
-        return (h5 is not None and h5 >= DEMOTE_UTILIZATION) or (
-            d7 is not None and d7 >= DEMOTE_UTILIZATION
-        )
+        return any(w.utilization is not None and w.utilization >= DEMOTE_UTILIZATION
+                   for w in self.windows.values())
+
+    def capped_until(self, cap: float, now: float) -> float | None:
+        """When every window at or over `cap` utilisation has reset (the latest
+        of their resets), or None when none is (a window without a known
+        future reset never holds a profile back)."""
+        until = None
+        for w in self.windows.values():
+            u, reset = w.utilization, w.reset
+            if u is not None and u >= cap and reset is not None and now < reset:
+                until = reset if until is None else max(until, reset)
+        return until
+
+    def rejected_until(self, now: float) -> float | None:
+        """The latest reset of the rejected windows still open, or None."""
+        until = None
+        for w in self.windows.values():
+            if w.rejected and w.reset is not None and now < w.reset:
+                until = w.reset if until is None else max(until, w.reset)
+        return until
 
     # ------------------------------------------------------------ changes
 
@@ -190,7 +246,7 @@ class Budget:
         """
         if grant is not None:
             if grant < self.reported_grant:
-                self._observe_unified(limits)
+                self._observe_unified(limits, now)
                 return
             self.reported_grant = grant
         since = max(0, in_flight)
@@ -207,17 +263,34 @@ class Budget:
                 pending = sum(c for g, c in self.token_grants.items() if g != grant)
                 self.tokens.observe(limits.tokens_limit, limits.tokens_remaining,
                                     limits.tokens_reset, pending, now)
-        self._observe_unified(limits)
+        self._observe_unified(limits, now)
 
-    def _observe_unified(self, limits: Limits) -> None:
+    def _observe_unified(self, limits: Limits, now: float) -> None:
         if limits.unified_status is not None:
             self.unified_status = limits.unified_status
-        if limits.unified_5h_utilization is not None:
-            self.unified_5h = limits.unified_5h_utilization
-        if limits.unified_7d_utilization is not None:
-            self.unified_7d = limits.unified_7d_utilization
-        if limits.unified_reset is not None:
-            self.unified_reset = limits.unified_reset
+        reset = _number(limits.unified_reset)
+        if reset is not None:
+            self.unified_reset = reset
+        for name, u_field, r_field, s_field, scale in WINDOW_FIELDS:
+            u = _number(getattr(limits, u_field))
+            at = _number(getattr(limits, r_field))
+            status = getattr(limits, s_field) if s_field else None
+            if u is None and at is None and status is None:
+                continue
+            w = self.windows.get(name)
+            if w is None or not w.open_at(now):
+                w = self.windows[name] = Window()  # a new window: the old one's numbers go
+            if u is not None:
+                w.utilization = max(0.0, u / scale)
+            if at is not None:
+                w.reset = at if at - now <= MAX_WINDOW else None
+            if status is not None:
+                w.status = status
+
+    def window_view(self, now: float) -> dict[str, WindowStatus]:
+        """The `status` view of the windows still open at `now`."""
+        return {name: WindowStatus(utilization=w.utilization, reset=w.reset, status=w.status)
+                for name, w in sorted(self.windows.items()) if w.open_at(now)}
 
     # ------------------------------------------------------------ views
 

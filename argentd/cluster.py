@@ -187,9 +187,13 @@ class Cluster:
     def _disabled(self, key: str) -> bool | None:
         return B.disabled_flag(s.user_disabled for s in self._index.get(key, ()))
 
-    def _deliver(self) -> None:
-        """Let the engine act on what changed (serve waiters) and deliver it."""
-        self.engine.advance(self.clock())
+    def _deliver(self, opened: Iterable[str] = ()) -> None:
+        """Let the engine act on what changed (serve waiters; those of the secrets
+        whose gates `opened` too) and deliver it."""
+        now = self.clock()
+        self.engine.advance(now)
+        for key in opened:
+            self.engine.key_changed(key, now=now)
         self._after_change()
         self._on_change()
 
@@ -221,7 +225,7 @@ class Cluster:
         for gate in self.gates.values():
             gate.connected = connected
         if not connected and deliver:
-            self._deliver()  # open gates: waiters may be served alone
+            self._deliver(list(self.gates))  # open gates: waiters may be served alone
 
     async def _run_session(self, session: Session) -> None:
         client = session.client
@@ -402,20 +406,21 @@ class Cluster:
                   [self.channel, self.host, str(p.limit), str(p.keep),
                    *(str(t) for t in p.ttls_ms)]) for p in plans]
         replies = await self._scripts(session, calls)
-        opened = False
+        opened = []
         wants = []
         for p, reply in zip(plans, replies, strict=True):
             gate = self.gates.get(p.key)
             if gate is None:
                 continue
-            opened |= took(gate, p, int(reply[0]), now)
+            if took(gate, p, int(reply[0]), now):
+                opened.append(p.key)
             if gate.wanted:
                 wants.append(p.key)
         if wants:
             await self._scripts(session, [("want", [], [self.channel, self.host, k])
                                           for k in wants])
         if opened:
-            self._deliver()
+            self._deliver(opened)
 
     async def _claim(self, session: Session, key: str) -> str:
         owner = await session.call(session.client.evalsha, self._shas["claim"],

@@ -14,7 +14,7 @@ A secret's *book* is a flat map of fields (a Redis hash under
 | `i` | `1`: invalid (an auth failure) | set wins |
 | `d` | `at|0|1`: the user's disable flag | later toggle wins |
 | `r`, `t` | `at|level|limit|rate|host`: a request / token budget reading | later reading wins |
-| `u` | `at|status|5h|7d|reset|host`: the subscription windows | later reading wins |
+| `u` | `at|host|JSON`: the subscription windows (status, reset, each window) | later reading wins |
 | `_v` | the book's version, raised by every change | (Redis' own) |
 
 Every value starts with the number its merge compares, so Redis applies
@@ -41,7 +41,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from .budget import Bucket, Budget
+import msgspec
+
+from .budget import Bucket, Budget, Window
 from .keystate import KeyState
 from .snapshot import KeySnapshot
 
@@ -223,7 +225,8 @@ def reading_signature(budget: Budget | None) -> tuple[object, ...]:
         budget.reported_grant,
         None if r is None else (r.limit, r.rate),
         None if t is None else (t.limit, t.rate),
-        budget.unified_status, budget.unified_5h, budget.unified_7d, budget.unified_reset,
+        budget.unified_status, budget.unified_reset,
+        tuple((n, w.utilization, w.reset, w.status) for n, w in sorted(budget.windows.items())),
     )
 
 
@@ -234,11 +237,16 @@ def reading_fields(budget: Budget, host: str, now: float) -> Fields:
         if bucket is not None:
             rate = "" if bucket.rate is None else _fmt(bucket.rate)
             out[name] = f"{_fmt(now)}|{_fmt(bucket.at(now))}|{_fmt(bucket.limit)}|{rate}|{host}"
-    if budget.unified_status is not None or budget.unified_5h is not None:
-        parts = (budget.unified_5h, budget.unified_7d, budget.unified_reset)
-        nums = "|".join("" if x is None else _fmt(x) for x in parts)
-        out["u"] = f"{_fmt(now)}|{budget.unified_status or ''}|{nums}|{host}"
+    if budget.unified_status is not None or budget.windows:
+        windows = {n: [w.utilization, w.reset, w.status] for n, w in budget.windows.items()}
+        body = _WINDOWS.encode([budget.unified_status, budget.unified_reset, windows]).decode()
+        out["u"] = f"{_fmt(now)}|{host}|{body}"
     return out
+
+
+_WINDOWS = msgspec.json.Encoder()
+_WINDOWS_DECODE = msgspec.json.Decoder(
+    tuple[str | None, float | None, dict[str, tuple[float | None, float | None, str | None]]])
 
 
 def _opt(text: str) -> float | None:
@@ -258,8 +266,8 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
         value = fields.get(name)
         if value is None:
             continue
-        parts = value.split("|")
-        if parts[-1] == host:
+        parts = value.split("|", 2) if name == "u" else value.split("|")
+        if (parts[1] if name == "u" else parts[-1]) == host:
             continue
         at = _num(value)
         if at <= book.applied.get(name, float("-inf")):
@@ -268,11 +276,11 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
         taken = True
         budget = ks.own_budget()
         if name == "u":
-            _, status, h5, d7, reset = parts[:5]
+            status, reset, windows = _WINDOWS_DECODE.decode(parts[2])
             budget.unified_status = status or budget.unified_status
-            budget.unified_5h = _opt(h5) if h5 else budget.unified_5h
-            budget.unified_7d = _opt(d7) if d7 else budget.unified_7d
-            budget.unified_reset = _opt(reset) if reset else budget.unified_reset
+            budget.unified_reset = reset if reset is not None else budget.unified_reset
+            for wname, (util, wreset, wstatus) in windows.items():
+                budget.windows[wname] = Window(utilization=util, reset=wreset, status=wstatus)
             continue
         _, level_s, limit_s, rate_s = parts[:4]
         level, limit, rate = float(level_s), float(limit_s), _opt(rate_s)

@@ -15,6 +15,7 @@ import msgspec.toml
 from argent_client.protocol import FAILURE_KINDS, FailureKind
 
 from .model import normalise_provider
+from .policy import PolicyConfig
 
 HOUR: Final = 3600.0
 DAY: Final = 24 * HOUR
@@ -65,6 +66,9 @@ assert set(EFFECTS) == set(FAILURE_KINDS)
 class CooldownConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     rate_limit: Backoff = Backoff(base=60.0, factor=5.0, cap=HOUR)
     quota: Backoff = Backoff(base=5 * HOUR, factor=2.0, cap=DAY)
+    auth: Backoff = Backoff(base=300.0)
+    """The first `auth` failure of a secret that has worked cools it this long, then
+    one probe (cooldown.py); only `base` is used."""
     retry_after_cap: float = 7 * DAY
     """A reported `retry_after` wins over the backoff, up to this many seconds."""
 
@@ -123,6 +127,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     lease: LeaseConfig = LeaseConfig()
     routes: dict[str, list[str]] = {}
     """Route name -> ordered `provider/model` targets."""
+    policy: PolicyConfig = PolicyConfig()
+    """`[policy]`: window caps, paid fallback, strategy, early-reset probes (policy.py)."""
     cluster: ClusterConfig = ClusterConfig()
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:

@@ -5,12 +5,17 @@ Theory of operation
 A cooldown belongs to a *secret* (`KeyState`), so every profile holding it
 cools together. It is either profile-wide (`cooldown_until`, with the kind
 that started it) or scoped to one model (`model_cooldowns`), the latter only
-when the failure report names the model.
+when the failure report names the model, the name is at most
+MAX_MODEL_NAME characters, and fewer than MAX_MODEL_COOLDOWNS other models
+cool already (`scope`): else it is profile-wide.
 
 `on_failure` applies the policy table (`config.EFFECTS`, `config.cooldown`)
 to one report:
 
-- an `invalid` effect marks the key invalid (until a reset or a new secret);
+- `auth` heals itself (`_on_auth`): the first failure of a secret that has
+  worked (`proven`) cools it `[cooldown.auth] base` seconds and then admits
+  one probe; a second in a row, or a first on a secret that never worked,
+  marks it invalid (until a reset or a new secret);
 - a `cooldown` effect whose kind has a backoff starts a cooldown, unless the
   key already cools for that model: a burst of reports from leases that were
   out together must neither extend nor escalate it;
@@ -20,19 +25,22 @@ to one report:
 - other effects are only counted (by the engine).
 
 `on_limits` is the one rule a *successful* response can trigger: a
-subscription reporting `unified_status: rejected` with a future reset has
-spent its window, so the key cools (profile-wide, kind `quota`) until the
-window reopens, capped like `retry_after`, and never shortened.
+subscription reporting a rejected window (`unified_status: rejected`, or one
+window's own status) with a future reset has spent it, so the key cools
+(profile-wide, kind `quota`) until the latest rejected window reopens,
+capped like `retry_after`, and never shortened.
 
 The functions here decide; the engine keeps the books (wake-up heaps,
-events, counters). Only `start`, `end` and `clear` change the cooldown
-fields at run time (`KeyState.restore` sets them from `state.json`).
+events, counters). Only `start`, `end`, `probe_succeeded` and `clear`
+change the cooldown fields at run time (`KeyState.restore` sets them from
+`state.json`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from argent_client.protocol import FailureKind, Limits
 
@@ -54,6 +62,36 @@ class Verdict:
 
 _NOTHING = Verdict()
 
+MAX_MODEL_NAME: Final = 200
+"""A model name longer than this (characters) never scopes a cooldown."""
+MAX_MODEL_COOLDOWNS: Final = 16
+"""A key cooling for this many models at once cools for every model instead."""
+
+
+def scope(ks: KeyState, model: str | None, now: float) -> str | None:
+    """The model a failure report's cooldown is scoped to: `model`, or None
+    (profile-wide) when the name is longer than MAX_MODEL_NAME or the key
+    already cools for MAX_MODEL_COOLDOWNS other models. So `state.json` holds
+    at most MAX_MODEL_COOLDOWNS short names per secret, whatever clients send."""
+    if model is None:
+        return None
+    if len(model) > MAX_MODEL_NAME:
+        return None
+    if model not in ks.model_cooldowns:
+        live = sum(1 for until in ks.model_cooldowns.values() if until > now)
+        if live >= MAX_MODEL_COOLDOWNS:
+            return None
+    return model
+
+
+def bound(ks: KeyState) -> None:
+    """Hold a restored key to the `scope` rule (an older state file may not):
+    long names go, and only the MAX_MODEL_COOLDOWNS latest-ending stay."""
+    kept = sorted(((until, m) for m, until in ks.model_cooldowns.items()
+                   if len(m) <= MAX_MODEL_NAME), reverse=True)[:MAX_MODEL_COOLDOWNS]
+    if len(kept) != len(ks.model_cooldowns):
+        ks.model_cooldowns = {m: until for until, m in kept}
+
 
 def on_failure(
     ks: KeyState,
@@ -69,6 +107,8 @@ def on_failure(
     Pure: the caller applies the verdict.
     """
     effect = EFFECTS[kind]
+    if kind == "auth":
+        return _on_auth(ks, config, now)
     if effect == "invalid":
         return Verdict(invalid=True)
     backoff = config.cooldown.backoff(kind)
@@ -87,15 +127,34 @@ def on_failure(
     return Verdict(streak=n, until=now + duration)
 
 
+def _on_auth(ks: KeyState, config: Config, now: float) -> Verdict:
+    """Self-healing `auth`: the first failure of a secret that has worked cools
+    it `[cooldown.auth] base` seconds (then one probe); a second in a row, or a
+    first on a secret that never worked, makes it invalid. Reports from leases
+    out together while it cools for `auth` count as one."""
+    if ks.cooldown_kind == "auth" and ks.cooling(now) is not None:
+        return _NOTHING
+    if not ks.proven or ks.streak.get("auth", 0) >= 1:
+        return Verdict(invalid=True, streak=ks.streak.get("auth", 0) + 1)
+    return Verdict(streak=1, until=now + config.cooldown.auth.base)
+
+
 def on_limits(ks: KeyState, limits: Limits, config: Config, now: float) -> float | None:
     """The end of the profile-wide `quota` cooldown `limits` calls for, or None.
 
-    A subscription's 5-hour or weekly window is spent (`unified_status:
-    rejected`): cool until it reopens, capped at `retry_after_cap`; None when
-    the key already cools at least that long.
+    A subscription's 5-hour or weekly window is spent (the combined
+    `unified_status: rejected`, or a window of its own, `Budget.windows`,
+    read after `limits` was taken in): cool until the latest rejected window
+    reopens, capped at `retry_after_cap`; None when the key already cools at
+    least that long.
     """
     reset = limits.unified_reset
-    if limits.unified_status != "rejected" or reset is None or reset <= now:
+    if limits.unified_status != "rejected" or reset is None or not reset > now:
+        reset = None
+    windows = ks.known_budget.rejected_until(now)
+    if windows is not None and (reset is None or windows > reset):
+        reset = windows
+    if reset is None:
         return None
     until = min(reset, now + config.cooldown.retry_after_cap)
     current = ks.cooling(now)
@@ -104,13 +163,34 @@ def on_limits(ks: KeyState, limits: Limits, config: Config, now: float) -> float
     return None
 
 
-def start(ks: KeyState, kind: str, until: float, model: str | None) -> None:
-    """Cool `ks` until `until`, for `model` only when given."""
+def start(
+    ks: KeyState, kind: str, until: float, model: str | None, now: float, recheck: float
+) -> None:
+    """Cool `ks` until `until`, for `model` only when given. A profile-wide
+    `quota` cooldown longer than `recheck` seconds admits an early-reset probe
+    every `recheck` seconds (`probe_at`)."""
     if model is not None:
         ks.model_cooldowns[model] = until
-    else:
-        ks.cooldown_until = until
-        ks.cooldown_kind = kind
+        return
+    ks.cooldown_until = until
+    ks.cooldown_kind = kind
+    ks.probe_at = now + recheck if kind == "quota" and until - now > recheck else None
+
+
+def probed(ks: KeyState, now: float, recheck: float) -> None:
+    """An early-reset probe lease was just granted: the next one in `recheck` seconds."""
+    ks.probe_at = now + recheck
+
+
+def probe_succeeded(ks: KeyState) -> float | None:
+    """The early-reset probe worked: the window came back early. Ends the
+    profile-wide cooldown; returns the end it had (None if none stood)."""
+    until = ks.cooldown_until
+    if until is not None:
+        ks.cooldown_until = None
+        ks.cooldown_kind = None
+    ks.probe_at = None
+    return until
 
 
 def live(ks: KeyState, until: float, model: str) -> bool:
@@ -131,9 +211,10 @@ def end(ks: KeyState, until: float, model: str) -> bool:
     if model:
         del ks.model_cooldowns[model]
     else:
+        kind = ks.cooldown_kind
         ks.cooldown_until = None
         ks.cooldown_kind = None
-        ks.cooldown_ended()
+        ks.cooldown_ended(kind)
     return True
 
 
@@ -148,6 +229,7 @@ def clear(ks: KeyState) -> None:
     """Forget cooldowns, failure counts and the invalid mark (an admin reset)."""
     ks.cooldown_until = None
     ks.cooldown_kind = None
+    ks.probe_at = None
     ks.model_cooldowns.clear()
     ks.streak.clear()
     ks.error_count = 0

@@ -11,13 +11,15 @@ the state is saved on the way out. Every time comes from one `Clock`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 
 from argent_client import protocol as P
@@ -44,7 +46,7 @@ from .service import (
     peer_uid,
     raise_fd_limit,
 )
-from .snapshot import decode_snapshot
+from .snapshot import KeySnapshot, ProfileSnapshot, Snapshot
 from .state import Saver, StateStore
 
 if TYPE_CHECKING:
@@ -72,31 +74,44 @@ class Loaded:
     config: Config
     profiles: ProfileSet
     error: str | None
+    kept_profiles: bool = False
+    """The profiles file was refused: `profiles` are the previous ones."""
+    kept_config: bool = False
+    """argentd.toml was refused: `config` is the previous one."""
+
+
+def _fault(path: Path, exc: Exception) -> str:
+    """A file fault the loader did not name itself (a bug there): never fatal, never a secret."""
+    return f"{path}: could not be loaded ({type(exc).__name__}: {logmod.redact(str(exc))})"
 
 
 def load_all(opts: Options, last: Loaded | None) -> Loaded:
     """Read argentd.toml and the profiles file (blocking; run in a thread).
 
     A file-level fault keeps `last` (or, with none, the defaults and the
-    environment fallback) and returns the fault as `error`.
+    environment fallback) and returns the fault as `error`. Any exception
+    from a loader is such a fault: this never raises.
     """
     config_path = opts.config or default_config_path()
     errors: list[str] = []
+    kept_config = kept_profiles = False
     try:
         config = load_config(config_path, required=opts.config is not None)
-    except ConfigError as exc:
-        errors.append(str(exc))
+    except Exception as exc:
+        errors.append(str(exc) if isinstance(exc, ConfigError) else _fault(config_path, exc))
         config = last.config if last else DEFAULT_CONFIG
+        kept_config = True
     path = profiles_path(opts, config)
     try:
         profiles = load_profiles(path, os.environ)
-    except ProfilesError as exc:
-        errors.append(str(exc))
+    except Exception as exc:
+        errors.append(str(exc) if isinstance(exc, ProfilesError) else _fault(path, exc))
         profiles = last.profiles if last else ProfileSet(env_profiles(os.environ))
+        kept_profiles = True
     else:
         errors.extend(profiles.errors)
     # One line per problem: argentctl status and doctor print each on its own.
-    return Loaded(config, profiles, "\n".join(errors) or None)
+    return Loaded(config, profiles, "\n".join(errors) or None, kept_profiles, kept_config)
 
 
 def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:
@@ -120,6 +135,46 @@ def socket_path(opts: Options, config: Config) -> Path:
     return _first_path(opts.socket, "ARGENT_SOCKET", config.socket, runtime_socket_path())
 
 
+def state_path(opts: Options, config: Config) -> Path:
+    """The state file of the daemon on this socket: two daemons never share one.
+
+    `state.json` for the default socket; for any other,
+    `state-<first 8 hex digits of sha256(absolute socket path)>.json` beside it.
+    """
+    folder = opts.state or state_dir()
+    sock = os.path.abspath(socket_path(opts, config))
+    if sock == os.path.abspath(runtime_socket_path()):
+        return folder / "state.json"
+    digest = hashlib.sha256(os.fsencode(sock)).hexdigest()[:8]
+    return folder / f"state-{digest}.json"
+
+
+def decode_state(raw: dict[str, object]) -> tuple[Snapshot, list[str]]:
+    """The entries of a state file that decode, and a message per entry that does not.
+
+    One wrong-typed field costs its own entry (a key's books or a
+    profile's flags), not the whole file.
+    """
+    problems: list[str] = []
+
+    def entries(name: str, kind: type[KeySnapshot] | type[ProfileSnapshot]) -> dict[str, Any]:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"`$.{name}` is not an object")
+            return {}
+        good: dict[str, Any] = {}
+        for key, value in table.items():
+            try:
+                good[key] = msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                problems.append(f"{exc}".replace("`$", f"`$.{name}[{key!r}]"))
+        return good
+
+    keys = entries("keys", KeySnapshot)
+    profiles = entries("profiles", ProfileSnapshot)
+    return Snapshot(keys=keys, profiles=profiles), problems
+
+
 class Daemon:
     def __init__(self, opts: Options, *, clock: Clock | None = None) -> None:
         self.opts = opts
@@ -129,13 +184,18 @@ class Daemon:
         now = self.clock.now()
         self.loaded_at: float | None = now
         self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
-        self.store = StateStore((opts.state or state_dir()) / "state.json")
+        self.store = StateStore(state_path(opts, self.loaded.config))
+        self.store.prepare()
         raw = self.store.load()
         if raw is not None:
-            try:
-                self.engine.restore(decode_snapshot(raw), now=now)
-            except Exception as exc:  # a well-formed file of the wrong shape
-                log.warning("state file %s ignored: %s", self.store.path, exc)
+            snapshot, problems = decode_state(raw)
+            if problems:
+                self.store.move_aside(
+                    "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
+                                               if len(problems) > 5 else ""),
+                    kept=f"kept the {len(snapshot.keys)} key(s) and "
+                         f"{len(snapshot.profiles)} profile(s) that were readable")
+            self.engine.restore(snapshot, now=now)
         self.engine.take_outbox()
         self.saver = Saver(self.store, self.engine.snapshot, delay=opts.save_delay)
         self.notifier = Notifier()
@@ -184,10 +244,11 @@ class Daemon:
         logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
         n = len(loaded.profiles.profiles)
         path = profiles_path(self.opts, loaded.config)
-        log.info("loaded %d profile(s) from %s", n, path)
-        if not profiles_file_exists(path):
-            log.warning("no profiles file at %s (serving the environment fallback only); "
-                        "add a profile with `argentctl setup`", path)
+        if not loaded.kept_profiles:
+            log.info("loaded %d profile(s) from %s", n, path)
+            if not profiles_file_exists(path):
+                log.warning("no profiles file at %s (serving the environment fallback only); "
+                            "add a profile with `argentctl setup`", path)
         if loaded.error:
             log.error("profiles/config problem: %s", loaded.error)
 
@@ -197,6 +258,7 @@ class Daemon:
             loaded_at=self.loaded_at,
             error=self.loaded.error,
             config_path=str(self.opts.config or default_config_path()),
+            state_path=str(self.store.path),
         )
 
     def _changed(self) -> None:
@@ -221,27 +283,52 @@ class Daemon:
         )
 
     async def reload(self, reason: str) -> P.ReloadResult:
-        """Reload both files; a bad file keeps the last good profiles."""
+        """Reload both files; a bad file keeps the last good profiles. Never raises but
+        Cancelled (then the load thread is abandoned: a loader stuck on a FIFO or a slow
+        `cmd:` must not hold up a stop).
+
+        `RELOADING=1` is always followed by `READY=1`, and every reload ends in a
+        `reload` or a `reload_error` event.
+        """
         async with self._reload_lock:
             self.notifier.reloading()
-            last = self.loaded
-            loaded = await trio.to_thread.run_sync(load_all, self.opts, last)
-            self.loaded = loaded
-            self._log_load(loaded)
-            now = self.clock.now()
-            self.engine.load(loaded.profiles, loaded.config, now=now)
-            if self.cluster is not None:
-                self.cluster.changed()
-            if loaded.error:
-                self.engine.emit("reload_error", now, message=loaded.error)
-            else:
-                self.loaded_at = now
-                self.engine.emit("reload", now, profiles=len(loaded.profiles.profiles))
-            self.server.after_change()
-            log.info("reloaded (%s): %d profile(s)", reason, len(loaded.profiles.profiles))
+            try:
+                result = await self._reload(reason)
+            except Exception as exc:  # a bug: the daemon carries on with what it had
+                log.exception("reload (%s) failed", reason)
+                message = f"reload failed: {type(exc).__name__}"
+                self.engine.emit("reload_error", self.clock.now(), message=message)
+                self.server.after_change()
+                result = P.ReloadResult(len(self.engine.profiles()), message)
+            # Not after a cancel: the daemon is stopping (STOPPING=1 was sent).
             self.notifier.ready()
             self.notifier.status(self.status_line())
-            return P.ReloadResult(len(self.engine.profiles()), loaded.error)
+            return result
+
+    async def _reload(self, reason: str) -> P.ReloadResult:
+        last = self.loaded
+        loaded = await trio.to_thread.run_sync(load_all, self.opts, last,
+                                               abandon_on_cancel=True)
+        self.loaded = loaded
+        self._log_load(loaded)
+        now = self.clock.now()
+        self.engine.load(loaded.profiles, loaded.config, now=now)
+        if self.cluster is not None:
+            self.cluster.changed()
+        n = len(loaded.profiles.profiles)
+        if loaded.error:
+            self.engine.emit("reload_error", now, message=loaded.error)
+        else:
+            self.loaded_at = now
+            self.engine.emit("reload", now, profiles=n)
+        self.server.after_change()
+        if loaded.kept_profiles:
+            log.warning("not reloaded (%s): kept the %d previous %s", reason, n,
+                        "profile" if n == 1 else "profiles")
+        else:
+            kept = "; kept the previous config" if loaded.kept_config else ""
+            log.info("reloaded (%s): %d profile(s)%s", reason, n, kept)
+        return P.ReloadResult(len(self.engine.profiles()), loaded.error)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock_path = socket_path(self.opts, self.loaded.config)
@@ -286,7 +373,11 @@ class Daemon:
         finally:
             stop.set()
             with trio.CancelScope(shield=True):
-                await self.saver.save_now()
+                saved = await self.saver.save_now()
+            if not saved:
+                log.warning("stopping without saving the state: changes since the last "
+                            "successful write (cooldowns, counts, flags) are lost; make %s "
+                            "writable", self.store.path.parent)
             if bound is None:
                 listener.close()
             else:
@@ -315,17 +406,17 @@ class Daemon:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """SIGHUP reloads (in a task of its own: a slow load must not keep this loop
+        from hearing SIGTERM); SIGTERM/SIGINT stop the daemon."""
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
-            task_status.started()
-            async for signum in sigs:
-                if signum == signal.SIGHUP:
-                    try:
-                        await self.reload("SIGHUP")
-                    except Exception:  # a reload bug must not stop the daemon
-                        log.exception("reload on SIGHUP failed")
-                    continue
-                log.info("stopping on %s", signal.Signals(signum).name)
-                self.notifier.stopping()
-                stop.set()
-                scope.cancel()
-                return
+            async with trio.open_nursery() as reloads:
+                task_status.started()
+                async for signum in sigs:
+                    if signum == signal.SIGHUP:
+                        reloads.start_soon(self.reload, "SIGHUP")
+                        continue
+                    log.info("stopping on %s", signal.Signals(signum).name)
+                    self.notifier.stopping()
+                    stop.set()
+                    scope.cancel()
+                    return

@@ -11,27 +11,22 @@ What a call decides beyond its return value goes to the *outbox*: events for
 subscribers and the results of waiters it served. The adapter drains it with
 `take_outbox()` after each call and sleeps until `next_deadline()`.
 
-State lives in three places:
-- `_books` (books.py): a `Slot` per profile id (the Profile, its leases, its
-  user disable flag) and a `KeyState` per *secret* (`Secret.key`), so two
-  profiles holding one secret share one cooldown and a changed secret
-  starts clean; with their persistent form (`snapshot`/`restore`).
-- `_leases` (leases.py) and `_waiters` (waiters.py): who holds what and who
-  is queued, first come, first served.
-- `_due` (deadlines.py): when the engine next has work.
+State: `_books` (books.py) holds a `Slot` per profile id and a `KeyState`
+per *secret*, so two profiles holding one secret share one cooldown and a
+changed secret starts clean, and their persistent form; `_leases`
+(leases.py) and `_waiters` (waiters.py) hold who holds what and who is
+queued; `_reports` (reports.py) the cooldowns in force.
 
-The decisions live in their own modules, over that state:
-- whether a profile may be leased, and why not: `readiness.py` (one rule,
-  read by selection, `status` and `no_profile_available`);
-- which ready profile a request gets, and session affinity: `selection.py`
-  (the `Selector` the engine owns shares `_slots` and the books' keys);
-- what a failure report or a rejected subscription window does to a key:
-  `cooldown.py` (pure; the engine applies the verdict and keeps the heaps,
-  events and counters).
+Decisions, each in its module: whether a profile may be leased and why not
+(readiness.py: one rule for selection, `status` and `no_profile_available`);
+which one a request gets (selection.py, under the lease's policy.py rules);
+what a failure report or a provider reading does to a secret (cooldown.py,
+applied by reports.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -42,7 +37,6 @@ from argent_client.protocol import (
     Event,
     FailureKind,
     InvalidParams,
-    LeaseNotFound,
     LeaseParams,
     LeaseResult,
     Limits,
@@ -56,11 +50,12 @@ from argent_client.protocol import (
 from . import cooldown
 from .books import Books, Slot
 from .config import DEFAULT_CONFIG, Config
-from .deadlines import Deadlines
 from .keystate import KeyState
-from .leases import Lease, Outbox, Waiter, lease_result, new_lease_id
+from .leases import Lease, LeaseBook, Outbox, Waiter, lease_result, new_lease_id
 from .model import Profile, ProfileSet
+from .policy import PAID_TYPES, Switches
 from .readiness import Readiness, profile_state
+from .reports import Reports
 from .selection import Selector
 from .snapshot import Snapshot
 from .waiters import WaitQueue
@@ -82,13 +77,16 @@ class Engine:
         self._books = Books()
         self._keys = self._books.keys
         self._slots = self._books.slots
-        self._leases: dict[str, Lease] = {}
+        self._leases = LeaseBook()
         self._waiters = WaitQueue()
-        self._due = Deadlines()
+        self._earliest = math.inf
         self._now = now
         self._sel = Selector(self._slots, self._keys, config, now=now)
+        self._reports = Reports(self._books, self._sel, config, emit=self._emit,
+                                count=self._count, touched=self._touched, pushed=self._pushed)
         self._outbox = Outbox()
         self.counters: dict[str, int] = {}
+        self._paid = Switches()
         self.events_wanted = True
         """The adapter clears this while nobody listens: events then cost nothing."""
         self.on_book_change: Callable[[str], None] | None = None
@@ -105,20 +103,12 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` would change something."""
-        return self._due.next(self._lease_live, self._cool_entry_live, self._waiter_live,
-                              bool(self._waiters))
+        times = (self._reports.next(), self._leases.next_expiry(), self._waiters.next_time())
+        return min((t for t in times if t is not None), default=None)
 
-    def _lease_live(self, at: float, lease_id: str) -> bool:
-        lease = self._leases.get(lease_id)
-        return lease is not None and lease.expires_at == at
-
-    def _waiter_live(self, at: float, waiter_id: int) -> bool:
-        w = self._waiters.get(waiter_id)
-        return w is not None and w.deadline == at
-
-    def _cool_entry_live(self, until: float, key: str, model: str) -> bool:
-        ks = self._keys.get(key)
-        return ks is not None and cooldown.live(ks, until, model)
+    def _pushed(self, at: float) -> None:
+        if at < self._earliest:
+            self._earliest = at
 
     def take_earliest(self) -> float:
         """The earliest deadline added since the last call (inf if none).
@@ -126,7 +116,8 @@ class Engine:
         Cheaper than `next_deadline` after every request: the adapter needs
         to wake its timer only when a deadline earlier than its own appeared.
         """
-        return self._due.take_earliest()
+        earliest, self._earliest = self._earliest, math.inf
+        return earliest
 
     def profile(self, profile_id: str) -> Profile:
         slot = self._slots.get(profile_id)
@@ -138,22 +129,23 @@ class Engine:
         return [s.profile for s in self._slots.values() if not s.removed]
 
     def leases(self) -> list[Lease]:
-        return list(self._leases.values())
+        return list(self._leases)
 
     def key_state(self, profile_id: str) -> KeyState:
         return self._keys[self.profile(profile_id).secret.key]
 
     def readiness_of(
-        self, profile_id: str, now: float, model: str | None = None
+        self, profile_id: str, now: float, model: str | None = None, client: str | None = None
     ) -> Readiness:
-        """Whether the profile may take a lease for `model` at `now`, and if not
-        why and until when (`readiness.py`). Raises `UnknownProfile`."""
+        """Whether the profile may take a lease of `client` for `model` at `now`,
+        and if not why and until when (`readiness.py`, under the client's
+        policy). Raises `UnknownProfile`."""
         self.profile(profile_id)
-        return self._sel.readiness(self._slots[profile_id], model, now)
+        return self._sel.reason(self._slots[profile_id], model, now, self._sel.rules(client))
 
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        return profile_state(self._sel.readiness(self._slots[profile_id], None, now))
+        return profile_state(self.readiness_of(profile_id, now))
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -169,9 +161,10 @@ class Engine:
         self._tick(now)
         self.config = config
         self._books.merge(profiles.profiles, now)
-        self._sel.config = config
+        self._sel.config = self._reports.config = config
         self._sel.reindex({k: list(v) for k, v in profiles.order.items()})
         self._outbox.changed = True
+        self._waiters.mark_all()
         self._serve_waiters(now)
 
     def _try_lease(
@@ -184,9 +177,11 @@ class Engine:
         exclude: str | None = None,
     ) -> LeaseResult | None:
         route, targets = self._sel.targets(params)
+        rules = self._sel.rules(params.client)
         for i in range(start, len(targets)):
             provider, model = targets[i]
-            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude)
+            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude,
+                                  rules=rules, only=params.profile)
             if slot is not None:
                 return self._grant(slot, params, conn, now, route=route, target=i, model=model)
             exclude = None  # only the failed profile's own provider excludes it
@@ -207,34 +202,38 @@ class Engine:
         ttl = params.ttl if params.ttl is not None else self.config.lease.ttl
         ttl = min(ttl, self.config.lease.max_ttl)
         lease = Lease(
-            id=self._new_id(),
-            profile_id=p.id,
-            conn=None if params.detached else conn,
-            client=params.client,
-            expires_at=now + ttl,
-            detached=params.detached,
-            model=model,
-            session=params.session,
-            route=route,
-            target=target,
-            params=params,
-            key=p.secret.key,
+            id=self._new_id(), profile_id=p.id, conn=None if params.detached else conn,
+            client=params.client, expires_at=now + ttl, detached=params.detached,
+            model=model, session=params.session, route=route, target=target,
+            params=params, key=p.secret.key,
         )
-        self._leases[lease.id] = lease
-        self._due.lease(lease.expires_at, lease.id)
+        self._leases.add(lease)
+        self._pushed(lease.expires_at)
         slot.active += 1
         self._sel.granted(slot, params.session, now)
         ks = self._keys[p.secret.key]
-        ks.last_used = now
-        ks.requests += 1
-        ks.active += 1
-        lease.grant = ks.own_budget().grant(now)
+        lease.grant = ks.granted(now)
         self._count(f"leases_granted:{p.provider}")
         # Usage counters alone do not call for a save: they go with the next
         # change that does, the adapter's periodic save, or the one at shutdown.
         self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
                    model=model, client=params.client)
+        if ks.cooling(now) is not None:  # only its early-reset probe leases a cooling key
+            lease.probe = True
+            cooldown.probed(ks, now, self.config.policy.recheck)
+            self._outbox.changed = True
+            self._emit("probe", now, profile=p.id, lease_id=lease.id, provider=p.provider)
+        self._note_paid(p, params.client, now)
         return lease_result(lease, p)
+
+    def _note_paid(self, p: Profile, client: str | None, now: float) -> None:
+        """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
+        provider's subscriptions to its API keys (always queued: the adapter logs it)."""
+        if (self._sel.rules(client).paid_fallback == "notify" and self._sel.subscribed(p)
+                and self._paid.switched(p.provider, client, p.type in PAID_TYPES)):
+            self._outbox.events.append(Event(
+                type="paid_fallback", at=now, profile=p.id, provider=p.provider,
+                client=client, message="no subscription of the provider is ready"))
 
     # ------------------------------------------------------------ leases
 
@@ -252,7 +251,7 @@ class Engine:
         # take a profile from under an earlier waiter.
         granted = self._try_lease(params, conn, now)
         if granted is None:
-            raise self._sel.unavailable(params, self._leases.values(), now)
+            raise self._sel.unavailable(params, self._leases, now)
         return granted
 
     def wait(self, params: LeaseParams, *, conn: int | None, now: float) -> int:
@@ -264,9 +263,10 @@ class Engine:
         self._tick(now)
         if params.ttl is not None and params.ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
-        self._sel.targets(params)
-        w = self._waiters.add(params, conn, now + max(0.0, params.wait))
-        self._due.waiter(w.deadline, w.id)
+        _, targets = self._sel.targets(params)
+        w = self._waiters.add(params, conn, now + max(0.0, params.wait),
+                              (prov for prov, _ in targets))
+        self._pushed(w.deadline)
         self._serve_waiters(now)
         return w.id
 
@@ -280,20 +280,14 @@ class Engine:
     def renew(self, lease_id: str, ttl: float | None, *, now: float) -> float:
         """Extend a lease to `now + ttl`; returns the new expiry. Raises `LeaseNotFound`."""
         self._tick(now)
-        lease = self._lease(lease_id)
+        lease = self._leases.get(lease_id)
         if ttl is not None and ttl <= 0:
             raise InvalidParams("invalid params: `ttl` must be > 0")
         ttl = min(ttl if ttl is not None else self.config.lease.ttl, self.config.lease.max_ttl)
-        lease.expires_at = now + ttl
-        self._due.lease(lease.expires_at, lease.id)
+        self._leases.extend(lease, now + ttl)
+        self._pushed(lease.expires_at)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         return lease.expires_at
-    def _lease(self, lease_id: str) -> Lease:
-        lease = self._leases.get(lease_id)
-        if lease is None:
-            raise LeaseNotFound(f"no lease {lease_id!r} (released or expired)", lease_id=lease_id)
-        return lease
-
     def release(
         self,
         lease_id: str,
@@ -308,7 +302,7 @@ class Engine:
         `success=False` ends it without that claim (the outcome is unknown).
         """
         self._tick(now)
-        lease = self._lease(lease_id)
+        lease = self._leases.get(lease_id)
         # Before _end_lease: ending the last lease of a removed profile drops its key state.
         # A secret a reload replaced (and no profile holds any more) has no state left.
         ks = self._keys.get(lease.key)
@@ -316,37 +310,54 @@ class Engine:
             if ks.released(lease.grant, usage, now, success=success):
                 self._outbox.changed = True  # the success reset persisted counts
                 self._book(lease.key)
+            if lease.probe and success:
+                self._reports.probe_succeeded(lease.key, now)
             if limits is not None:
-                self._observe(self._slots[lease.profile_id].profile, lease.key, limits,
-                              lease.grant, now)
+                self._reports.observe(self._slots[lease.profile_id].profile, lease.key, limits,
+                                      lease.grant, now)
         self._sel.touch_session(lease.session, lease.profile_id, now)
         self._end_lease(lease, now)
         self._emit("release", now, profile=lease.profile_id, lease_id=lease.id)
         self._serve_waiters(now)
 
     def _end_lease(self, lease: Lease, now: float) -> Slot:
-        del self._leases[lease.id]
-        self._due.rebuild_leases(((le.expires_at, le.id) for le in self._leases.values()),
-                                 len(self._leases))
+        self._leases.remove(lease)
         ks = self._keys.get(lease.key)
         if ks is not None:
             ks.active -= 1
         slot = self._slots[lease.profile_id]
+        self._waiters.mark(slot.profile.provider)
+        self._mark_key(lease.key)
         self._books.lease_ended(slot, now)
         return slot
+
+    def _touched(self, key: str) -> None:
+        """Secret `key`'s books changed: save them, try its waiters."""
+        self._outbox.changed = True
+        self._mark_key(key)
+        self._book(key)
+
+    def _book(self, key: str) -> None:
+        if self.on_book_change is not None:
+            self.on_book_change(key)
+
+    def _mark_key(self, key: str) -> None:
+        """Something about secret `key` changed: its waiters are to be tried."""
+        if self._waiters:
+            for pid in self._sel.holders.get(key, ()):
+                slot = self._slots.get(pid)
+                if slot is not None:
+                    self._waiters.mark(slot.profile.provider)
 
     def disconnect(self, conn: int, *, now: float) -> None:
         """A connection closed: end its attached leases and drop its waiters."""
         self._tick(now)
         self._waiters.drop_conn(conn)
-        ended = False
-        for lease in [le for le in self._leases.values() if le.conn == conn]:
+        for lease in self._leases.of_conn(conn):
             self._end_lease(lease, now)
             self._emit("release", now, profile=lease.profile_id, lease_id=lease.id,
                        message="connection closed")
-            ended = True
-        if ended:
-            self._serve_waiters(now)
+        self._serve_waiters(now)
 
     # ------------------------------------------------------------ failures
 
@@ -358,7 +369,7 @@ class Engine:
         self._tick(now)
         lease: Lease | None = None
         if params.lease_id is not None:
-            lease = self._lease(params.lease_id)
+            lease = self._leases.get(params.lease_id)
             profile_id = lease.profile_id
         elif params.profile is not None:
             profile_id = params.profile
@@ -366,17 +377,18 @@ class Engine:
         else:
             raise InvalidParams("invalid params: report_failure needs `lease_id` or `profile`")
         slot = self._slots[profile_id]
-        # The cooldown is model-scoped only when the report names the model: a
-        # lease's model says what was asked, not that the limit hit was per model
-        # (a subscription's 5-hour cap is account-wide), and route leases always
-        # carry one.
-        model = params.model
         # A lease's failure is about the secret it handed out, which a reload may
         # have replaced since: the new secret must not pay for it.
         key = lease.key if lease else slot.profile.secret.key
+        # The cooldown is model-scoped only when the report names the model: a
+        # lease's model says what was asked, not that the limit hit was per model
+        # (a subscription's 5-hour cap is account-wide), and route leases always
+        # carry one. Names are bounded (cooldown.scope).
+        model = cooldown.scope(self._keys[key], params.model, now)
         if params.limits is not None:
-            self._observe(slot.profile, key, params.limits, lease.grant if lease else None, now)
-        self._apply_failure(slot.profile, key, params, model, now)
+            self._reports.observe(slot.profile, key, params.limits,
+                                  lease.grant if lease else None, now)
+        self._reports.failure(slot.profile, key, params, model, now)
         result = ReportResult(
             profile_state=self.state_of(profile_id, now),
             cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
@@ -387,51 +399,6 @@ class Engine:
             result.next = self._failover(slot.profile, lease, params.kind, conn, now)
         self._serve_waiters(now)
         return result
-
-    def _apply_failure(
-        self, p: Profile, key: str, params: ReportParams, model: str | None, now: float
-    ) -> None:
-        kind: FailureKind = params.kind
-        self._count(f"failures:{kind}")
-        self._emit("failure", now, profile=p.id, lease_id=params.lease_id, kind=kind,
-                   provider=p.provider, model=model)
-        ks = self._keys.get(key)
-        if ks is None:
-            return  # a replaced secret no profile holds any more
-        ks.failed(kind, params.status)
-        self._outbox.changed = True
-        self._book(key)
-        verdict = cooldown.on_failure(ks, kind, params.retry_after, model, self.config, now)
-        if verdict.invalid:
-            ks.invalid = True
-        if verdict.streak is not None:
-            ks.streak[kind] = verdict.streak
-        if verdict.until is not None:
-            self._start_cooldown(p, key, kind, verdict.until, model, now)
-
-    def _start_cooldown(
-        self, p: Profile, key: str, kind: str, until: float, model: str | None, now: float
-    ) -> None:
-        cooldown.start(self._keys[key], kind, until, model)
-        self._due.cooldown(until, key, model or "")
-        self._count("cooldowns_started")
-        self._emit("cooldown_start", now, profile=p.id, kind=kind, until=until, model=model)
-
-    def _observe(
-        self, p: Profile, key: str, limits: Limits, grant: int | None, now: float
-    ) -> None:
-        """Take what a provider response said about the key's budget."""
-        ks = self._keys.get(key)
-        if ks is None:
-            return
-        # The reporting lease (if any) is still out: the others are the in-flight ones.
-        others = ks.active - 1 if grant is not None else ks.active
-        ks.own_budget().observe(limits, grant, others, now)
-        self._book(key)
-        self._sel.note_budget(key)
-        until = cooldown.on_limits(ks, limits, self.config, now)
-        if until is not None:
-            self._start_cooldown(p, key, "quota", until, None, now)
 
     def _failover(
         self, failed: Profile, lease: Lease | None, kind: FailureKind, conn: int | None,
@@ -461,6 +428,7 @@ class Engine:
         p = self.profile(profile_id)
         cooldown.clear(self._keys[p.secret.key])
         self._outbox.changed = True
+        self._mark_key(p.secret.key)
         self._book(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
@@ -468,11 +436,11 @@ class Engine:
     def set_disabled(self, profile_id: str, disabled: bool, *, now: float) -> ProfileState:
         """Disable or enable a profile until the next change of its secret."""
         self._tick(now)
-        self.profile(profile_id)
-        slot = self._slots[profile_id]
-        slot.user_disabled = disabled
+        p = self.profile(profile_id)
+        self._slots[profile_id].user_disabled = disabled
         self._outbox.changed = True
-        self._book(slot.profile.secret.key)
+        self._waiters.mark(p.provider)
+        self._book(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -482,24 +450,22 @@ class Engine:
         """Bring the engine to `now` (the adapter's timer calls this)."""
         self._tick(now)
 
+    def key_changed(self, key: str, *, now: float) -> None:
+        """Something outside the engine changed what secret `key` may take (the
+        cluster's slots for it): try its waiters at `now`."""
+        self._tick(now)
+        self._mark_key(key)
+        self._serve_waiters(now)
+
     def _tick(self, now: float) -> None:
         self._now = now
         changed = False
-        for lid in self._due.due_leases(now):
-            lease = self._leases.get(lid)
-            if lease is not None and lease.expires_at <= now:
-                self._end_lease(lease, now)
-                self._emit("expire", now, profile=lease.profile_id, lease_id=lid)
-                changed = True
-        for until, key, model in self._due.due_cooldowns(now):
-            ks = self._keys.get(key)
-            if ks is None or not cooldown.end(ks, until, model):
-                continue  # a reset or a later cooldown replaced it
-            for slot in self._slots.values():
-                if slot.profile.secret.key == key:
-                    self._emit("cooldown_end", now, profile=slot.profile.id, model=model or None)
+        for lease in self._leases.due(now):
+            self._end_lease(lease, now)
+            self._emit("expire", now, profile=lease.profile_id, lease_id=lease.id)
             changed = True
-        self._due.drop_wakes(now)  # the waiters they held back are tried below
+        changed = self._reports.due(now) or changed
+        self._waiters.woken(now)
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
             self._sel.sweep(now)
         if changed:
@@ -507,23 +473,30 @@ class Engine:
         self._serve_waiters(now)
 
     def _serve_waiters(self, now: float) -> None:
+        """Serve the waiters a change may serve, then answer those past their deadline."""
         if not self._waiters:
             return
+
         def attempt(w: Waiter) -> LeaseResult | ArgentError | None:
             try:
                 result = self._try_lease(w.params, w.conn, now)
-                if result is None and w.deadline <= now:
-                    return self._sel.unavailable(w.params, self._leases.values(), now)
                 if result is None:
                     # Try again when what holds its profiles back ends by itself.
                     when = self._sel.soonest(w.params, now)
                     if when is not None and when > now:
-                        self._due.wake(when)
+                        self._waiters.wake(w, when)
+                        self._pushed(when)
                 return result
             except ArgentError as exc:
                 return exc
 
-        self._outbox.served += self._waiters.serve(attempt)
+        served = self._outbox.served
+        served += self._waiters.serve(attempt)
+        for w in self._waiters.due(now):
+            try:
+                served.append((w.id, self._sel.unavailable(w.params, self._leases, now)))
+            except ArgentError as exc:
+                served.append((w.id, exc))
 
     # ------------------------------------------------------------ events
 
@@ -535,10 +508,6 @@ class Engine:
         if not self.events_wanted:
             return
         self._outbox.events.append(Event(type=type_, at=now, **fields))  # type: ignore[arg-type]
-
-    def _book(self, key: str) -> None:
-        if self.on_book_change is not None:
-            self.on_book_change(key)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -556,7 +525,8 @@ class Engine:
     def restore(self, snap: Snapshot, *, now: float) -> None:
         """Take back the state of `snap` for every profile whose secret is unchanged."""
         for entry in self._books.restore(snap, now):
-            self._due.cooldown(*entry)
+            self._reports.restored(entry)
+        self._waiters.mark_all()
         self._tick(now)
 
     def active_profiles(self) -> Iterable[Slot]:

@@ -67,6 +67,10 @@ class KeyState:
     """Since when no loaded profile holds this secret (books.py), or None."""
     active: int = 0
     """Leases out on this secret, over every profile that holds it."""
+    proven: bool = False
+    """A lease on this secret has succeeded (a first `auth` failure then only cools it)."""
+    probe_at: float | None = None
+    """During a long `quota` cooldown: when the next early-reset probe is admitted."""
     probing: bool = False
     """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
     until a success."""
@@ -93,6 +97,13 @@ class KeyState:
             self.budget = Budget()
         return self.budget
 
+    def granted(self, now: float) -> int:
+        """A lease on this secret was granted at `now`; returns its grant number."""
+        self.last_used = now
+        self.requests += 1
+        self.active += 1
+        return self.own_budget().grant(now)
+
     def released(
         self, grant: int, usage: Usage | None, now: float, *, success: bool = True
     ) -> bool:
@@ -101,7 +112,8 @@ class KeyState:
         Returns whether a persisted count changed."""
         changed = False
         if success:
-            changed = bool(self.error_count or self.streak or self.probing)
+            changed = bool(self.error_count or self.streak or self.probing or not self.proven)
+            self.proven = True
             self.streak.clear()
             self.error_count = 0
             self.probing = False
@@ -120,9 +132,11 @@ class KeyState:
         self.failures += 1
         self.last_error = kind if status is None else f"{kind} ({status})"
 
-    def cooldown_ended(self) -> None:
-        """A profile-wide cooldown is over: probe it if it failed often in a row."""
-        if sum(self.streak.values()) >= PROBE_AFTER:
+    def cooldown_ended(self, kind: str | None) -> None:
+        """A profile-wide cooldown of `kind` is over: probe it if it failed often
+        in a row, or if an `auth` failure cooled it (one probe tells)."""
+        self.probe_at = None
+        if kind == "auth" or sum(self.streak.values()) >= PROBE_AFTER:
             self.probing = True
 
     def to_snapshot(self) -> KeySnapshot:

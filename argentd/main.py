@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import msgspec
 import trio
 
 from argent_client.paths import default_config_path, default_profiles_path, default_socket_path
@@ -58,17 +59,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="validate the profiles file and config, print what was found "
                         "(never a secret) and exit")
+    parser.add_argument("--json", action="store_true",
+                        help="with --check: print the result as one JSON object")
     parser.add_argument("--version", action="version", version=f"argentd {__version__}")
     return parser
 
 
-def check(opts: object) -> int:
-    """`--check`: print what the files hold; 0 when both are clean."""
+def check(opts: object, *, as_json: bool = False) -> int:
+    """`--check`: print what the files hold; 0 when both are clean.
+
+    With `as_json`, one object on stdout: `{ok, profiles_path, config_path,
+    profiles: [{id, provider, type, fingerprint, source, disabled, label}],
+    routes, error}`.
+    """
     from .daemon import Options, load_all, profiles_path
 
     assert isinstance(opts, Options)
     loaded = load_all(opts, None)
-    print(f"profiles file: {profiles_path(opts, loaded.config)}")
+    path = profiles_path(opts, loaded.config)
+    if as_json:
+        report = {
+            "ok": loaded.error is None,
+            "profiles_path": str(path),
+            "config_path": str(opts.config or default_config_path()),
+            "profiles": [
+                {"id": p.id, "provider": p.provider, "type": p.type,
+                 "fingerprint": p.secret.fingerprint, "source": p.source,
+                 "disabled": p.disabled, "label": p.label}
+                for p in loaded.profiles.profiles
+            ],
+            "routes": dict(loaded.config.routes),
+            "error": loaded.error,
+        }
+        sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+        return 0 if loaded.error is None else 1
+    print(f"profiles file: {path}")
     for p in loaded.profiles.profiles:
         flags = " disabled" if p.disabled else ""
         print(f"  {p.id:32} {p.type:12} {p.secret.fingerprint:24} {p.source}{flags}  {p.label}")
@@ -90,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     from .service import AlreadyRunning
 
     opts = Options(profiles=args.profiles, socket=args.socket, config=args.config)
+    if args.json and not args.check:
+        build_parser().error("--json goes with --check")
     if args.check:
-        return check(opts)
+        return check(opts, as_json=args.json)
     try:
         daemon = Daemon(opts)
         trio.run(daemon.run)

@@ -316,6 +316,9 @@ class _Loader:
             raise ProfilesError(f"{self.path}: {_rewrite(exc, '$')}") from None
         except (UnicodeDecodeError, msgspec.DecodeError) as exc:
             raise _syntax_error(self.path, data, str(exc)) from None
+        except RecursionError:
+            # msgspec raises it for JSON nested thousands deep: a fault of the file.
+            raise ProfilesError(f"{self.path}: not valid JSON: nested too deeply") from None
         if "version" in top or "profiles" in top:
             try:
                 store = _STORE.decode(data)

@@ -33,15 +33,18 @@ reads the engine's `Slot`s and `KeyState`s, which it shares by reference.
 
 from __future__ import annotations
 
+import difflib
 import itertools
-from collections.abc import Collection
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from argent_client.facts import FALLBACK_ENV
 from argent_client.protocol import (
     InvalidParams,
     LeaseParams,
     NoProfileAvailable,
+    UnknownProfile,
     UnknownProvider,
     UnknownRoute,
 )
@@ -49,8 +52,18 @@ from argent_client.protocol import (
 from .books import Slot
 from .config import Config
 from .keystate import KeyState
-from .model import normalise_provider
-from .readiness import BUSY, PROBING, READY, Readiness, readiness
+from .model import PROVIDERS, Profile, normalise_provider
+from .policy import DEFAULT_RULES, PAID_TYPES, Rules
+from .readiness import (
+    BUSY,
+    PAID,
+    PROBE,
+    PROBING,
+    READY,
+    SUBSCRIPTION_TYPES,
+    Readiness,
+    readiness,
+)
 
 SWEEP_EVERY: Final = 60.0
 """Seconds between sweeps of idle session affinities."""
@@ -98,6 +111,11 @@ class Selector:
         self.slots = slots
         self.keys = keys
         self.config = config
+        self._rules: dict[str | None, Rules] = {}
+        self._subscribed: dict[str, bool] = {}
+        """Provider -> whether it has a subscription profile (paid fallback applies)."""
+        self.holders: dict[str, list[str]] = {}
+        """Secret key -> ids of the profiles holding it (removed ones too)."""
         self.by_provider: dict[str, list[str]] = {}
         """Profile ids per provider, in selection order (removed ones left out)."""
         self._tiers: dict[str, list[Tier]] = {}
@@ -117,9 +135,16 @@ class Selector:
         """Rebuild the tiers from the slots and the explicit `order` per provider."""
         slots = self.slots
         by: dict[str, list[str]] = {}
+        holders: dict[str, list[str]] = {}
         for pid, slot in slots.items():
+            holders.setdefault(slot.key, []).append(pid)
             if not slot.removed:
                 by.setdefault(slot.profile.provider, []).append(pid)
+        self.holders = holders
+        self._rules = {}
+        self._subscribed = {
+            prov: any(slots[pid].profile.type in SUBSCRIPTION_TYPES for pid in ids)
+            for prov, ids in by.items()}
         for provider, ids in by.items():
             explicit = {pid: i for i, pid in enumerate(order.get(provider, ()))}
             ids.sort(
@@ -136,6 +161,15 @@ class Selector:
             tiers: list[Tier] = []
             if provider in order:
                 tiers.append(Tier(dict.fromkeys(ids), lru=False))
+            elif self.config.policy.strategy == "fill-first":
+                # The first ready profile of a tier until it is not: tiers keep file order.
+                last_tier: tuple[int, int] | None = None
+                for pid in ids:
+                    p = slots[pid].profile
+                    if (p.priority, p.rank) != last_tier:
+                        tiers.append(Tier({}, lru=False))
+                        last_tier = (p.priority, p.rank)
+                    tiers[-1].ids[pid] = None
             else:
                 last: tuple[int, int] | None = None
                 for pid in ids:
@@ -168,9 +202,11 @@ class Selector:
 
     # ------------------------------------------------------------ picking
 
-    def ready(self, slot: Slot, model: str | None, now: float) -> bool:
-        """Whether `slot` may take a lease for `model` at `now` (`readiness.py`)."""
-        return readiness(slot, self.keys[slot.profile.secret.key], model, now) is READY
+    def ok(self, slot: Slot, model: str | None, now: float, rules: Rules) -> Readiness | None:
+        """`slot`'s readiness for `model` under `rules` when it may be leased
+        (READY or PROBE), else None (`readiness.py`)."""
+        r = self.reason(slot, model, now, rules)
+        return r if r is READY or r is PROBE else None
 
     def pick(
         self,
@@ -180,14 +216,24 @@ class Selector:
         *,
         session: str | None = None,
         exclude: str | None = None,
+        rules: Rules = DEFAULT_RULES,
+        only: str | None = None,
     ) -> Slot | None:
         """The profile to lease next for `provider`, or None if none is ready.
 
-        `exclude` (a profile id) is passed over: the one a failover leaves.
+        `exclude` (a profile id) is passed over: the one a failover leaves;
+        `only` (a pinned profile id) is the one profile considered. A
+        profile open only to its early-reset probe comes after its tier's
+        ready ones. `rules` is the lease's policy (`policy.py`).
         """
         ids = self.by_provider.get(provider)
         if not ids:
             return None
+        if only is not None:
+            slot = self.slots.get(only)
+            if slot is None or only == exclude or slot.profile.provider != provider:
+                return None
+            return slot if self.ok(slot, model, now, rules) else None
         if session is not None:
             held = self._sessions.get(session)
             if held is not None:
@@ -199,25 +245,37 @@ class Selector:
                     slot is not None
                     and fresh
                     and held[0] != exclude
-                    and self.ready(slot, model, now)
+                    and self.ok(slot, model, now, rules) is READY
                 ):
                     return slot
                 else:
                     del self._sessions[session]
-        slots, keys = self.slots, self.keys
+        slots, keys, cap = self.slots, self.keys, rules.window_cap
+        plain = rules is DEFAULT_RULES or rules.paid_fallback != "deny"
         for tier in self._tiers[provider]:
-            if not tier.budgeted:
+            probe: Slot | None = None
+            if not tier.budgeted and plain:
                 for pid in tier.ids:  # in order: the first ready one is the answer
                     slot = slots[pid]
-                    if (pid != exclude
-                            and readiness(slot, keys[slot.key], model, now) is READY):
+                    if pid == exclude:
+                        continue
+                    r = readiness(slot, keys[slot.key], model, now, cap)
+                    if r is READY:
                         return slot
+                    if r is PROBE and probe is None:
+                        probe = slot
+                if probe is not None:
+                    return probe
                 continue
             best: Slot | None = None
             best_rank: tuple[bool, float, int] = (False, 0.0, 0)
             for pid in tier.ids:
                 slot = self.slots[pid]
-                if pid == exclude or not self.ready(slot, model, now):
+                got = None if pid == exclude else self.ok(slot, model, now, rules)
+                if got is None:
+                    continue
+                if got is PROBE:
+                    probe = probe or slot
                     continue
                 if not tier.lru:
                     return slot
@@ -226,6 +284,8 @@ class Selector:
                     best, best_rank = slot, rank
             if best is not None:
                 return best
+            if probe is not None:
+                return probe
         for pid in ids:  # nothing ready: a cluster gate may be why (it plans its slots)
             gate = keys[slots[pid].key].gate
             if gate is not None:
@@ -254,15 +314,14 @@ class Selector:
 
     # ------------------------------------------------------------ requests
 
-    def readiness(self, slot: Slot, model: str | None, now: float) -> Readiness:
-        """`readiness.readiness` of `slot` for `model` at `now`."""
-        return readiness(slot, self.keys[slot.profile.secret.key], model, now)
-
     def targets(self, params: LeaseParams) -> tuple[str | None, list[tuple[str, str | None]]]:
         """(route name, [(provider, model)]) a lease request may be served from, in order.
 
-        Raises `UnknownRoute`, `UnknownProvider` or `InvalidParams`.
+        Raises `UnknownRoute`, `UnknownProvider`, `UnknownProfile` (a pinned
+        profile that is not loaded) or `InvalidParams`.
         """
+        if params.profile is not None:
+            return None, [(self._pinned(params), params.model)]
         if params.route is not None:
             targets = self.config.route_targets(params.route)
             if targets is None:
@@ -274,11 +333,40 @@ class Selector:
             raise InvalidParams("invalid params: lease needs `provider` or `route`")
         provider = normalise_provider(params.provider)
         if provider not in self.by_provider:
-            raise UnknownProvider(f"no profile for provider {provider!r}", provider=provider)
+            raise unknown_provider(provider, self.by_provider)
         return None, [(provider, params.model)]
 
+    def _pinned(self, params: LeaseParams) -> str:
+        """The provider of the profile `params` pins."""
+        pid = params.profile
+        slot = self.slots.get(pid) if pid is not None else None
+        if params.route is not None:
+            raise InvalidParams("invalid params: `profile` pins one profile: give no `route`")
+        if slot is None or slot.removed:
+            raise UnknownProfile(f"no profile {pid!r}", profile=pid)
+        provider = slot.profile.provider
+        if params.provider is not None and normalise_provider(params.provider) != provider:
+            raise InvalidParams(f"invalid params: profile {pid!r} is of provider {provider!r},"
+                                f" not {params.provider!r}")
+        return provider
+
+    def candidates(self, params: LeaseParams) -> Iterable[tuple[Slot, str | None]]:
+        """(profile, model) of every profile that could serve `params`, in target order."""
+        _, targets = self.targets(params)
+        for provider, model in targets:
+            ids = (params.profile,) if params.profile else self.by_provider.get(provider, ())
+            for pid in ids:
+                yield self.slots[pid], model  # type: ignore[index]
+
+    def reason(self, slot: Slot, model: str | None, now: float, rules: Rules) -> Readiness:
+        """`slot`'s readiness under `rules`: `paid` when the paid fallback is denied."""
+        if (rules.paid_fallback == "deny" and slot.profile.type in PAID_TYPES
+                and self._subscribed.get(slot.profile.provider)):
+            return PAID
+        return readiness(slot, self.keys[slot.key], model, now, rules.window_cap)
+
     def unavailable(
-        self, params: LeaseParams, leases: Collection[Held], now: float
+        self, params: LeaseParams, leases: Iterable[Held], now: float
     ) -> NoProfileAvailable:
         """The `no_profile_available` error for `params`, saying when and why.
 
@@ -287,23 +375,25 @@ class Selector:
         probing profile frees up when its first one ends.
         """
         _, targets = self.targets(params)
+        rules = self.rules(params.client)
         states: list[dict[str, object]] = []
         soonest: float | None = None
-        for provider, model in targets:
-            for pid in self.by_provider.get(provider, ()):
-                slot = self.slots[pid]
-                r = self.readiness(slot, model, now)
-                when = r.until
-                if r is BUSY:
-                    when = min((le.expires_at for le in leases if le.profile_id == pid),
-                               default=None)
-                elif r is PROBING:
-                    key = slot.profile.secret.key
-                    when = min((le.expires_at for le in leases if le.key == key), default=None)
-                if when is not None:
-                    soonest = when if soonest is None else min(soonest, when)
-                states.append({"id": pid, "state": r.reason, "until": when})
-        what = f"route {params.route!r}" if params.route else f"provider {targets[0][0]!r}"
+        for slot, model in self.candidates(params):
+            pid = slot.profile.id
+            r = self.reason(slot, model, now, rules)
+            when = r.until
+            if r is BUSY:
+                when = min((le.expires_at for le in leases if le.profile_id == pid),
+                           default=None)
+            elif r is PROBING:
+                key = slot.profile.secret.key
+                when = min((le.expires_at for le in leases if le.key == key), default=None)
+            if when is not None:
+                soonest = when if soonest is None else min(soonest, when)
+            states.append({"id": pid, "state": r.reason, "until": when})
+        what = (f"route {params.route!r}" if params.route
+                else f"profile {params.profile!r}" if params.profile
+                else f"provider {targets[0][0]!r}")
         retry = None if soonest is None else max(0.0, soonest - now)
         msg = f"no profile of {what} is ready"
         if retry is not None:
@@ -313,14 +403,24 @@ class Selector:
     def soonest(self, params: LeaseParams, now: float) -> float | None:
         """The earliest time a reason holding back every profile of `params` ends by
         itself (a cooldown, a refill), or None when only an event can help."""
-        _, targets = self.targets(params)
+        rules = self.rules(params.client)
         soonest: float | None = None
-        for provider, model in targets:
-            for pid in self.by_provider.get(provider, ()):
-                until = self.readiness(self.slots[pid], model, now).until
-                if until is not None and (soonest is None or until < soonest):
-                    soonest = until
+        for slot, model in self.candidates(params):
+            until = self.reason(slot, model, now, rules).until
+            if until is not None and (soonest is None or until < soonest):
+                soonest = until
         return soonest
+
+    def subscribed(self, p: Profile) -> bool:
+        """Whether `p`'s provider has a subscription profile (paid fallback applies)."""
+        return self._subscribed.get(p.provider, False)
+
+    def rules(self, client: str | None) -> Rules:
+        """The policy for a lease of `client` (cached per client until a reload)."""
+        got = self._rules.get(client)
+        if got is None:
+            got = self._rules[client] = self.config.policy.rules(client)
+        return got
 
     # ------------------------------------------------------------ sessions
 
@@ -339,3 +439,30 @@ class Selector:
         idle = self.config.lease.affinity_idle
         for session in [s for s, (_, t) in self._sessions.items() if now - t >= idle]:
             del self._sessions[session]
+
+
+def unknown_provider(provider: str, served: Iterable[str]) -> UnknownProvider:
+    """The `unknown_provider` error for `provider`, which no profile serves.
+
+    A near miss of a provider argentd knows or the file holds (`served`) is
+    suggested (`data.suggestion`); for a provider the environment fallback
+    reads, the message says that it is the *daemon's* environment, which an
+    `export` in the caller's shell does not reach.
+    """
+    known = sorted(set(PROVIDERS) | set(served))
+    close = [] if provider in PROVIDERS else difflib.get_close_matches(
+        provider, known, n=1, cutoff=0.75)
+    if close:
+        return UnknownProvider(
+            f"no profile for provider {provider!r} (did you mean {close[0]}?)",
+            provider=provider, suggestion=close[0])
+    msg = f"no profile for provider {provider!r}: add one with `argentctl profiles add`"
+    names = [var for var, _ in FALLBACK_ENV.get(provider, ())]
+    if names:
+        msg += (
+            f", or give the daemon {' or '.join(names)} in its own environment (argentd"
+            " reads the environment it was started with: an `export` in your shell does"
+            " not reach a running daemon; set it in the service's environment and restart"
+            " argentd)"
+        )
+    return UnknownProvider(msg, provider=provider)

@@ -220,12 +220,23 @@ class BoundSocket:
         self.lock.close()
 
 
+def _where_to_put_it(folder: Path) -> str:
+    """What to do when the socket's folder cannot be ours."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        return (f"XDG_RUNTIME_DIR is not set, so the socket went under {folder.parent}; log "
+                f"in through a session that sets it (systemd-logind does; `loginctl "
+                f"enable-linger` for services), or give a socket path in a folder of your "
+                f"own (--socket PATH or ARGENT_SOCKET)")
+    return "choose a socket path in a folder of your own (--socket PATH or ARGENT_SOCKET)"
+
+
 def _check_folder(folder: Path) -> None:
     """Create `folder` 0700, or make an existing one of ours 0700.
 
     Raises `UnsafeSocketFolder` when it belongs to another user (unless it is
     a sticky, root-owned folder like /tmp, where others cannot touch our
-    files), `NotADirectoryError` when it is not a folder.
+    files) or cannot be created for lack of permission (the message says
+    what to do), `NotADirectoryError` when it is not a folder.
     """
     try:
         os.makedirs(folder, mode=0o700, exist_ok=False)
@@ -233,7 +244,16 @@ def _check_folder(folder: Path) -> None:
         return
     except FileExistsError:
         pass
-    st = os.stat(folder)
+    except PermissionError as exc:
+        raise UnsafeSocketFolder(
+            f"cannot create the socket folder {folder} ({exc.strerror}: "
+            f"{exc.filename or folder}); {_where_to_put_it(folder)}") from None
+    try:
+        st = os.stat(folder)
+    except PermissionError as exc:
+        raise UnsafeSocketFolder(
+            f"cannot look at the socket folder {folder} ({exc.strerror}); "
+            f"{_where_to_put_it(folder)}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "socket folder is not a directory", str(folder))
     mode = stat.S_IMODE(st.st_mode)
@@ -249,7 +269,7 @@ def _check_folder(folder: Path) -> None:
         return
     raise UnsafeSocketFolder(
         f"socket folder {folder} belongs to uid {st.st_uid}, not to you (uid "
-        f"{os.geteuid()}); choose a socket path in a folder of your own (--socket)"
+        f"{os.geteuid()}); {_where_to_put_it(folder)}"
     )
 
 

@@ -27,6 +27,8 @@ class KeySnapshot(msgspec.Struct, omit_defaults=True):
     output_tokens: int = 0
     orphaned_at: float | None = None
     """Since when no loaded profile holds this secret (books.py keeps it a while)."""
+    proven: bool = False
+    probe_at: float | None = None
 
 
 class ProfileSnapshot(msgspec.Struct, omit_defaults=True):

@@ -6,6 +6,13 @@ missing file is a fresh start, a corrupt one is moved aside with a warning,
 and a failing write (read-only folder, full disk) is one warning, not a
 crash: the daemon keeps serving from memory and tries again later.
 
+The folder is the user's own: `prepare()` creates it 0700, tightens a
+folder of ours that group or others could write (another user may have
+planted files in it: everything found there is checked), refuses one that
+belongs to someone else, and removes the temp files a killed daemon left.
+`load()` reads only a regular file of ours, not through a symlink, without
+blocking on a FIFO, and at most `MAX_BYTES`; anything else is moved aside.
+
 `Saver` is the trio side: the server calls `mark_dirty()` after each state
 change, and `run()` writes the snapshot at most `delay` seconds after the
 first change of a burst (a burst of changes is one write). Bound: a change
@@ -18,8 +25,10 @@ disk keeps failing, attempts are spaced `retry_delay` seconds apart.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +38,18 @@ from typing import Any, Final
 import msgspec
 import trio
 
-__all__ = ["Saver", "StateStore"]
+__all__ = ["MAX_BYTES", "Saver", "StateStore", "UnsafeStateFolder"]
 
 log = logging.getLogger("argentd.state")
 
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
+MAX_BYTES: Final = 64 * 1024 * 1024
+"""A state file larger than this is not read (it is moved aside)."""
+
+
+class UnsafeStateFolder(OSError):
+    """The state folder belongs to another user; the message says which and what to do."""
 
 
 class StateStore:
@@ -51,33 +66,102 @@ class StateStore:
 
     # ------------------------------------------------------------- reading
 
+    def prepare(self) -> None:
+        """Make the folder ours and private; remove temp files a killed daemon left.
+
+        Raises `UnsafeStateFolder` when the folder belongs to another user. A
+        folder that cannot be made (a file in its place, a read-only parent)
+        is one warning: the daemon then keeps its state in memory.
+        """
+        folder = self.path.parent
+        try:
+            os.makedirs(folder, mode=DIR_MODE, exist_ok=False)
+            os.chmod(folder, DIR_MODE)  # makedirs' mode is filtered by the umask
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            self._report_failure(exc)
+            return
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            self._report_failure(exc)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self._report_failure(NotADirectoryError(errno.ENOTDIR, "not a directory"))
+            return
+        if st.st_uid != os.geteuid():
+            raise UnsafeStateFolder(
+                f"state folder {folder} belongs to uid {st.st_uid}, not to you (uid "
+                f"{os.geteuid()}); remove it, or set XDG_STATE_HOME to a folder of your own")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            log.warning("state folder %s had mode %03o; setting it to 700 (what others may "
+                        "have put in it is checked before use)", folder, mode)
+            os.chmod(folder, DIR_MODE)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Temp files of ours from a write that a kill interrupted."""
+        prefix = f".{self.path.name}."
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path.parent / name)
+                    log.info("removed %s, left by an interrupted write", name)
+
     def load(self) -> dict[str, Any] | None:
         """The decoded file, or None when there is nothing usable.
 
         Missing file: None. Unreadable file: a warning, None. A file that is
-        not a JSON object (bad JSON, empty, a list...) is renamed to
-        `state.json.corrupt-<UTC time>` with a warning, and None returned,
-        so the next start does not trip over it again.
+        not a JSON object (bad JSON, empty, a list...), not a regular file
+        of ours (a symlink, a FIFO, another user's file) or larger than
+        `MAX_BYTES` is renamed to `state.json.corrupt-<UTC time>` with a
+        warning, and None returned, so the next start does not trip over it
+        again.
         """
+        flags = (os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.move_aside("it is a symbolic link")
+                return None
             log.warning("cannot read state file %s (%s); starting with a clean state",
                         self.path, exc.strerror or exc)
             return None
         try:
+            st = os.fstat(fd)
+            why = _not_ours(st)
+            if why is None:
+                data = _read_at_most(fd, MAX_BYTES)
+        except OSError as exc:
+            log.warning("cannot read state file %s (%s); starting with a clean state",
+                        self.path, exc.strerror or exc)
+            return None
+        finally:
+            os.close(fd)
+        if why is not None:
+            self.move_aside(why)
+            return None
+        try:
             decoded = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            self._move_aside(f"not valid JSON ({exc})")
+        except (msgspec.DecodeError, RecursionError) as exc:
+            self.move_aside(f"not valid JSON ({exc})")
             return None
         if not isinstance(decoded, dict):
-            self._move_aside(f"top level is a JSON {type(decoded).__name__}, not an object")
+            self.move_aside(f"top level is a JSON {type(decoded).__name__}, not an object")
             return None
         return decoded
 
-    def _move_aside(self, why: str) -> None:
+    def move_aside(self, why: str, *, kept: str = "started with a clean state") -> None:
+        """Rename the file to `<name>.corrupt-<UTC time>` and say so (`why`, then `kept`)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
@@ -87,11 +171,11 @@ class StateStore:
         try:
             os.replace(self.path, target)
         except OSError as exc:
-            log.warning("state file %s is corrupt: %s; could not move it aside (%s); "
-                        "starting with a clean state", self.path, why, exc.strerror or exc)
+            log.warning("state file %s is corrupt: %s; could not move it aside (%s); %s",
+                        self.path, why, exc.strerror or exc, kept)
             return
-        log.warning("state file %s is corrupt: %s; moved it to %s and started with a "
-                    "clean state", self.path, why, target.name)
+        log.warning("state file %s is corrupt: %s; moved it to %s and %s", self.path, why,
+                    target.name, kept)
 
     # ------------------------------------------------------------- writing
 
@@ -155,6 +239,30 @@ class StateStore:
         self._failing = True
         log.warning("cannot write state file %s (%s); keeping state in memory and "
                     "retrying later", self.path, exc.strerror or exc)
+
+
+def _not_ours(st: os.stat_result) -> str | None:
+    """Why an open state file must not be read, or None when it may."""
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to uid {st.st_uid}, not to you"
+    if st.st_size > MAX_BYTES:
+        return f"it is {st.st_size} bytes, more than the {MAX_BYTES} a state file may be"
+    return None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes of `fd` (a file that grew while read is cut there)."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _fsync_dir(folder: Path) -> None:

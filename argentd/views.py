@@ -49,6 +49,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 removed=slot.removed,
                 reason=ready.reason,
                 until=ready.until,
+                windows={} if ks.budget is None else ks.budget.window_view(now),
             )
         )
     profiles.sort(key=lambda s: (s.provider, s.id))
@@ -135,6 +136,14 @@ def metrics(
            "Seconds until a profile's rate budget fits the next request (0: it does).")
     for pid, left in refills:
         out.append(f"argentd_profile_budget_refill_seconds{_label(profile=pid)} {left:.3f}")
+    family("argentd_profile_window_utilization", "gauge",
+           "Used fraction of a subscription window (5h, 7d, primary, secondary), as reported.")
+    for p in engine.profiles():
+        kept = engine.key_state(p.id).budget
+        for name, w in ({} if kept is None else kept.window_view(now)).items():
+            if w.utilization is not None:
+                out.append(f"argentd_profile_window_utilization"
+                           f"{_label(profile=p.id, window=name)} {w.utilization:.4f}")
     family("argentd_request_duration_seconds", "histogram", "Time to answer a request.")
     for bound, count in latency_buckets:
         out.append(f'argentd_request_duration_seconds_bucket{{le="{bound:g}"}} {count}')

@@ -9,6 +9,7 @@ in the daemon's stderr or anywhere under the state dir.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -107,6 +108,10 @@ class Daemon:
         self.config = root / "config" / "argentos" / "argentd.toml"
         self.state_dir = root / "state" / "argentos"
         self.socket = sock_dir / "argentd.sock"
+        # DESIGN: a daemon on a socket other than the default keeps
+        # state-<first 8 hex of sha256(socket path)>.json.
+        digest = hashlib.sha256(os.fsencode(os.path.abspath(self.socket))).hexdigest()[:8]
+        self.state_file = self.state_dir / f"state-{digest}.json"
         self.notify_path = sock_dir / "notify"
         self.stderr_path = root / "argentd.stderr"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -154,6 +155,26 @@ def test_cli_lease_env_in_a_shell_script(daemon: Daemon, tmp_path: Path) -> None
     assert out.read_text().splitlines() == ["anthropic:one", token, "", "unset"]
     assert active_leases(daemon) == []
     assert token not in r.stderr
+
+
+def test_cli_lease_unknown_provider_suggests_the_known_one(daemon: Daemon) -> None:
+    r = run(daemon, "lease", "antropic")
+    assert r.returncode == ExitCode.NOT_FOUND
+    assert r.stderr.splitlines()[0].endswith(" (did you mean anthropic?)"), r.stderr
+
+
+def test_cli_lease_unknown_provider_with_the_key_in_my_shell(daemon: Daemon) -> None:
+    key = make_secret("sk-or-v1-")
+    r = run(daemon, "lease", "openrouter", env={"OPENROUTER_API_KEY": key})
+    assert r.returncode == ExitCode.NOT_FOUND
+    fix = " ".join(r.stderr.split()).split("fix: ", 1)[1]
+    assert fix == (
+        "OPENROUTER_API_KEY is set in your shell, but argentd reads its own environment (the"
+        " one it was started with): add a profile with `argentctl setup --provider openrouter`,"
+        " or restart argentd from this shell (under systemd: `systemctl --user edit argentd`"
+        " and an Environment= line)"
+    )
+    assert key not in r.stderr
 
 
 def test_cli_lease_unknown_provider_and_route(daemon: Daemon) -> None:
@@ -320,6 +341,17 @@ def test_cli_status_with_a_broken_file_leads_with_the_error(daemon_factory: Any)
     assert status["config"]["error"] == lines[0].removeprefix("Config error: ")
 
 
+def test_cli_untrusted_socket_says_its_own_fix(daemon_factory: Any, tmp_path: Path) -> None:
+    d: Daemon = daemon_factory()
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o755)
+    r = run(d, "status", env={"ARGENT_SOCKET": str(folder / "argentd.sock")})
+    assert r.returncode == ExitCode.UNAVAILABLE
+    assert "start the daemon" not in r.stderr
+    assert "fix: `chmod 700" in " ".join(r.stderr.split())
+
+
 def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()  # never started
     err = run_json(d, "status", code=ExitCode.UNAVAILABLE)
@@ -405,6 +437,58 @@ def test_cli_exec_forwards_sigterm(daemon: Daemon, tmp_path: Path) -> None:
 def test_cli_exec_needs_a_command(daemon: Daemon) -> None:
     assert run(daemon, "exec", "openai").returncode == ExitCode.USAGE
     assert run(daemon, "exec", "openai", "--").returncode == ExitCode.USAGE
+
+
+def test_cli_exec_without_dashes_says_where_the_command_goes(daemon: Daemon) -> None:
+    r = run(daemon, "exec", "anthropic", "env")
+    assert r.returncode == ExitCode.USAGE
+    assert r.stderr == (
+        "argentctl: error: put the command after --: argentctl exec anthropic -- env\n"
+    )
+    r = run(daemon, "exec", "--route", "default", "env")
+    assert r.stderr == (
+        "argentctl: error: put the command after --: argentctl exec --route default -- env\n"
+    )
+    assert active_leases(daemon) == []
+
+
+def test_cli_usage_error_with_json_prints_json(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    r = run(d, "lease", "openai", "--ttl", "soon", "--json")
+    assert r.returncode == ExitCode.USAGE
+    assert json.loads(r.stdout) == {
+        "error": {"code": "usage", "message": "argument --ttl: invalid float value: 'soon'",
+                  "fix": "see `argentctl lease --help`"},
+        "exit_code": 2,
+    }
+    r = run(d, "lease", "openai", "--ttl", "soon")
+    assert r.returncode == ExitCode.USAGE
+    assert r.stdout == ""
+    assert r.stderr.endswith(
+        "argentctl lease: error: argument --ttl: invalid float value: 'soon'\n"
+    )
+
+
+def test_cli_no_profile_message_after_wait(daemon: Daemon) -> None:
+    run_json(daemon, "report", "--profile", "openai:main", "--kind", "rate_limit",
+             "--retry-after", "300")
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert re.fullmatch(
+        r"argentctl: error: no_profile_available: no profile of provider 'openai' is ready;"
+        r" one may be ready in 4m5\ds \(or use --wait SECONDS\)\n", r.stderr), r.stderr
+    r = run(daemon, "lease", "openai", "--wait", "0.2")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert re.fullmatch(
+        r"argentctl: error: no_profile_available: no profile of provider 'openai' is ready"
+        r" after waiting 0.2s; one may be ready in 4m5\ds\n", r.stderr), r.stderr
+
+
+def test_cli_lease_help_says_the_lease_outlives_the_command(daemon_factory: Any) -> None:
+    r = run(daemon_factory(), "lease", "--help")
+    text = " ".join(r.stdout.split())
+    assert "The lease is detached: it outlives argentctl" in text
+    assert "the lease stays out (detached) until `argentctl release \"$ARGENT_LEASE_ID\"`" in text
 
 
 def test_split_exec_argv() -> None:
@@ -523,14 +607,19 @@ def test_cli_profiles_list_masks_an_id_that_may_be_a_secret(daemon_factory: Any)
     d: Daemon = daemon_factory()
     token = make_secret()
     good = {"provider": "openai", "type": "api-key", "token": make_secret("sk-proj-")}
-    d.write_profiles({"openai:a": good, token: good, f"openai:{token}": good})
+    d.write_profiles({"openai:a": good, token: good, f"openai:{token}": good,
+                      "openai:t": {**good, "type": token}, "openai:p": {**good, "provider": token}})
     # daemon down: read from the file, table and JSON
     r = run(d, "profiles", "list")
     assert r.returncode == 0, r.stderr
     assert token not in r.stdout + r.stderr
     assert " #2 " in r.stdout and " #3 " in r.stdout
     listed = run_json(d, "profiles", "list", "--file")
-    assert [p["id"] for p in listed["profiles"]] == ["openai:a", "#2", "#3"]
+    assert [p["id"] for p in listed["profiles"]] == ["openai:a", "#2", "#3", "openai:t",
+                                                     "openai:p"]
+    assert [(p["provider"], p["type"]) for p in listed["profiles"][3:]] == [
+        ("openai", "?"), ("?", "api-key")
+    ]
     # daemon up: it skips both, so nothing to mask; the file view still masks
     d.start()
     listed = run_json(d, "profiles", "list")

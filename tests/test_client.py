@@ -9,7 +9,9 @@ The env-fallback tests need no daemon: nothing listens at their socket.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ from argent_client import (
     UnknownProvider,
     UnknownRoute,
     _core,
+    peer,
 )
 from argent_client.aio import _Conn
 from argent_client.protocol import Limits, Usage
@@ -669,9 +672,9 @@ def test_lease_report_params_carry_limits_and_scrubbed_message() -> None:
 
 @pytest.mark.parametrize(
     ("statement", "banned"),
-    [("import argent_client.protocol", ("client", "aio", "cli", "classify", "_core")),
+    [("import argent_client.protocol", ("client", "aio", "cli", "_core", "providers")),
      ("import argentd.engine", ("client", "aio", "cli")),
-     ("import argent_client", ("client", "aio", "cli", "protocol"))],
+     ("import argent_client", ("client", "aio", "cli", "_core"))],
 )
 def test_import_loads_no_client(statement: str, banned: tuple[str, ...]) -> None:
     import subprocess
@@ -688,7 +691,12 @@ def test_lazy_names_resolve_to_their_modules() -> None:
     import argent_client
     from argent_client import aio, client, protocol
 
-    assert sorted(argent_client.__all__) == sorted(argent_client._WHERE)
+    assert sorted(argent_client.__all__) == sorted(
+        [*argent_client._WHERE, "Failure", "classify", "parse_limits"])
+    import sys
+
+    module = sys.modules["argent_client.classify"]
+    assert argent_client.classify is module.classify  # the function, not the submodule
     assert argent_client.Client is client.Client
     assert argent_client.AsyncLease is aio.AsyncLease
     assert argent_client.NoProfileAvailable is protocol.NoProfileAvailable
@@ -802,3 +810,103 @@ async def test_async_failure_after_lease_ended_is_reported_by_profile(
                 raise http_error(429, {"retry-after": "600"})
         main = await aprofile(client, "openai:main")
         assert (main.state, main.error_count) == ("cooldown", 1)
+
+
+# ============================================================ who serves the socket
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[tuple[Path, socket.socket]]:
+    """A bare listening socket in a folder of our own (0700): argentd's place, not argentd."""
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    path = folder / "s.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen()
+    yield path, srv
+    srv.close()
+
+
+def test_client_refuses_a_socket_in_a_folder_others_can_write(
+    listener: tuple[Path, socket.socket], no_env: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, _ = listener
+    os.chmod(path.parent, 0o755)
+    monkeypatch.setenv("OPENAI_API_KEY", make_secret("sk-proj-"))
+    with pytest.raises(DaemonUnavailable) as info:
+        Client(path).acquire("openai")  # no env fallback either: something is wrong
+    assert info.value.data == {"socket": str(path), "reason": "untrusted"}
+    assert str(info.value) == (
+        f"refusing the argentd socket {path}: its folder {path.parent} has mode 0755, so "
+        f"other users could put a socket of their own there. Fix: `chmod 700 {path.parent}` "
+        "(or choose a socket in a folder of your own with mode 700: the default "
+        "($XDG_RUNTIME_DIR/argentos/), or `mkdir -m 700 ~/.argentd` and point `argentd "
+        "--socket` and ARGENT_SOCKET at ~/.argentd/argentd.sock)")
+
+
+@pytest.mark.anyio
+async def test_async_refuses_a_socket_in_a_folder_others_can_write(
+    listener: tuple[Path, socket.socket],
+) -> None:
+    path, _ = listener
+    os.chmod(path.parent, 0o1777)  # a shared sticky folder like /tmp
+    with pytest.raises(DaemonUnavailable, match="has mode 1777") as info:
+        await AsyncClient(path).hello()
+    assert info.value.data["reason"] == "untrusted"
+
+
+def test_check_folder_of_another_user(listener: tuple[Path, socket.socket]) -> None:
+    path, _ = listener
+    peer.check_folder(path)  # ours, 0700
+    other = os.geteuid() + 4242
+    with pytest.raises(DaemonUnavailable) as info:
+        peer.check_folder(path, uid=other)
+    assert (f"its folder {path.parent} belongs to uid {os.geteuid()}, not to you "
+            f"(uid {other}), so another user could stand in for argentd") in str(info.value)
+    peer.check_folder(path.parent / "absent" / "s.sock")  # connecting will say unreachable
+
+
+def test_check_peer_reads_the_server_uid(listener: tuple[Path, socket.socket]) -> None:
+    path, _ = listener
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        assert peer.peer_uid(sock) == os.geteuid()  # the real SO_PEERCRED / LOCAL_PEERCRED
+        peer.check_peer(sock, path)
+        with pytest.raises(DaemonUnavailable, match=(
+                f"the process serving it runs as uid {os.geteuid()}, not as you "
+                f"\\(uid {os.geteuid() + 1}\\)")):
+            peer.check_peer(sock, path, uid=os.geteuid() + 1)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK),
+                    reason="needs root (to run a server as another uid) and /usr/bin/python3")
+@pytest.mark.parametrize("kind", ["blocking", "async"])
+def test_clients_refuse_a_server_of_another_uid(
+    listener: tuple[Path, socket.socket], kind: str
+) -> None:
+    path, srv = listener
+    srv.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
+        path.unlink()
+        held.bind(str(path))  # bound in our folder; listen()ed as uid 65534, who then serves it
+        code = ("import socket, sys; s = socket.socket(fileno=int(sys.argv[1])); s.listen(); "
+                "print('ready', flush=True); c, _ = s.accept(); c.recv(1)")
+        child = subprocess.Popen([SYSTEM_PYTHON, "-c", code, str(held.fileno())],
+                                 pass_fds=(held.fileno(),), user=65534,
+                                 stdout=subprocess.PIPE, cwd="/")
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+            with pytest.raises(DaemonUnavailable) as info:
+                if kind == "blocking":
+                    Client(path, fallback_env=False).hello()
+                else:
+                    anyio.run(AsyncClient(path, fallback_env=False).hello)
+            assert info.value.data["reason"] == "untrusted"
+            assert "runs as uid 65534, not as you (uid 0)" in str(info.value)
+        finally:
+            child.kill()
+            child.wait()

@@ -101,3 +101,16 @@ def test_inflight_counts_fade_and_lower_a_fresh_reading() -> None:
     assert f.after_change("k", ks, T + 1)  # a new reading: the 3 out on b come off
     assert ks.known_budget.requests is not None and ks.known_budget.requests.at(T + 1) == 3
     assert not f.after_change("k", ks, T + 1)  # the same reading: once
+
+
+def test_books_windows_reading_reaches_the_other_host() -> None:
+    from argentd.budget import Budget, Window
+
+    budget = Budget(unified_status="allowed", unified_reset=T + 900,
+                    windows={"5h": Window(utilization=0.93, reset=T + 900, status="allowed")})
+    fields = B.reading_fields(budget, "a", T)
+    ks = KeyState()
+    assert B.apply_reading(ks, B.KeyBook(), fields, "b", T)
+    got = ks.known_budget
+    assert got.unified_status == "allowed" and got.windows["5h"].utilization == 0.93
+    assert not B.apply_reading(KeyState(), B.KeyBook(), fields, "a", T)  # its own

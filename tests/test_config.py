@@ -173,7 +173,7 @@ def test_parse_config_partial_base_over_default_cap() -> None:
     ("text", "message"),
     [
         ("colour = 1", "Object contains unknown field `colour`"),
-        ("[cooldown]\nauth = 1", "Object contains unknown field `auth` - at `$.cooldown`"),
+        ("[cooldown]\nbogus = 1", "Object contains unknown field `bogus` - at `$.cooldown`"),
         (
             "[cooldown.rate_limit]\nbasis = 1",
             "Object contains unknown field `basis` - at `$.cooldown.rate_limit`",

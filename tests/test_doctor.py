@@ -235,3 +235,49 @@ def test_check_config_one_verdict_with_the_daemons_lines(tmp_path: Path) -> None
     assert (check.status, check.detail) == ("fail", line)
     assert check.fix is not None and str(path) in check.fix
     assert check_config(path).status == "ok"
+
+
+def test_offline_profile_check_says_what_the_daemon_says(tmp_path: Path) -> None:
+    """Without a daemon, doctor checks each profile itself: in the daemon's words."""
+    from argent_client.profiles_file import problems, read_profiles
+    from argentd.profiles import load_profiles
+
+    good = {"provider": "openai", "type": "api-key", "token": "sk-proj-" + "a" * 24}
+    data = {
+        "openai:ok": good,
+        "nocolon": good,
+        "openai:env": good,
+        "openai:noprov": {"type": "api-key", "token": good["token"]},
+        "openai:badprov": {**good, "provider": "open ai"},
+        "openai:other": {**good, "provider": "anthropic"},
+        "openai:notype": {"provider": "openai", "token": good["token"]},
+        "openai:badtype": {**good, "type": "password"},
+        "openai:both": {**good, "token_ref": "env:X"},
+        "openai:nosecret": {"provider": "openai", "type": "api-key"},
+        "openai:space": {**good, "token": "sk-proj a"},
+        "antrhopic:typo": {**good, "provider": "antrhopic"},
+        "sk-ant-oat01-" + "c" * 90: good,
+        "openai:sk-proj-" + "d" * 90: good,
+    }
+    # The versioned store keeps an api-key's secret in `key`.
+    store = {pid: {("key" if k == "token" else k): v for k, v in entry.items()}
+             for pid, entry in data.items()}
+    for name, shape in (("flat", data), ("store", {"version": 1, "profiles": store})):
+        path = write(tmp_path / f"auth-{name}.json", json.dumps(shape))
+        mine = problems(read_profiles(path), path)
+        assert mine == load_profiles(path, {}).errors
+        assert len(mine) == len(data) - 1
+
+
+def test_doctor_untrusted_socket_gives_the_clients_fix(tmp_path: Path) -> None:
+    from argent_client.doctor import probe_daemon
+
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    checks, status = probe_daemon(folder / "argentd.sock")
+    assert status is None
+    [check] = checks
+    assert check.status == "fail"
+    assert check.detail.startswith(f"refusing the argentd socket {folder / 'argentd.sock'}:")
+    assert check.fix is not None and check.fix.startswith(f"`chmod 700 {folder}`")

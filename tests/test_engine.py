@@ -31,6 +31,7 @@ from argentd.books import ORPHAN_KEEP
 from argentd.config import Config, CooldownConfig, LeaseConfig
 from argentd.engine import Engine
 from argentd.model import Profile, ProfileSet, Secret
+from argentd.policy import PolicyConfig
 from argentd.snapshot import decode_snapshot
 
 MIN = 60.0
@@ -80,12 +81,14 @@ def make(
     routes: dict[str, list[str]] | None = None,
     lease: LeaseConfig | None = None,
     cooldown: CooldownConfig | None = None,
+    policy: PolicyConfig | None = None,
     now: float = T0,
 ) -> Engine:
     config = Config(
         routes=routes or {},
         lease=lease or LeaseConfig(),
         cooldown=cooldown or CooldownConfig(),
+        policy=policy or PolicyConfig(),
     )
     return Engine(
         ProfileSet(list(profiles), order=order or {}), config, now=now, lease_id=ids()
@@ -786,7 +789,7 @@ def test_wait_woken_by_reset() -> None:
 
 
 def test_wait_deadline_gives_no_profile_available_with_retry_after() -> None:
-    e = make(prof("anthropic:a"))
+    e = make(prof("anthropic:a"), policy=PolicyConfig(recheck=6 * HOUR))  # no early probe
     report(e, T0, "quota", profile="anthropic:a")  # 5 h
     wid = e.wait(LeaseParams(provider="anthropic", wait=30), conn=2, now=T0)
     assert e.next_deadline() == T0 + 30
@@ -1350,4 +1353,4 @@ def test_engine_lease_heap_stays_bounded_under_churn() -> None:
     for i in range(10_000):
         granted = lease(e, now=T0 + i * 0.001, provider="anthropic")
         e.release(granted.lease_id, now=T0 + i * 0.001)
-    assert len(e._due.leases) <= 2 * len(e.leases()) + 65
+    assert len(e._leases.heap) <= 2 * len(e.leases()) + 65

@@ -8,6 +8,7 @@ import pytest
 
 from argent_client.protocol import NoProfileAvailable
 from argentd.books import MAX_ORPHANS, ORPHAN_KEEP
+from argentd.cooldown import MAX_MODEL_COOLDOWNS, MAX_MODEL_NAME
 from argentd.engine import Engine
 from argentd.model import ProfileSet
 from argentd.snapshot import decode_snapshot
@@ -119,3 +120,36 @@ def test_books_a_probing_key_swapped_out_and_back_gives_one_lease_at_a_time() ->
     lease(e, now + 5, provider="anthropic")
     lease(e, now + 5, provider="anthropic")
     assert e.key_state("anthropic:a").active == 2
+
+
+def test_books_model_cooldowns_are_bounded_in_name_and_number() -> None:
+    # Issue 10: unique 2 KB model names grew state.json to 20 MB.
+    e = make(prof("anthropic:a"))
+    for i in range(1000):
+        report(e, T0, "rate_limit", profile="anthropic:a", model=f"{i:04d}" + "m" * 2048,
+               retry_after=600)
+    ks = e.key_state("anthropic:a")
+    assert ks.model_cooldowns == {}
+    assert ks.cooldown_until == T0 + 600  # a name that long cools the whole profile
+    e.reset("anthropic:a", now=T0)
+    for i in range(MAX_MODEL_COOLDOWNS + 4):
+        report(e, T0, "rate_limit", profile="anthropic:a", model=f"claude-{i}",
+               retry_after=600 + i)
+    assert len(ks.model_cooldowns) == MAX_MODEL_COOLDOWNS
+    # the 17th model cooling at once: the profile is the problem
+    assert ks.cooldown_until == T0 + 600 + MAX_MODEL_COOLDOWNS
+    assert len(msgspec.json.encode(e.snapshot())) < 2000
+
+
+def test_books_an_old_state_file_with_many_model_cooldowns_is_cut_down() -> None:
+    e = make(prof("anthropic:a"))
+    snap = e.snapshot()
+    key = e.profile("anthropic:a").secret.key
+    many = {f"m{i}" + ("x" * 300 if i % 2 else ""): T0 + 100 + i for i in range(100)}
+    snap.keys[key].model_cooldowns = many
+    fresh = make(prof("anthropic:a"))
+    fresh.restore(snap, now=T0)
+    kept = fresh.key_state("anthropic:a").model_cooldowns
+    # the short names only, the latest-ending first: m98, m96, ...
+    assert sorted(kept) == sorted(f"m{i}" for i in range(98, 98 - 2 * MAX_MODEL_COOLDOWNS, -2))
+    assert all(len(m) <= MAX_MODEL_NAME for m in kept)

@@ -146,6 +146,8 @@ class EngineMachine(RuleBasedStateMachine):
         """Secret key -> end of its profile-wide cooldown, as reports answered."""
         self.user_disabled: dict[tuple[str, str], bool] = {}
         """(profile id, secret key) -> the user's disable flag."""
+        self.proven: set[str] = set()
+        """Secrets a lease succeeded with (a first `auth` failure only cools them)."""
         self.last_held: dict[str, float] = {}
         """Secret key -> when a loaded profile last held it (books outlive it a while)."""
         self.over_limit: set[str] = set()
@@ -191,12 +193,17 @@ class EngineMachine(RuleBasedStateMachine):
         assert pid in {p.id for p in e.profiles()}, "lease on a removed profile"
         p = e.profile(pid)
         key = p.secret.key
-        assert e.state_of(pid, now) == "ready", (pid, e.state_of(pid, now))
-        assert e.key_state(pid).cooling(now, model) is None, "lease on a cooling profile"
+        ks = e.key_state(pid)
+        if got.probe:  # the one early-reset probe of a long quota cooldown
+            assert ks.cooldown_kind == "quota" and ks.cooling(now) is not None
+            assert ks.active == 1, "two leases on a profile being probed"
+        else:
+            assert e.state_of(pid, now) == "ready", (pid, e.state_of(pid, now))
+            assert ks.cooling(now, model) is None, "lease on a cooling profile"
         assert p.serves(model)
         assert p.expires is None or p.expires > now, "lease on an expired profile"
         assert key not in self.invalid_keys, "lease on an invalid profile"
-        assert self.cooling.get(key, now) <= now, "lease inside a reported cooldown"
+        assert got.probe or self.cooling.get(key, now) <= now, "lease inside a reported cooldown"
         assert not self.user_disabled.get((pid, key), p.disabled), "lease on a disabled profile"
         assert got.expires_at > now
         assert got.token == p.secret.reveal()
@@ -323,8 +330,11 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 10), tokens=st.integers(0, 1000))
     def release(self, i: int, tokens: int) -> None:
         lid = self.pick_lease(i)
+        held = next((le for le in self.e.leases() if le.id == lid), None)
         try:
             self.e.release(lid, now=self.now)
+            if held is not None:
+                self.proven.add(held.key)
         except LeaseNotFound as exc:
             self.note_error(exc)
             assert lid == "l-stale"
@@ -373,7 +383,10 @@ class EngineMachine(RuleBasedStateMachine):
             return
         assert blamed is not None and current is not None
         if kind == "auth":
-            self.invalid_keys.add(blamed)
+            if self.e._keys[blamed].invalid:
+                self.invalid_keys.add(blamed)
+            else:  # self-healing: only a secret that worked is spared its first 401
+                assert blamed in self.proven, "a first auth failure spared an unproven secret"
         if model is None and result.cooldown_until is not None:
             self.cooling[current] = max(self.cooling.get(current, 0.0), result.cooldown_until)
         if result.cooldown_until is not None:

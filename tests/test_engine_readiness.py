@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from argent_client.protocol import ConfigStatus, LeaseParams, Limits, NoProfileAvailable
+from argent_client.protocol import (
+    ConfigStatus,
+    LeaseParams,
+    Limits,
+    NoProfileAvailable,
+    UnknownProvider,
+)
 from argentd.views import status
 
 from .test_engine import T0, lease, make, prof, report
@@ -87,3 +93,33 @@ def test_readiness_waiter_is_woken_by_the_refill() -> None:
     assert e.next_deadline() == until
     e.advance(until)
     assert [w for w, _ in e.take_outbox().served] == [wid]
+
+
+def unknown(e: object, provider: str) -> UnknownProvider:
+    with pytest.raises(UnknownProvider) as info:
+        lease(e, provider=provider)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_unknown_provider_suggests_the_known_one() -> None:
+    e = make(prof("anthropic:a"), prof("mycorp:x"))
+    err = unknown(e, "antropic")
+    assert err.message == "no profile for provider 'antropic' (did you mean anthropic?)"
+    assert err.data == {"provider": "antropic", "suggestion": "anthropic"}
+    assert unknown(e, "antrhopic").data["suggestion"] == "anthropic"
+    # a provider only the file knows is suggested too, and a known one with no profile
+    assert unknown(e, "mycrop").message == (
+        "no profile for provider 'mycrop' (did you mean mycorp?)")
+    assert unknown(e, "openrouter").data == {"provider": "openrouter"}
+
+
+def test_unknown_provider_says_the_daemon_environment_is_read() -> None:
+    e = make(prof("anthropic:a"))
+    assert unknown(e, "openai").message == (
+        "no profile for provider 'openai': add one with `argentctl profiles add`, or give"
+        " the daemon OPENAI_API_KEY in its own environment (argentd reads the environment"
+        " it was started with: an `export` in your shell does not reach a running daemon;"
+        " set it in the service's environment and restart argentd)")
+    assert "ZAI_API_KEY or Z_AI_API_KEY in its own environment" in unknown(e, "zai").message
+    assert unknown(e, "acme").message == (
+        "no profile for provider 'acme': add one with `argentctl profiles add`")

@@ -45,6 +45,20 @@ def test_daemon_imports_only_protocol_facts_and_paths_of_the_client() -> None:
     assert not extra, {name: used[name] for name in extra}
 
 
+def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, argentd.daemon, argentd.main; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('argent_client'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # The package binds `classify` eagerly (stdlib + msgspec, see its __init__);
+    # never the clients, anyio or argentctl.
+    assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers"} == {
+        "argent_client", "argent_client.facts", "argent_client.paths", "argent_client.protocol"
+    }
+
+
 def test_facts_loads_nothing_but_the_standard_library() -> None:
     names = _imports(ROOT / "client" / "argent_client" / "facts.py")
     stdlib = {"__future__", "collections.abc", "difflib", "hashlib", "json", "re", "typing"}

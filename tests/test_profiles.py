@@ -605,6 +605,7 @@ def test_load_profiles_token_ref_device_refused(tmp_path: Path) -> None:
     assert ref_error(tmp_path, "file:/dev/zero") == "token_ref file /dev/zero is not a regular file"
 
 
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
 def test_load_profiles_token_ref_cmd_text_not_in_argv(tmp_path: Path) -> None:
     """Another uid can read /proc/PID/cmdline: the command text must not be there."""
     import threading
@@ -772,6 +773,12 @@ def test_load_profiles_invalid_utf8_is_a_file_fault(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}: not UTF-8 text at line 2 column 53 (byte 117): save the file as UTF-8"
     )
+
+
+@pytest.mark.parametrize("shape", ['{"anthropic:x": %s', '{"version": 1, "profiles": {"a:b": %s'])
+def test_load_profiles_deep_nesting_is_a_file_fault(tmp_path: Path, shape: str) -> None:
+    # msgspec raises RecursionError for JSON nested this deep; it must not escape.
+    assert file_error(tmp_path, shape % ("[" * 500_000)) == "not valid JSON: nested too deeply"
 
 
 def test_load_profiles_refuses_a_token_pasted_as_the_name(tmp_path: Path) -> None:

@@ -153,12 +153,24 @@ def test_status_tables_summary_per_provider_above_the_row_limit() -> None:
     assert sum("anthropic:p" in line for line in buf.getvalue().splitlines()) == 40
 
 
+def test_status_tables_control_characters_in_a_label_keep_one_line() -> None:
+    status = StatusResult(profiles=[profile(label="two\nlines\x1b[31m")], leases=[],
+                          config=ConfigStatus(profiles_path="/p", loaded_at=NOW), routes={})
+    row = next(line for line in render_status(status).splitlines() if "anthropic:one" in line)
+    assert "two lines [31m" in row
+
+
 def test_status_tables_unknown_provider_filter() -> None:
     status = StatusResult(profiles=[profile()], leases=[], routes={},
                           config=ConfigStatus(profiles_path="/p", loaded_at=NOW))
     buf = io.StringIO()
     status_tables(status, NOW, Console(file=buf, width=160, color_system=None), provider="zai")
     assert "no zai profiles (argentctl status lists every provider)" in buf.getvalue()
+    buf = io.StringIO()
+    status_tables(status, NOW, Console(file=buf, width=160, color_system=None),
+                  provider="antropic")
+    assert "no antropic profiles (did you mean anthropic?) (argentctl status lists every" in (
+        buf.getvalue())
 
 
 def test_status_tables_empty() -> None:

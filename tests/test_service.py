@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -83,6 +84,27 @@ def test_bind_refuses_folder_of_another_user(short_dir: Path) -> None:
     with pytest.raises(UnsafeSocketFolder, match=r"belongs to uid 12345, not to you"):
         bind_unix_socket(folder / "argentd.sock")
     assert list(folder.iterdir()) == []
+
+
+def test_bind_runtime_dir_unset_and_taken_says_what_to_do(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when XDG_RUNTIME_DIR is unset and another uid made /tmp/runtime-<uid> first.
+    import argentd.service as service
+
+    def denied(path: Any, mode: int = 0o777, exist_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(service.os, "makedirs", denied)
+    with pytest.raises(UnsafeSocketFolder) as info:
+        bind_unix_socket(short_dir / "runtime-1000" / "argentos" / "argentd.sock")
+    message = str(info.value)
+    assert "cannot create the socket folder" in message
+    assert "XDG_RUNTIME_DIR is not set" in message and "--socket PATH" in message
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))
+    with pytest.raises(UnsafeSocketFolder, match="a folder of your own"):
+        bind_unix_socket(short_dir / "runtime-1000" / "argentos" / "argentd.sock")
 
 
 def test_bind_second_instance_refused(short_dir: Path) -> None:

@@ -103,6 +103,94 @@ def test_store_load_corrupt_moved_aside(
     assert store.load() is None
 
 
+def planted(tmp_path: Path, kind: str) -> Path:
+    """`state.json` as another uid could plant it in a folder it can write."""
+    path = tmp_path / "state.json"
+    if kind == "symlink_to_dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "sparse_2gib":
+        with open(path, "wb") as f:
+            f.truncate(2 * 1024**3)
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(("kind", "why"), [
+    ("symlink_to_dev_zero", "symbolic link"),
+    ("fifo", "not a regular file"),
+    ("sparse_2gib", "more than the 67108864"),
+])
+def test_store_load_planted_file_moved_aside_unread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, why: str
+) -> None:
+    path = planted(tmp_path, kind)
+    store = StateStore(path)
+    with caplog.at_level(logging.WARNING, "argentd.state"):
+        assert store.load() is None  # at once: no hang on the FIFO, no 2 GiB read
+    assert why in caplog.text
+    assert not os.path.lexists(path)
+    assert store.save(Snap(1, {"a": 1.0}))  # and the next write makes a real file
+    assert stat.S_ISREG(os.lstat(path).st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another uid")
+def test_store_load_file_of_another_uid_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b'{"version": 1}')
+    os.chown(path, 65534, 65534)
+    with caplog.at_level(logging.WARNING, "argentd.state"):
+        assert StateStore(path).load() is None
+    assert "belongs to uid 65534" in caplog.text
+
+
+def test_store_prepare_tightens_open_folder_and_removes_orphans(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "argentos"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    (folder / ".state.json.abc123.tmp").write_bytes(b"half")  # a write cut by kill -9
+    (folder / ".state-12345678.json.x.tmp").write_bytes(b"another daemon's")
+    (folder / "notes.tmp").write_bytes(b"not ours")
+    with caplog.at_level(logging.INFO, "argentd.state"):
+        StateStore(folder / "state.json").prepare()
+    assert mode(folder) == 0o700
+    assert "had mode 777" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == [".state-12345678.json.x.tmp",
+                                                         "notes.tmp"]
+
+
+def test_store_prepare_creates_private_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "state" / "argentos"
+    StateStore(folder / "state.json").prepare()
+    assert mode(folder) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a folder of another uid")
+def test_store_prepare_refuses_folder_of_another_uid(tmp_path: Path) -> None:
+    from argentd.state import UnsafeStateFolder
+
+    folder = tmp_path / "argentos"
+    folder.mkdir(mode=0o777)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(UnsafeStateFolder, match=r"belongs to uid 65534.*XDG_STATE_HOME"):
+        StateStore(folder / "state.json").prepare()
+
+
+def test_store_prepare_file_in_place_of_folder_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "argentos").write_text("")
+    with caplog.at_level(logging.WARNING, "argentd.state"):
+        StateStore(tmp_path / "argentos" / "state.json").prepare()  # no exception
+    assert "cannot write state file" in caplog.text
+
+
 def test_store_load_corrupt_twice_keeps_both(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     store = StateStore(path)

@@ -171,6 +171,7 @@ def test_metrics_families() -> None:
         ("argentd_profile_cooldown_seconds", "gauge"),
         ("argentd_profile_budget_requests", "gauge"),
         ("argentd_profile_budget_refill_seconds", "gauge"),
+        ("argentd_profile_window_utilization", "gauge"),
         ("argentd_request_duration_seconds", "histogram"),
     ]
     lines = set(text.splitlines())
@@ -203,3 +204,19 @@ def test_metrics_escapes_label_values() -> None:
                                    secret=secret("q"))]), now=T0)
     text = metrics(e, now=T0)
     assert 'argentd_profile_cooldown_seconds{profile="x:a\\"b"} 0.000' in text.splitlines()
+
+
+def test_metrics_window_utilization_per_profile_and_window() -> None:
+    from argent_client.protocol import Limits
+
+    e = engine()
+    got = e.lease(LeaseParams(provider="anthropic"), conn=1, now=T0)
+    e.release(got.lease_id, now=T0, limits=Limits(
+        unified_5h_utilization=0.25, unified_5h_reset=T0 + 3600,
+        unified_7d_utilization=0.5, unified_7d_reset=T0 + 86400))
+    text = metrics(e, now=T0 + 1)
+    assert f'argentd_profile_window_utilization{{profile="{got.profile}",window="5h"}} 0.2500' \
+        in text
+    assert f'argentd_profile_window_utilization{{profile="{got.profile}",window="7d"}} 0.5000' \
+        in text
+    assert "window=" not in metrics(e, now=T0 + 86400)  # both windows reset

@@ -149,6 +149,22 @@ def test_add_profile_refuses_unparsable_file_and_leaves_it(tmp_path: Path, text:
     assert "sk-ant-oat01-bare-string" not in str(info.value)
 
 
+def test_read_profiles_refuses_a_fifo_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    os.mkfifo(path)
+    with pytest.raises(ProfilesFileError) as info:
+        read_profiles(path)
+    assert str(info.value) == f"{path}: not a regular file"
+
+
+def test_read_profiles_refuses_a_file_over_8_mib(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    path.write_bytes(b" " * (8 * 1024 * 1024 + 1))
+    with pytest.raises(ProfilesFileError) as info:
+        read_profiles(path)
+    assert str(info.value) == f"{path}: larger than 8388608 bytes"
+
+
 def test_add_profile_refuses_duplicate_id_unless_replace(tmp_path: Path) -> None:
     path = tmp_path / "auth.json"
     first, second = fake(), fake()

@@ -1,8 +1,9 @@
 """argent_client: talk to argentd (wire types, clients, argentctl).
 
-Every name below is loaded on first use (PEP 562), so `import
-argent_client.protocol` — what the daemon imports — loads the wire types
-alone, never the clients, anyio or argentctl. `Client` (blocking) loads the
+The clients and the wire types are loaded on first use (PEP 562), so
+`import argent_client.protocol` — what the daemon imports — loads the wire
+types and `classify` (both light: msgspec and the standard library), never
+the clients, anyio or argentctl. `Client` (blocking) loads the
 standard library and msgspec; `AsyncClient` loads anyio.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final
 
+# Not lazy: importing the submodule `classify` sets the package attribute of
+# that name to the module, so the function must be bound here, after it.
+from .classify import Failure, classify, parse_limits
+
 if TYPE_CHECKING:
     from .aio import AsyncClient, AsyncEventStream, AsyncLease
-    from .classify import Failure, classify, parse_limits
     from .client import Client, EventStream, Lease
     from .protocol import (
         ArgentError,
@@ -37,7 +41,6 @@ __version__ = "0.1.0"
 
 _WHERE: Final = {
     **dict.fromkeys(("AsyncClient", "AsyncEventStream", "AsyncLease"), "aio"),
-    **dict.fromkeys(("Failure", "classify", "parse_limits"), "classify"),
     **dict.fromkeys(("Client", "EventStream", "Lease"), "client"),
     **dict.fromkeys(
         ("ArgentError", "DaemonUnavailable", "Event", "InvalidParams", "LeaseNotFound",

@@ -32,6 +32,10 @@ class ClientBase:
         self.timeout = timeout
         self.client_name = client_name or C.default_client_name()
         self.fallback_env = fallback_env
+        self._setup()
+
+    def _setup(self) -> None:
+        """The transport's own state (no connection is opened before the first call)."""
 
     def _lease_params(
         self, provider: str | None, route: str | None, model: str | None, session: str | None,

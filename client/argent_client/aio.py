@@ -7,7 +7,7 @@ background task is needed — whichever waiting task holds the read lock
 reads the next line and files it under its id, so a task whose reply
 another task read finds it when it next gets the lock. A task that is
 cancelled or times out abandons its request; a lease granted to it
-afterwards is released as soon as its reply is read (see `_core.CallBook`).
+afterwards is released as soon as its reply is read (see `_wire.CallBook`).
 
 Retries (`_wire.Retry`), the steps at a lease's end (`_core`), the socket
 check (`peer`), timeouts and the environment fallback are those of `Client`.
@@ -16,7 +16,6 @@ check (`peer`), timeouts and the environment fallback are those of `Client`.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -128,16 +127,7 @@ class AsyncClient(ClientBase):
     attached leases). Must be used from one event loop.
     """
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float | None = 30.0,
-        client_name: str | None = None,
-        fallback_env: bool = True,
-    ) -> None:
-        super().__init__(socket_path, timeout=timeout, client_name=client_name,
-                         fallback_env=fallback_env)
+    def _setup(self) -> None:
         self._conn: _Conn | None = None
         self._connect_lock: anyio.Lock | None = None
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .commands import (
@@ -24,9 +25,6 @@ from .commands import (
     cmd_lease,
     cmd_metrics,
     cmd_profile_state,
-    cmd_profiles_add,
-    cmd_profiles_list,
-    cmd_profiles_remove,
     cmd_release,
     cmd_reload,
     cmd_report,
@@ -34,6 +32,7 @@ from .commands import (
     cmd_status,
     cmd_watch,
 )
+from .profile_commands import cmd_profiles_add, cmd_profiles_list, cmd_profiles_remove
 from .protocol import FAILURE_KINDS, PROTOCOL_VERSION, ArgentError
 
 __all__ = ["ExitCode", "build_parser", "main", "split_exec_argv"]
@@ -105,6 +104,21 @@ def split_exec_argv(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
 # ---------------------------------------------------------------- parser
 
 
+class UsageError(Exception):
+    """A command line argparse refused; `parser` is the (sub)parser that saw it."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing and exiting, so `--json` gets JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -113,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole argentctl command line (exposed for tests and docs)."""
     # Options accepted before or after the command; SUPPRESS keeps a
     # subcommand's default from overwriting a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS,
         help="print the result object as JSON on stdout",
@@ -122,14 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket", metavar="PATH", default=argparse.SUPPRESS,
         help="the daemon's socket (default: $ARGENT_SOCKET or the per-user runtime dir)",
     )
-    files = argparse.ArgumentParser(add_help=False)
+    files = _Parser(add_help=False)
     files.add_argument(
         "--profiles", metavar="PATH", default=None,
         help="the profiles file (default: $ARGENT_PROFILES or "
         "~/.argentos/agents/main/agent/auth-profiles.json)",
     )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="argentctl",
         description="Control argentd, the per-user daemon that leases LLM credentials "
         "(API keys, subscription tokens) to agents and rotates them on rate limits.",
@@ -176,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "lease", "take a detached lease: it lives until `release` or its TTL",
         "By default prints the lease id on stdout (the secret is not shown);\n"
-        "--env prints shell exports with the secret, --json the whole lease.\n\n"
+        "--env prints shell exports with the secret, --json the whole lease.\n"
+        "The lease is detached: it outlives argentctl, and the profile counts as\n"
+        "in use until you release it or its TTL (default 600 s) runs out.\n\n"
         "examples:\n"
         '  eval "$(argentctl lease anthropic --env --ttl 1800)"\n'
         '  curl -H "x-api-key: $ANTHROPIC_API_KEY" ...\n'
@@ -186,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target(p)
     p.add_argument("--env", action="store_true",
-                   help="print `export VAR=...` lines (secret included) for eval")
+                   help="print `export VAR=...` lines (secret included) for eval; the lease "
+                   "stays out (detached) until `argentctl release \"$ARGENT_LEASE_ID\"` or its "
+                   "TTL (default 600 s) ends, whatever the shell does")
     p.set_defaults(func=cmd_lease)
 
     p = add("release", "end a lease", "example:\n  argentctl release \"$ARGENT_LEASE_ID\"")
@@ -250,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     target(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which profile was leased (on stderr)")
+    # Words given without `--` land here, so the error can say where they go.
+    p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_exec, cmd=[])
 
     p = add(
@@ -342,20 +362,55 @@ def _fail(out: Out, message: str, code: ExitCode, *, error_code: str, fix: str |
     return int(code)
 
 
-def _argent_error(out: Out, exc: ArgentError) -> int:
+def _argent_error(
+    out: Out, exc: ArgentError, waited: float | None = None, provider: str | None = None
+) -> int:
+    from .facts import did_you_mean
     from .render import duration
 
     code = BY_ERROR_CODE.get(exc.code, ExitCode.FAILURE)
     message = f"{exc.code}: {exc.message}"
+    if exc.code == "unknown_provider" and provider and "did you mean" not in message:
+        message += did_you_mean(provider)
     retry = exc.data.get("retry_after")
-    if exc.code == "no_profile_available" and isinstance(retry, int | float):
-        message += f" (one may be ready in {duration(retry)}; or use --wait)"
+    if exc.code == "no_profile_available":
+        # The daemon says when in seconds; say it once, readably, and only
+        # suggest --wait to someone who did not wait.
+        message = re.sub(r"; one may be in \d+s$", "", message)
+        if waited:
+            message += f" after waiting {waited:g}s"
+        if isinstance(retry, int | float):
+            message += f"; one may be ready in {duration(retry)}"
+            if not waited:
+                message += " (or use --wait SECONDS)"
     fix = None
-    if code == ExitCode.UNAVAILABLE:
+    if code == ExitCode.UNAVAILABLE and exc.data.get("reason") == "untrusted":
+        # The client refused the socket: its message already says how to fix it.
+        message, _, fix_text = message.partition(" Fix: ")
+        fix = fix_text or None
+    elif code == ExitCode.UNAVAILABLE:
         from .doctor import START_FIX
 
         fix = START_FIX
+    elif exc.code == "unknown_provider" and provider:
+        fix = _env_fix(provider)
     return _fail(out, message, code, error_code=exc.code, fix=fix, data=exc.data or None)
+
+
+def _env_fix(provider: str) -> str | None:
+    """When the provider's key is in *this* shell's environment: why the daemon lacks it."""
+    from .facts import FALLBACK_ENV, normalise_provider
+
+    set_here = [var for var, _ in FALLBACK_ENV.get(normalise_provider(provider), ())
+                if os.environ.get(var, "").strip()]
+    if not set_here:
+        return None
+    return (
+        f"{set_here[0]} is set in your shell, but argentd reads its own environment (the one"
+        " it was started with): add a profile with `argentctl setup --provider"
+        f" {normalise_provider(provider)}`, or restart argentd from this shell (under"
+        " systemd: `systemctl --user edit argentd` and an Environment= line)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,7 +421,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     ours, command = split_exec_argv(raw)
     parser = build_parser()
-    args = parser.parse_args(ours)
+    try:
+        args = parser.parse_args(ours)
+    except UsageError as exc:
+        if str(exc).startswith("unrecognized arguments") and "exec" in ours:
+            exc = UsageError(exc.parser, f"{exc}: put the command after --, e.g."
+                             " argentctl exec anthropic -- env -u X")
+        if "--json" in ours:
+            return _fail(Out(True), str(exc), ExitCode.USAGE, error_code="usage",
+                         fix=f"see `{exc.parser.prog} --help`")
+        exc.parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{exc.parser.prog}: error: {exc}\n")
+        return ExitCode.USAGE
     if command is not None:
         args.cmd = command
     out = Out(bool(getattr(args, "json", False)))
@@ -376,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         return _fail(out, str(exc), exc.code, error_code="cli", fix=exc.fix)
     except ArgentError as exc:
-        return _argent_error(out, exc)
+        return _argent_error(out, exc, getattr(args, "wait", None),
+                             getattr(args, "provider", None))
     except ProfileExists as exc:
         return _fail(out, str(exc), ExitCode.REFUSED,
                      error_code="profile_exists")

@@ -18,7 +18,6 @@ back to the caller's own environment variable when `fallback_env` is on.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -120,16 +119,7 @@ class Client(ClientBase):
     not this user's own: `peer`).
     """
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float | None = 30.0,
-        client_name: str | None = None,
-        fallback_env: bool = True,
-    ) -> None:
-        super().__init__(socket_path, timeout=timeout, client_name=client_name,
-                         fallback_env=fallback_env)
+    def _setup(self) -> None:
         self._lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._sock_timeout: float | None = None
@@ -441,7 +431,8 @@ class Client(ClientBase):
 
         A classified failure is reported with `failover`; the daemon's `next`
         lease (another profile, or the route's next target) gets the next
-        try. Without a `next`, a `wait` leases again (waiting that long),
+        try. Without a `next`, a `wait` leases again (waiting that long), as
+        does a failure whose lease had already ended (reported by profile);
         otherwise the error is re-raised. After `attempts` tries the last
         error is re-raised; an unclassified exception is re-raised at once
         (the lease is released). A clean return releases the lease.

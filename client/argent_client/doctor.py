@@ -233,6 +233,12 @@ def check_config(path: Path, daemon_lines: Sequence[str] = ()) -> Check:
     return Check("config", "ok", str(path))
 
 
+def _untrusted_check(exc: ArgentError) -> Check:
+    """The client refused the socket itself (wrong owner, open folder): its message has the fix."""
+    detail, _, fix = str(exc).partition(" Fix: ")
+    return Check("socket", "fail", detail, fix or START_FIX)
+
+
 def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
     """Reach the daemon: socket, version and its view of the config."""
     from .client import Client  # the CLI imports doctor; keep the socket code lazy
@@ -241,11 +247,15 @@ def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
     try:
         client = Client(socket_path, timeout=5.0, fallback_env=False, client_name="doctor")
     except ArgentError as exc:
+        if exc.data.get("reason") == "untrusted":
+            return [_untrusted_check(exc)], None
         return [Check("socket", "fail", f"{socket_path}: {exc}", START_FIX)], None
     try:
         try:
             hello = client.hello()
         except DaemonUnavailable as exc:
+            if exc.data.get("reason") == "untrusted":
+                return [_untrusted_check(exc)], None
             stale = " (a stale socket file: the daemon is gone)" if socket_path.exists() else ""
             checks.append(Check("socket", "fail", f"{exc}{stale}", START_FIX))
             return checks, None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .facts import (
+    MAX_FILE_BYTES,
     RESERVED_NAMES,
     SECRET_FIELD,
     TYPE_ALIASES,
@@ -151,17 +152,31 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
 def read_profiles(path: Path) -> ProfilesDoc:
     """Read the profiles file; a missing file is an empty flat map.
 
+    Opened non-blocking and refused unless it is a regular file of at most
+    `MAX_FILE_BYTES`, as the daemon does (a FIFO must not hang argentctl).
     Raises `ProfilesFileError` for an unreadable or unparsable file.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return ProfilesDoc()
-    except UnicodeDecodeError:
-        raise ProfilesFileError(f"{path}: {utf8_error(path.read_bytes())}") from None
+    except OSError as exc:
+        raise ProfilesFileError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProfilesFileError(f"{path}: not a regular file")
+        with open(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ProfilesFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_profiles(text, path)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ProfilesFileError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    bad = utf8_error(data)
+    if bad:
+        raise ProfilesFileError(f"{path}: {bad}")
+    return parse_profiles(data.decode(), path)
 
 
 def _secret_of(entry: dict[str, Any]) -> str | None:
@@ -188,13 +203,21 @@ def summarise(doc: ProfilesDoc) -> list[FileProfile]:
             fp = f"ref {ref.split(':', 1)[0]}:…"
         else:
             fp = "(no secret)"
-        raw_type = str(entry.get("type", ""))
+        raw_type = entry.get("type")
+        # Field values are shown only when they are what the field should hold:
+        # a secret pasted into `type` or `provider` must not be printed.
+        shown_type = TYPE_ALIASES.get(raw_type.strip().lower(), "?") if isinstance(
+            raw_type, str) else "?"
+        raw_provider = entry.get("provider", pid.split(":", 1)[0] if ":" in pid else None)
+        provider = normalise_provider(raw_provider) if isinstance(raw_provider, str) else "?"
+        if not valid_provider(provider) or not id_is_shown(provider):
+            provider = "?"
         priority = entry.get("priority")
         out.append(
             FileProfile(
                 id=shown_id(pid, index),
-                provider=normalise_provider(str(entry.get("provider", pid.split(":", 1)[0]))),
-                type=TYPE_ALIASES.get(raw_type, raw_type or "?"),
+                provider=provider,
+                type=shown_type,
                 label=str(entry.get("label", "")),
                 fingerprint=fp,
                 disabled=bool(entry.get("disabled", False)),
@@ -213,6 +236,8 @@ def _problem(pid: str, entry: dict[str, Any], versioned: bool) -> tuple[str, str
     id_provider, sep, name = pid.partition(":")
     if not sep or not id_provider.strip() or not name.strip():
         return 'the id must be "provider:name"', ""
+    if not id_is_shown(pid):
+        return 'the id must be "provider:name", a name of at most 64 characters', ""
     if name in RESERVED_NAMES:
         return f'the name "{name}" is reserved for the environment fallback', ""
     raw_provider = entry.get("provider")

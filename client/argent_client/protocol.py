@@ -48,6 +48,8 @@ EventType: TypeAlias = Literal[
     "cooldown_end",
     "reload",
     "reload_error",
+    "paid_fallback",
+    "probe",
 ]
 
 RequestId: TypeAlias = int | str | None
@@ -125,6 +127,20 @@ class Limits(msgspec.Struct, omit_defaults=True):
     unified_5h_utilization: float | None = None
     unified_7d_utilization: float | None = None
     unified_reset: float | None = None
+    # Each subscription window on its own (DESIGN "Subscription windows and policy"):
+    # anthropic-ratelimit-unified-{5h,7d}-{status,reset,utilization} and the rest.
+    unified_5h_status: str | None = None
+    unified_5h_reset: float | None = None
+    unified_7d_status: str | None = None
+    unified_7d_reset: float | None = None
+    unified_representative_claim: str | None = None
+    unified_fallback: str | None = None
+    unified_overage_status: str | None = None
+    # x-codex-{primary,secondary}-used-percent (0-100) and -reset-at (Unix seconds).
+    codex_primary_used_percent: float | None = None
+    codex_primary_reset: float | None = None
+    codex_secondary_used_percent: float | None = None
+    codex_secondary_reset: float | None = None
 
 
 # ---------------------------------------------------------------- params
@@ -143,6 +159,8 @@ class LeaseParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     wait: float = 0.0
     detached: bool = False
     client: str | None = None
+    profile: str | None = None
+    """Pinned: this profile id or `no_profile_available`, never another."""
 
 
 class RenewParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -197,6 +215,8 @@ class LeaseResult(msgspec.Struct, omit_defaults=True):
     expires_at: float
     source: Source
     model: str | None = None
+    probe: bool = False
+    """The one early-reset probe of a cooling profile (left out when false)."""
 
     def __repr__(self) -> str:
         # A lease carries the secret; its repr must not.
@@ -233,6 +253,15 @@ class Budget(msgspec.Struct, omit_defaults=True):
     unified_status: str | None = None
 
 
+class WindowStatus(msgspec.Struct, omit_defaults=True):
+    """One subscription window of a profile (`5h`, `7d`, `primary`, `secondary`)."""
+
+    utilization: float | None = None
+    """Fraction used, 0.0-1.0 (a provider may report a little over 1)."""
+    reset: float | None = None
+    status: str | None = None
+
+
 class ProfileStatus(msgspec.Struct):
     id: str
     provider: str
@@ -256,6 +285,8 @@ class ProfileStatus(msgspec.Struct):
     `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
     until: float | None = None
     """When `reason` ends by itself, if time alone ends it."""
+    windows: dict[str, WindowStatus] = {}
+    """Subscription windows as last reported (those not yet reset)."""
 
 
 class LeaseStatus(msgspec.Struct):

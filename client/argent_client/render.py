@@ -7,6 +7,7 @@ the output is deterministic in tests. Nothing here ever sees a secret except
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.text import Text
 
-from .facts import shown_id
+from .facts import did_you_mean, shown_id
 from .profiles_file import FileProfile
 from .protocol import ClusterStatus, Event, LeaseResult, ProfileStatus, StatusResult
 
@@ -66,6 +67,7 @@ def _type_text(p: ProfileStatus) -> str:
 
 
 Cell = str | Text
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Grid:
@@ -85,7 +87,11 @@ class Grid:
         self.rows: list[list[Cell]] = []
 
     def add_row(self, *cells: Cell) -> None:
-        self.rows.append(list(cells))
+        # A control character in a label (a newline, an escape) would break the
+        # layout or the terminal: each shows as a space.
+        self.rows.append(
+            [_CONTROLS.sub(" ", c) if isinstance(c, str) else c for c in cells]
+        )
 
     def text(self) -> Text:
         """The whole table as one `Text` (styles kept, no trailing newline)."""
@@ -219,7 +225,8 @@ def status_tables(
                 for name, group in by_provider.items():
                     console.print(Text(_provider_summary(name, group, now)), soft_wrap=True)
         elif provider is not None:
-            console.print(f"no {provider} profiles (argentctl status lists every provider)")
+            console.print(Text(f"no {provider} profiles{did_you_mean(provider)} (argentctl status"
+                               " lists every provider)"), soft_wrap=True)
         elif cfg.error:
             console.print("no profiles loaded: fix the error above")
         else:
