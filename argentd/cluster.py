@@ -171,6 +171,7 @@ class Cluster:
                 self._slots_dirty.add(key)
             gate.limit = min(limits)
             ks.gate = gate
+        self.engine.set_gated(bool(self.gates))
         if self._force or self._slots_dirty:
             self._wake.set()
 

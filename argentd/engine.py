@@ -497,6 +497,11 @@ class Engine:
         """Bring the engine to `now` (the adapter's timer calls this)."""
         self._tick(now)
 
+    def set_gated(self, gated: bool) -> None:
+        """Whether some secret has a cluster gate (`KeyState.gate`), so selection
+        tells the gates when it found nothing ready."""
+        self._sel.gated = gated
+
     def key_changed(self, key: str, *, now: float) -> None:
         """Something outside the engine changed what secret `key` may take (the
         cluster's slots for it): try its waiters at `now`."""

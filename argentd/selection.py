@@ -128,6 +128,9 @@ class Selector:
         self.next_sweep = now + SWEEP_EVERY
         """When `sweep` next has work (sweeping early or late only costs memory:
         `pick` checks a session's idle time itself)."""
+        self.gated = False
+        """Some secret has a cluster gate (`KeyState.gate`): a pick that finds
+        nothing tells the gates (set by `Engine.set_gated`)."""
 
     # ------------------------------------------------------------ order
 
@@ -293,10 +296,11 @@ class Selector:
                 return best
             if probe is not None:
                 return probe
-        for pid in ids:  # nothing ready: a cluster gate may be why (it plans its slots)
-            gate = keys[slots[pid].key].gate
-            if gate is not None:
-                gate.refused(keys[slots[pid].key].active, now)
+        if self.gated:  # nothing ready: a cluster gate may be why (it plans its slots)
+            for pid in ids:
+                gate = keys[slots[pid].key].gate
+                if gate is not None:
+                    gate.refused(keys[slots[pid].key].active, now)
         return None
 
     def preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
