@@ -164,6 +164,25 @@ class Upstream(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
                 raise ValueError(f"{name} must be an http:// or https:// URL")
 
 
+class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """`[cluster]`: share the books with other hosts through Redis (off without `url`)."""
+
+    url: str | None = None
+    """`redis://…`, `rediss://…` or `unix:///…`; None (the default) turns the cluster off."""
+    name: str = "argentd"
+    """Key prefix, so several teams can share one server."""
+    host: str | None = None
+    """This host's name in the cluster (default: the hostname)."""
+    password_ref: str | None = None
+    """`env:NAME`, `file:PATH` or `cmd:COMMAND` holding the Redis password."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        if not self.name or any(c in self.name for c in " {}:\n"):
+            raise ValueError("name must be non-empty, without spaces, braces or colons")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     profiles: str | None = None
     """Path of the profiles file (overridden by --profiles / ARGENT_PROFILES)."""
@@ -180,6 +199,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     """`[policy]`: window caps, paid fallback, strategy, early-reset probes (policy.py)."""
     oauth: OAuthConfig = OAuthConfig()
     """`[oauth]` and `[oauth.PROVIDER]`: the refresher (oauth_config.py)."""
+    cluster: ClusterConfig = ClusterConfig()
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
         """The (provider, model) targets of route `name`, or None if unknown."""

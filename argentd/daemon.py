@@ -17,7 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -52,6 +52,9 @@ from .service import (
 )
 from .snapshot import KeySnapshot, ProfileSnapshot, Snapshot
 from .state import Saver, StateStore
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger("argentd")
 
@@ -226,6 +229,36 @@ class Daemon:
                                token_path=token_path())
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
+        self.cluster = self._make_cluster()
+
+    def _make_cluster(self) -> Cluster | None:
+        """The `[cluster]` task, or None without one (coredis is then never imported)."""
+        cfg = self.loaded.config.cluster
+        if cfg.url is None:
+            return None
+        from .cluster import Cluster
+        from .refs import ProfileFault, Resolver
+
+        password, error = None, None
+        if cfg.password_ref is not None:
+            folder = (self.opts.config or default_config_path()).parent
+            try:
+                password = Resolver(folder, os.environ, 10.0).resolve(cfg.password_ref,
+                                                                      ".cluster.password_ref")
+            except ProfileFault as exc:
+                error = f"[cluster] password_ref: {exc.text.replace('token_ref', 'password_ref')}"
+                log.error("cluster: %s; not connecting", error)
+
+        def saved() -> None:
+            self.saver.mark_dirty()
+            self._status_dirty.set()
+
+        cluster = Cluster(cfg, self.engine, after_change=self.server.after_change,
+                          on_change=saved, clock=self.clock.now, password=password,
+                          broken=error)
+        self.server.status_extras.append(cluster.add_status)
+        self.server.metrics_extras.append(cluster.metrics)
+        return cluster
 
     def _log_load(self, loaded: Loaded) -> None:
         logmod.register_secrets(p.secret.reveal() for p in loaded.profiles.profiles)
@@ -301,6 +334,8 @@ class Daemon:
         self._log_load(loaded)
         now = self.clock.now()
         self.engine.load(self.oauth.overlay(loaded.profiles), loaded.config, now=now)
+        if self.cluster is not None:
+            self.cluster.changed()
         n = len(loaded.profiles.profiles)
         if loaded.error:
             self.engine.emit("reload_error", now, message=loaded.error)
@@ -340,6 +375,8 @@ class Daemon:
                 await nursery.start(self.gateway.run)
                 await nursery.start(self.saver.run)
                 await nursery.start(self.oauth.run)
+                if self.cluster is not None:
+                    await nursery.start(self.cluster.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:
                     nursery.start_soon(self._keep_status_current)

@@ -89,6 +89,9 @@ class Engine:
         self._paid = Switches()
         self.events_wanted = True
         """The adapter clears this while nobody listens: events then cost nothing."""
+        self.on_book_change: Callable[[str], None] | None = None
+        """Told the secret key whose shared books (cooldowns, streaks, flags, budget)
+        a call may have changed; the cluster sets it to publish them."""
         self.load(profiles or ProfileSet(), config, now=now)
 
     # ------------------------------------------------------------ queries
@@ -318,6 +321,7 @@ class Engine:
         if ks is not None:
             if ks.released(lease.grant, usage, now, success=success):
                 self._outbox.changed = True  # the success reset persisted counts
+                self._book(lease.key)
             if lease.probe and success:
                 self._reports.probe_succeeded(lease.key, now)
             if limits is not None:
@@ -344,6 +348,11 @@ class Engine:
         """Secret `key`'s books changed: save them, try its waiters."""
         self._outbox.changed = True
         self._mark_key(key)
+        self._book(key)
+
+    def _book(self, key: str) -> None:
+        if self.on_book_change is not None:
+            self.on_book_change(key)
 
     def _mark_key(self, key: str) -> None:
         """Something about secret `key` changed: its waiters are to be tried."""
@@ -467,6 +476,7 @@ class Engine:
         cooldown.clear(self._keys[p.secret.key])
         self._outbox.changed = True
         self._mark_key(p.secret.key)
+        self._book(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -477,6 +487,7 @@ class Engine:
         self._slots[profile_id].user_disabled = disabled
         self._outbox.changed = True
         self._waiters.mark(p.provider)
+        self._book(p.secret.key)
         self._serve_waiters(now)
         return self.state_of(profile_id, now)
 
@@ -485,6 +496,18 @@ class Engine:
     def advance(self, now: float) -> None:
         """Bring the engine to `now` (the adapter's timer calls this)."""
         self._tick(now)
+
+    def set_gated(self, gated: bool) -> None:
+        """Whether some secret has a cluster gate (`KeyState.gate`), so selection
+        tells the gates when it found nothing ready."""
+        self._sel.gated = gated
+
+    def key_changed(self, key: str, *, now: float) -> None:
+        """Something outside the engine changed what secret `key` may take (the
+        cluster's slots for it): try its waiters at `now`."""
+        self._tick(now)
+        self._mark_key(key)
+        self._serve_waiters(now)
 
     def _tick(self, now: float) -> None:
         self._now = now

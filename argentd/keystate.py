@@ -10,7 +10,7 @@ be leased is read by `readiness.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from argent_client.protocol import Usage
 
@@ -22,6 +22,26 @@ _NO_BUDGET: Final = Budget()
 
 PROBE_AFTER: Final = 3
 """Failures in a row after which a profile leaving its cooldown is probed first."""
+
+
+class Gate(Protocol):
+    """A limit on a secret's leases kept outside the engine (the cluster's slots).
+
+    `open` is read by `readiness` (pure); `granted` and `refused` tell the
+    gate's owner what selection did, so it can plan its slots.
+    """
+
+    def open(self, active: int, now: float) -> bool:
+        """Whether one more lease may go out while `active` are out on this secret."""
+        ...
+
+    def granted(self, active: int, now: float) -> None:
+        """A lease is being granted; `active` were out before it."""
+        ...
+
+    def refused(self, active: int, now: float) -> None:
+        """A lease was asked for and nothing was ready (perhaps because of this gate)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -54,6 +74,8 @@ class KeyState:
     probing: bool = False
     """Out of a cooldown after PROBE_AFTER failures in a row: one lease at a time
     until a success."""
+    gate: Gate | None = None
+    """Set by the cluster for a secret with `max_concurrent`: the slots this host holds."""
 
     def cooling(self, now: float, model: str | None = None) -> float | None:
         """The end of the cooldown that blocks `model` at `now`, or None."""

@@ -20,7 +20,7 @@ time alone ends it:
 | `expired` | the profile's `expires` has passed | — |
 | `model` | `models` does not list the requested model | — |
 | `cooldown` | a cooldown (profile-wide, or for one model) | its end, or the next probe |
-| `busy` | `max_concurrent` leases out | — (its first lease's end) |
+| `busy` | `max_concurrent` leases out (here, or the cluster's slots) | — (its first lease's end) |
 | `probing` | a probe lease is out (one at a time) | — (that lease's end) |
 | `budget` | the predicted rate budget is spent | the refill |
 | `window` | a subscription window at the policy's `window_cap` | the latest such window's reset |
@@ -110,6 +110,8 @@ def readiness(
         return PROBING if ks.active else PROBE
     if p.max_concurrent is not None and slot.active >= p.max_concurrent:
         return BUSY
+    if ks.gate is not None and not ks.gate.open(ks.active, now):
+        return BUSY  # the cluster's slots for this secret are all taken (cluster_slots.py)
     if ks.probing and ks.active:
         return PROBING
     budget = ks.budget

@@ -128,6 +128,9 @@ class Selector:
         self.next_sweep = now + SWEEP_EVERY
         """When `sweep` next has work (sweeping early or late only costs memory:
         `pick` checks a session's idle time itself)."""
+        self.gated = False
+        """Some secret has a cluster gate (`KeyState.gate`): a pick that finds
+        nothing tells the gates (set by `Engine.set_gated`)."""
 
     # ------------------------------------------------------------ order
 
@@ -293,6 +296,11 @@ class Selector:
                 return best
             if probe is not None:
                 return probe
+        if self.gated:  # nothing ready: a cluster gate may be why (it plans its slots)
+            for pid in ids:
+                gate = keys[slots[pid].key].gate
+                if gate is not None:
+                    gate.refused(keys[slots[pid].key].active, now)
         return None
 
     def preference(self, slot: Slot, now: float) -> tuple[bool, float, int]:
@@ -305,6 +313,9 @@ class Selector:
         """`slot` was just leased: it goes last in its tier, and `session` sticks to it."""
         pid = slot.profile.id
         slot.seq = next(self._seq)
+        ks = self.keys[slot.key]
+        if ks.gate is not None:
+            ks.gate.granted(ks.active, now)
         tier = self._tier_of.get(pid)
         if tier is not None and tier.lru:
             del tier.ids[pid]

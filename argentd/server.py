@@ -116,6 +116,10 @@ class Server:
         self._lat_counts = [0] * len(LATENCY_BUCKETS)
         self._lat_sum = 0.0
         self._lat_n = 0
+        self.status_extras: list[Callable[[P.StatusResult], None]] = []
+        """Adapters (the cluster) that add their part to each `status` result."""
+        self.metrics_extras: list[Callable[[], str]] = []
+        """Adapters that add their lines to `metrics`."""
         self._want_events()
 
     # ------------------------------------------------------------ lifecycle
@@ -389,6 +393,8 @@ class Server:
                 result = status(engine, self._config_status(), now=now)
                 if self._gateway_status is not None:
                     result.gateway = self._gateway_status()
+                for add in self.status_extras:
+                    add(result)
                 return result
             case "reset", P.ProfileParams() as p:
                 return P.ProfileStateResult(engine.reset(p.profile, now=now))
@@ -508,7 +514,7 @@ class Server:
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
         if self._extra_metrics is not None:
             text += self._extra_metrics()
-        return P.MetricsResult(text)
+        return P.MetricsResult(text + "".join(extra() for extra in self.metrics_extras))
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:
         try:

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from .redis_server import redis_server  # noqa: F401 - the cluster tests' real Redis
+
 SECRETS: list[str] = []
 
 

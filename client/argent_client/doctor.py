@@ -401,6 +401,10 @@ def run_doctor(
     checks.append(check_config(config, about_config))
     if status is not None:
         daemon_checks.insert(2, _daemon_config_check(status, rest))
+        if status.cluster is not None:
+            from .doctor_cluster import check_cluster
+
+            daemon_checks.append(check_cluster(status.cluster))
     return checks + daemon_checks
 
 

@@ -322,12 +322,30 @@ class GatewayStatus(msgspec.Struct):
     error: str | None = None
 
 
+class ClusterStatus(msgspec.Struct):
+    """`status.cluster`: the daemon's link to the other hosts (never a password)."""
+
+    name: str
+    host: str
+    connected: bool
+    hosts: list[str]
+    """Hosts with a recent heartbeat, this one included (empty while disconnected)."""
+    error: str | None = None
+    url: str | None = None
+    latency: float | None = None
+    """Seconds of the last heartbeat's round trip."""
+    skew: float | None = None
+    """Redis' TIME minus this host's clock, in seconds."""
+
+
 class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
     gateway: GatewayStatus | None = None
+    cluster: ClusterStatus | None = None
+    """Left out without `[cluster]`."""
 
 
 class ProfileStateResult(msgspec.Struct):

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from .facts import did_you_mean, shown_id
 from .profiles_file import FileProfile
-from .protocol import Event, LeaseResult, ProfileStatus, StatusResult
+from .protocol import ClusterStatus, Event, LeaseResult, ProfileStatus, StatusResult
 
 _STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red",
                 "expired": "red"}
@@ -261,6 +261,17 @@ def status_tables(
     gateway = status_line(status)
     if gateway:
         console.print(Text(gateway), soft_wrap=True)
+    if status.cluster is not None:
+        console.print(cluster_line(status.cluster), soft_wrap=True)
+
+
+def cluster_line(c: ClusterStatus) -> Text:
+    """`Cluster argentd as laptop: 3 hosts (build-1, ci-2, laptop)` or why it is alone."""
+    if c.connected:
+        others = ", ".join(c.hosts) or c.host
+        return Text(f"Cluster {c.name} as {c.host}: {len(c.hosts)} host(s) ({others})")
+    return Text(f"Cluster {c.name} as {c.host}: not connected, serving alone"
+                f" ({c.error or 'no reason given'})", style="yellow")
 
 
 def daemon_profiles_table(profiles: Sequence[ProfileStatus], now: float) -> Grid:
