@@ -123,6 +123,7 @@ class Books:
         """One of `slot`'s leases ended: a removed slot goes with its last lease."""
         slot.active -= 1
         if slot.removed and slot.active == 0:
+            self._keep_flag(slot, now)  # a disable set after the removal comes back too
             del self.slots[slot.profile.id]
             self.forget_unused(now)
 
