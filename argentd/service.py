@@ -257,19 +257,20 @@ def _check_folder(folder: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "socket folder is not a directory", str(folder))
     mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_ISVTX | 0o022):
+        # A shared folder (sticky like /tmp, or one others may write in): another
+        # uid could bind the path while argentd is down, so clients refuse such
+        # a socket; say so now rather than from every client. Never chmod it:
+        # run as root with --socket /tmp/x.sock, that would close /tmp to all.
+        raise UnsafeSocketFolder(
+            f"socket folder {folder} is shared with other users (mode {mode:04o}): "
+            f"while argentd is down another user could bind the path, and clients "
+            f"refuse it; {_where_to_put_it(folder)}")
     if st.st_uid == os.geteuid():
         if mode & 0o077:
             log.warning("socket folder %s had mode %03o; setting it to 700", folder, mode)
             os.chmod(folder, 0o700)
         return
-    if st.st_uid == 0 and mode & stat.S_ISVTX:
-        # Clients refuse a socket in a shared folder (another uid could bind the
-        # path while argentd is down and hand out tokens of its own), so say so
-        # now rather than from every client.
-        raise UnsafeSocketFolder(
-            f"socket folder {folder} is shared with other users (sticky, owned by "
-            f"root): while argentd is down another user could bind the path and "
-            f"clients would refuse it; {_where_to_put_it(folder)}")
     raise UnsafeSocketFolder(
         f"socket folder {folder} belongs to uid {st.st_uid}, not to you (uid "
         f"{os.geteuid()}); {_where_to_put_it(folder)}"

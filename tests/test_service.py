@@ -87,18 +87,17 @@ def test_bind_refuses_folder_of_another_user(short_dir: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a root-owned sticky folder")
-def test_bind_refuses_shared_sticky_folder(
-    short_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # /tmp-like: root's, 1777, and we are not root. Clients refuse a socket
-    # there, so the daemon does too, before it binds anything.
+@pytest.mark.parametrize("folder_mode", [0o1777, 0o1700, 0o777, 0o775])
+def test_bind_refuses_shared_folder_and_leaves_its_mode(short_dir: Path, folder_mode: int) -> None:
+    # /tmp-like (sticky) or writable by others, even when it is our own: clients
+    # refuse a socket there, so the daemon does too, and never chmods it (as
+    # root, `--socket /tmp/x.sock` once made /tmp 0700).
     folder = short_dir / "shared"
     folder.mkdir()
-    os.chmod(folder, 0o1777)
-    os.chown(folder, 0, 0)
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(UnsafeSocketFolder, match=r"is shared with other users \(sticky"):
+    os.chmod(folder, folder_mode)
+    with pytest.raises(UnsafeSocketFolder, match=r"is shared with other users \(mode "):
         bind_unix_socket(folder / "argentd.sock")
+    assert stat.S_IMODE(os.stat(folder).st_mode) == folder_mode
     assert list(folder.iterdir()) == []
 
 
