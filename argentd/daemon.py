@@ -119,14 +119,20 @@ def load_all(opts: Options, last: Loaded | None) -> Loaded:
 
 
 def _first_path(flag: Path | None, env: str, configured: str | None, default: Path) -> Path:
-    """The one precedence: the flag, else the environment, else argentd.toml, else default."""
+    """The one precedence: the flag, else the environment, else argentd.toml, else default.
+
+    Always absolute (against the daemon's working folder at start), so that
+    `status.config` names a file a client in another folder can find.
+    """
     if flag is not None:
-        return flag
-    if os.environ.get(env):
-        return Path(os.environ[env]).expanduser()
-    if configured:
-        return Path(configured).expanduser()
-    return default
+        path = flag.expanduser()
+    elif os.environ.get(env):
+        path = Path(os.environ[env]).expanduser()
+    elif configured:
+        path = Path(configured).expanduser()
+    else:
+        path = default
+    return path.absolute()
 
 
 def profiles_path(opts: Options, config: Config) -> Path:

@@ -486,3 +486,19 @@ def test_daemon_json_needs_check() -> None:
     out = subprocess.run([sys.executable, "-m", "argentd.main", "--json"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--json goes with --check" in out.stderr
+
+
+def test_daemon_paths_are_absolute_whatever_the_working_folder(
+    monkeypatch: Any, tmp_path: Path
+) -> None:
+    # `argentd --profiles auth.json` from one folder, argentctl from another:
+    # status.config must name a file the client can find.
+    from argentd.config import DEFAULT_CONFIG
+    from argentd.daemon import Options, profiles_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARGENT_PROFILES", raising=False)
+    got = profiles_path(Options(profiles=Path("auth.json")), DEFAULT_CONFIG)
+    assert got == tmp_path / "auth.json" and got.is_absolute()
+    monkeypatch.setenv("ARGENT_PROFILES", "sub/auth.json")
+    assert profiles_path(Options(), DEFAULT_CONFIG) == tmp_path / "sub" / "auth.json"
