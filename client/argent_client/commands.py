@@ -212,7 +212,8 @@ def cmd_report(args: argparse.Namespace, out: Out) -> int:
         out.print_json(result)
         return ExitCode.OK
     who = args.profile or f"lease {args.lease_id}"
-    text = f"reported {args.kind} for {who}: profile is {result.profile_state}"
+    state = "cooling down" if result.profile_state == "cooldown" else result.profile_state
+    text = f"reported {args.kind} for {who}: profile is {state}"
     if result.cooldown_until is not None:
         left = duration(result.cooldown_until - time.time())
         text += f" until {clock(result.cooldown_until)} ({left})"
