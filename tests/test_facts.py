@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:
     names = _imports(ROOT / "client" / "argent_client" / "facts.py")
-    stdlib = {"__future__", "collections.abc", "difflib", "hashlib", "json", "re", "typing"}
+    stdlib = {"__future__", "collections.abc", "difflib", "hashlib", "json", "os", "re", "stat",
+              "typing"}
     assert names <= stdlib, names
 
 
@@ -156,3 +158,36 @@ def test_utf8_error() -> None:
         "not UTF-8 text at line 2 column 11 (byte 12): save the file as UTF-8"
     )
     assert facts.utf8_error(b"{}") is None
+
+
+def test_read_bounded(tmp_path: Path) -> None:
+    from argent_client.facts import ReadFault, read_bounded
+
+    assert read_bounded(tmp_path / "missing", 10) is None
+    ok = tmp_path / "ok"
+    ok.write_bytes(b"0123456789")
+    assert read_bounded(ok, 10) == b"0123456789"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(ok, 9)
+    assert (info.value.stage, info.value.error) == ("size", None)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ReadFault) as info:
+        read_bounded(fifo, 10)  # at once: no writer is waited for
+    assert info.value.stage == "type"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(tmp_path, 10)  # a folder opens, then is not a regular file
+    assert info.value.stage == "type"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(ok / "below", 10)
+    assert info.value.stage == "open" and isinstance(info.value.error, NotADirectoryError)
+
+    seen: list[int] = []
+
+    def check(st: os.stat_result) -> None:
+        seen.append(st.st_size)
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        read_bounded(ok, 10, check=check)
+    assert seen == [10]
