@@ -484,6 +484,33 @@ def test_cli_no_profile_message_after_wait(daemon: Daemon) -> None:
         r" after waiting 0.2s; one may be ready in 4m5\ds\n", r.stderr), r.stderr
 
 
+def test_cli_no_profile_that_time_will_not_free_says_what_will(daemon: Daemon) -> None:
+    # Nothing to wait for: the refusal says what frees the profile instead.
+    run_json(daemon, "disable", "openai:main")
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert r.stderr == (
+        "argentctl: error: no_profile_available: no profile of provider 'openai' is ready\n"
+        "fix: openai:main disabled: `argentctl enable openai:main`\n"
+    ), r.stderr
+
+
+def test_stuck_fix_names_each_state_once() -> None:
+    from argent_client.cli import _stuck_fix
+
+    profiles = [{"id": f"openai:k{i}", "state": "invalid"} for i in range(5)]
+    profiles.append({"id": "openai:e", "state": "expired"})
+    profiles.append({"id": "openai:b", "state": "busy"})
+    assert _stuck_fix(profiles) == (
+        "openai:k0, openai:k1, openai:k2 and 2 more invalid (the provider refused its secret):"
+        " replace it with `argentctl profiles add --replace`, or `argentctl reset openai:k0` if"
+        " it was a false alarm; openai:e expired: replace its secret with `argentctl profiles"
+        " add --replace`"
+    )
+    assert _stuck_fix([{"id": "openai:b", "state": "busy"}]) is None
+    assert _stuck_fix(None) is None
+
+
 def test_cli_lease_help_says_the_lease_outlives_the_command(daemon_factory: Any) -> None:
     r = run(daemon_factory(), "lease", "--help")
     text = " ".join(r.stdout.split())

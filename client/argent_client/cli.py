@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from . import __version__
 from .commands import (
@@ -421,7 +421,32 @@ def _argent_error(
         fix = START_FIX
     elif exc.code == "unknown_provider" and provider:
         fix = _env_fix(provider)
+    elif exc.code == "no_profile_available" and not isinstance(retry, int | float):
+        fix = _stuck_fix(exc.data.get("profiles"))
     return _fail(out, message, code, error_code=exc.code, fix=fix, data=exc.data or None)
+
+
+_STUCK_FIXES: Final = {
+    "disabled": "disabled: `argentctl enable {id}`",
+    "invalid": "invalid (the provider refused its secret): replace it with `argentctl profiles"
+               " add --replace`, or `argentctl reset {id}` if it was a false alarm",
+    "expired": "expired: replace its secret with `argentctl profiles add --replace`",
+}
+
+
+def _stuck_fix(profiles: object) -> str | None:
+    """For a refusal with no time to wait: what frees the profiles that no time frees."""
+    by_state: dict[str, list[str]] = {}
+    for p in profiles if isinstance(profiles, list) else ():
+        if isinstance(p, dict) and isinstance(p.get("id"), str):
+            by_state.setdefault(str(p.get("state")), []).append(p["id"])
+    fixes = []
+    for state, text in _STUCK_FIXES.items():
+        ids = by_state.get(state)
+        if ids:
+            more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+            fixes.append(f"{', '.join(ids[:3])}{more} {text.format(id=ids[0])}")
+    return "; ".join(fixes) or None
 
 
 def _env_fix(provider: str) -> str | None:
