@@ -496,19 +496,19 @@ def test_cli_no_profile_that_time_will_not_free_says_what_will(daemon: Daemon) -
 
 
 def test_stuck_fix_names_each_state_once() -> None:
-    from argent_client.cli import _stuck_fix
+    from argent_client.commands import stuck_fix
 
     profiles = [{"id": f"openai:k{i}", "state": "invalid"} for i in range(5)]
     profiles.append({"id": "openai:e", "state": "expired"})
     profiles.append({"id": "openai:b", "state": "busy"})
-    assert _stuck_fix(profiles) == (
+    assert stuck_fix(profiles) == (
         "openai:k0, openai:k1, openai:k2 and 2 more invalid (the provider refused its secret):"
         " replace it with `argentctl profiles add --replace`, or `argentctl reset openai:k0` if"
         " it was a false alarm; openai:e expired: replace its secret with `argentctl profiles"
         " add --replace`"
     )
-    assert _stuck_fix([{"id": "openai:b", "state": "busy"}]) is None
-    assert _stuck_fix(None) is None
+    assert stuck_fix([{"id": "openai:b", "state": "busy"}]) is None
+    assert stuck_fix(None) is None
 
 
 def test_cli_lease_help_says_the_lease_outlives_the_command(daemon_factory: Any) -> None:

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .commands import (
@@ -31,6 +31,8 @@ from .commands import (
     cmd_service,
     cmd_status,
     cmd_watch,
+    env_fix,
+    stuck_fix,
 )
 from .profile_commands import cmd_profiles_add, cmd_profiles_list, cmd_profiles_remove
 from .protocol import FAILURE_KINDS, PROTOCOL_VERSION, ArgentError
@@ -420,49 +422,10 @@ def _argent_error(
 
         fix = START_FIX
     elif exc.code == "unknown_provider" and provider:
-        fix = _env_fix(provider)
+        fix = env_fix(provider)
     elif exc.code == "no_profile_available" and not isinstance(retry, int | float):
-        fix = _stuck_fix(exc.data.get("profiles"))
+        fix = stuck_fix(exc.data.get("profiles"))
     return _fail(out, message, code, error_code=exc.code, fix=fix, data=exc.data or None)
-
-
-_STUCK_FIXES: Final = {
-    "disabled": "disabled: `argentctl enable {id}`",
-    "invalid": "invalid (the provider refused its secret): replace it with `argentctl profiles"
-               " add --replace`, or `argentctl reset {id}` if it was a false alarm",
-    "expired": "expired: replace its secret with `argentctl profiles add --replace`",
-}
-
-
-def _stuck_fix(profiles: object) -> str | None:
-    """For a refusal with no time to wait: what frees the profiles that no time frees."""
-    by_state: dict[str, list[str]] = {}
-    for p in profiles if isinstance(profiles, list) else ():
-        if isinstance(p, dict) and isinstance(p.get("id"), str):
-            by_state.setdefault(str(p.get("state")), []).append(p["id"])
-    fixes = []
-    for state, text in _STUCK_FIXES.items():
-        ids = by_state.get(state)
-        if ids:
-            more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
-            fixes.append(f"{', '.join(ids[:3])}{more} {text.format(id=ids[0])}")
-    return "; ".join(fixes) or None
-
-
-def _env_fix(provider: str) -> str | None:
-    """When the provider's key is in *this* shell's environment: why the daemon lacks it."""
-    from .facts import FALLBACK_ENV, normalise_provider
-
-    set_here = [var for var, _ in FALLBACK_ENV.get(normalise_provider(provider), ())
-                if os.environ.get(var, "").strip()]
-    if not set_here:
-        return None
-    return (
-        f"{set_here[0]} is set in your shell, but argentd reads its own environment (the one"
-        " it was started with): add a profile with `argentctl setup --provider"
-        f" {normalise_provider(provider)}`, or restart argentd from this shell (under"
-        " systemd: `systemctl --user edit argentd` and an Environment= line)"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
