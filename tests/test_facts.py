@@ -140,6 +140,11 @@ def test_shown_id(key: str, index: int, shown: str) -> None:
             "line 1 column 2: expecting property name enclosed in double quotes;"
             " likely a key without double quotes (JSON has no single quotes)",
         ),
+        (
+            '{"a": 1,\n ,"b": 2}',
+            "line 2 column 2: a doubled comma (JSON wants one between items): remove one",
+        ),
+        ("[1,,2]", "line 1 column 4: a doubled comma (JSON wants one between items): remove one"),
         ("   ", "line 1 column 4: the file is empty (an empty set of profiles is {})"),
         ('{"a": 1}', None),
         ("[" * 100_000, "line 1 column 1: nested too deeply"),

@@ -246,6 +246,8 @@ def json_syntax_error(text: str) -> str | None:
         closing = _trailing_comma(text, exc)
         if closing:
             return f"{where}: a trailing comma before {closing} (JSON allows none): remove it"
+        if text[exc.pos:exc.pos + 1] == "," and text[:exc.pos].rstrip().endswith(","):
+            return f"{where}: a doubled comma (JSON wants one between items): remove one"
         hint = next((h for prefix, h in _JSON_HINTS if msg.startswith(prefix)), None)
         tail = f"; likely {hint}" if hint else ""
         return f"{where}: {msg[:1].lower()}{msg[1:]}{tail}"
