@@ -38,11 +38,13 @@ from argent_client.facts import (
     SECRET_FIELD,
     TOKEN_RE,
     TYPE_ALIASES,
+    ReadFault,
     did_you_mean,
     fallback_sources,
     id_is_shown,
     json_syntax_error,
     normalise_provider,
+    read_bounded,
     shown_id,
     suggest_provider,
     utf8_error,
@@ -241,33 +243,25 @@ def env_profiles(
 
 def _read(path: Path, check_mode: bool) -> bytes | None:
     """The file's bytes, or None when it does not exist. Raises `ProfilesError`."""
-    try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the load.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ProfilesError(f"{path}: cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ProfilesError(f"{path}: not a regular file")
-        # Checked on the open descriptor so a chmod race cannot slip past it.
+
+    def private(st: os.stat_result) -> None:
         if check_mode and st.st_mode & 0o077:
             fix = shlex.quote(str(path.absolute()))
             raise ProfilesError(
                 f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others"
                 f" access this file of secrets; refusing it. Fix: chmod 600 {fix}"
             )
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ProfilesError(f"{path}: cannot read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise ProfilesError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    return data
+
+    try:
+        return read_bounded(path, MAX_FILE_BYTES, check=private)
+    except ReadFault as fault:
+        why = None if fault.error is None else fault.error.strerror
+        raise ProfilesError(f"{path}: " + {
+            "open": f"cannot open: {why}",
+            "type": "not a regular file",
+            "read": f"cannot read: {why}",
+            "size": f"larger than {MAX_FILE_BYTES} bytes",
+        }[fault.stage]) from None
 
 
 def _syntax_error(path: Path, data: bytes, detail: str) -> ProfilesError:

@@ -20,13 +20,12 @@ import contextlib
 import os
 import re
 import signal
-import stat
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from argent_client.facts import MAX_SECRET_BYTES, TOKEN_RE
+from argent_client.facts import MAX_SECRET_BYTES, TOKEN_RE, ReadFault, read_bounded
 
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -85,23 +84,17 @@ class Resolver:
         target = target if target.is_absolute() else self.folder / target
         what = f"token_ref file {target}"
         try:
-            # O_NONBLOCK: opening a FIFO must not wait for a writer.
-            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ProfileFault(f"{what} does not exist", at) from None
-        except OSError as exc:
-            raise ProfileFault(f"{what} cannot be read: {exc.strerror}", at) from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ProfileFault(f"{what} is not a regular file", at)
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_SECRET_BYTES + 1)
-        except OSError as exc:
-            raise ProfileFault(f"{what} cannot be read: {exc.strerror}", at) from None
-        finally:
-            os.close(fd)
-        if len(data) > MAX_SECRET_BYTES:
-            raise ProfileFault(f"{what} is larger than {MAX_SECRET_BYTES} bytes", at)
+            data = read_bounded(target, MAX_SECRET_BYTES)
+        except ReadFault as fault:
+            why = None if fault.error is None else fault.error.strerror
+            raise ProfileFault(what + {
+                "open": f" cannot be read: {why}",
+                "type": " is not a regular file",
+                "read": f" cannot be read: {why}",
+                "size": f" is larger than {MAX_SECRET_BYTES} bytes",
+            }[fault.stage], at) from None
+        if data is None:
+            raise ProfileFault(f"{what} does not exist", at)
         try:
             text = data.decode()
         except UnicodeDecodeError:

@@ -196,7 +196,7 @@ def test_cli_report_puts_profile_into_cooldown(daemon: Daemon) -> None:
     r = run(daemon, "report", lease_id, "--kind", "rate_limit", "--retry-after", "300")
     assert r.returncode == 0, r.stderr
     assert "reported rate_limit" in r.stdout
-    assert "profile is cooldown until" in r.stdout
+    assert "profile is cooling down until" in r.stdout
     states = {p["id"]: p["state"] for p in daemon.call("status")["profiles"]}
     assert states["anthropic:one"] == "cooldown"
     assert active_leases(daemon) == []
@@ -484,6 +484,33 @@ def test_cli_no_profile_message_after_wait(daemon: Daemon) -> None:
         r" after waiting 0.2s; one may be ready in 4m5\ds\n", r.stderr), r.stderr
 
 
+def test_cli_no_profile_that_time_will_not_free_says_what_will(daemon: Daemon) -> None:
+    # Nothing to wait for: the refusal says what frees the profile instead.
+    run_json(daemon, "disable", "openai:main")
+    r = run(daemon, "lease", "openai")
+    assert r.returncode == ExitCode.NO_PROFILE
+    assert r.stderr == (
+        "argentctl: error: no_profile_available: no profile of provider 'openai' is ready\n"
+        "fix: openai:main disabled: `argentctl enable openai:main`\n"
+    ), r.stderr
+
+
+def test_stuck_fix_names_each_state_once() -> None:
+    from argent_client.commands import stuck_fix
+
+    profiles = [{"id": f"openai:k{i}", "state": "invalid"} for i in range(5)]
+    profiles.append({"id": "openai:e", "state": "expired"})
+    profiles.append({"id": "openai:b", "state": "busy"})
+    assert stuck_fix(profiles) == (
+        "openai:k0, openai:k1, openai:k2 and 2 more invalid (the provider refused its secret):"
+        " replace it with `argentctl profiles add --replace`, or `argentctl reset openai:k0` if"
+        " it was a false alarm; openai:e expired: replace its secret with `argentctl profiles"
+        " add --replace`"
+    )
+    assert stuck_fix([{"id": "openai:b", "state": "busy"}]) is None
+    assert stuck_fix(None) is None
+
+
 def test_cli_lease_help_says_the_lease_outlives_the_command(daemon_factory: Any) -> None:
     r = run(daemon_factory(), "lease", "--help")
     text = " ".join(r.stdout.split())
@@ -601,6 +628,49 @@ def test_cli_setup_says_plainly_when_the_daemon_serves_another_file(
         f" change. Write to its file (--profiles {other}) or restart argentd with"
         f" --profiles {d.profiles}"
     ) in " ".join(r.stderr.split())
+
+
+def test_cli_setup_finds_a_relative_profiles_path_in_the_daemons_folder(
+    daemon_factory: Any, tmp_path: Path,
+) -> None:
+    # `argentd --profiles other/p.json` reports the path as given; argentctl,
+    # run from another folder, must write the daemon's file, not its own.
+    d: Daemon = daemon_factory()
+    other = d.root / "other" / "profiles.json"
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    other.chmod(0o600)
+    d.start("--profiles", os.path.relpath(other))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run(
+        [*ARGENTCTL, "setup", "--provider", "openrouter", "--name", "main"],
+        input=make_secret("sk-or-v1-"), capture_output=True, text=True, env=d.env,
+        cwd=elsewhere, timeout=60, check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(f") in {other}\n")
+    assert list(elsewhere.iterdir()) == []
+    wait_for(lambda: any(p["id"] == "openrouter:main" for p in d.call("status")["profiles"]))
+
+
+def test_cli_relative_profiles_path_of_an_unknown_daemon_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from argent_client import profile_commands
+    from argent_client.commands import CliError
+
+    served = Path("other/profiles.json")
+    # No socket answers, so its peer's pid is not the one given: unknown.
+    sock = tmp_path / "no.sock"
+    assert profile_commands._in_working_folder(served, os.getpid(), sock) == served
+    monkeypatch.delenv("ARGENT_PROFILES", raising=False)
+    monkeypatch.setattr(profile_commands, "_served_path", lambda _args: served)
+    args = argparse.Namespace(profiles=None, socket=str(sock))
+    with pytest.raises(CliError, match="relative to its own working folder"):
+        profile_commands._target_path(args)
 
 
 def test_cli_profiles_list_masks_an_id_that_may_be_a_secret(daemon_factory: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:
     names = _imports(ROOT / "client" / "argent_client" / "facts.py")
-    stdlib = {"__future__", "collections.abc", "difflib", "hashlib", "json", "re", "typing"}
+    stdlib = {"__future__", "collections.abc", "difflib", "hashlib", "json", "os", "re", "stat",
+              "typing"}
     assert names <= stdlib, names
 
 
@@ -138,6 +140,11 @@ def test_shown_id(key: str, index: int, shown: str) -> None:
             "line 1 column 2: expecting property name enclosed in double quotes;"
             " likely a key without double quotes (JSON has no single quotes)",
         ),
+        (
+            '{"a": 1,\n ,"b": 2}',
+            "line 2 column 2: a doubled comma (JSON wants one between items): remove one",
+        ),
+        ("[1,,2]", "line 1 column 4: a doubled comma (JSON wants one between items): remove one"),
         ("   ", "line 1 column 4: the file is empty (an empty set of profiles is {})"),
         ('{"a": 1}', None),
         ("[" * 100_000, "line 1 column 1: nested too deeply"),
@@ -170,3 +177,36 @@ def test_utf8_error() -> None:
         "not UTF-8 text at line 2 column 11 (byte 12): save the file as UTF-8"
     )
     assert facts.utf8_error(b"{}") is None
+
+
+def test_read_bounded(tmp_path: Path) -> None:
+    from argent_client.facts import ReadFault, read_bounded
+
+    assert read_bounded(tmp_path / "missing", 10) is None
+    ok = tmp_path / "ok"
+    ok.write_bytes(b"0123456789")
+    assert read_bounded(ok, 10) == b"0123456789"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(ok, 9)
+    assert (info.value.stage, info.value.error) == ("size", None)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ReadFault) as info:
+        read_bounded(fifo, 10)  # at once: no writer is waited for
+    assert info.value.stage == "type"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(tmp_path, 10)  # a folder opens, then is not a regular file
+    assert info.value.stage == "type"
+    with pytest.raises(ReadFault) as info:
+        read_bounded(ok / "below", 10)
+    assert info.value.stage == "open" and isinstance(info.value.error, NotADirectoryError)
+
+    seen: list[int] = []
+
+    def check(st: os.stat_result) -> None:
+        seen.append(st.st_size)
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        read_bounded(ok, 10, check=check)
+    assert seen == [10]

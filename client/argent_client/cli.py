@@ -31,6 +31,8 @@ from .commands import (
     cmd_service,
     cmd_status,
     cmd_watch,
+    env_fix,
+    stuck_fix,
 )
 from .profile_commands import cmd_profiles_add, cmd_profiles_list, cmd_profiles_remove
 from .protocol import FAILURE_KINDS, PROTOCOL_VERSION, ArgentError
@@ -420,24 +422,10 @@ def _argent_error(
 
         fix = START_FIX
     elif exc.code == "unknown_provider" and provider:
-        fix = _env_fix(provider)
+        fix = env_fix(provider)
+    elif exc.code == "no_profile_available" and not isinstance(retry, int | float):
+        fix = stuck_fix(exc.data.get("profiles"))
     return _fail(out, message, code, error_code=exc.code, fix=fix, data=exc.data or None)
-
-
-def _env_fix(provider: str) -> str | None:
-    """When the provider's key is in *this* shell's environment: why the daemon lacks it."""
-    from .facts import FALLBACK_ENV, normalise_provider
-
-    set_here = [var for var, _ in FALLBACK_ENV.get(normalise_provider(provider), ())
-                if os.environ.get(var, "").strip()]
-    if not set_here:
-        return None
-    return (
-        f"{set_here[0]} is set in your shell, but argentd reads its own environment (the one"
-        " it was started with): add a profile with `argentctl setup --provider"
-        f" {normalise_provider(provider)}`, or restart argentd from this shell (under"
-        " systemd: `systemctl --user edit argentd` and an Environment= line)"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from rich.console import Console
@@ -66,6 +66,48 @@ class CliError(Exception):
         self.code = code
         self.fix = fix
 
+
+
+# ---------------------------------------------------------------- advice
+
+
+_STUCK_FIXES: Final = {
+    "disabled": "disabled: `argentctl enable {id}`",
+    "invalid": "invalid (the provider refused its secret): replace it with `argentctl profiles"
+               " add --replace`, or `argentctl reset {id}` if it was a false alarm",
+    "expired": "expired: replace its secret with `argentctl profiles add --replace`",
+}
+
+
+def stuck_fix(profiles: object) -> str | None:
+    """For a refusal with no time to wait: what frees the profiles that no time frees."""
+    by_state: dict[str, list[str]] = {}
+    for p in profiles if isinstance(profiles, list) else ():
+        if isinstance(p, dict) and isinstance(p.get("id"), str):
+            by_state.setdefault(str(p.get("state")), []).append(p["id"])
+    fixes = []
+    for state, text in _STUCK_FIXES.items():
+        ids = by_state.get(state)
+        if ids:
+            more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+            fixes.append(f"{', '.join(ids[:3])}{more} {text.format(id=ids[0])}")
+    return "; ".join(fixes) or None
+
+
+def env_fix(provider: str) -> str | None:
+    """When the provider's key is in *this* shell's environment: why the daemon lacks it."""
+    from .facts import FALLBACK_ENV, normalise_provider
+
+    set_here = [var for var, _ in FALLBACK_ENV.get(normalise_provider(provider), ())
+                if os.environ.get(var, "").strip()]
+    if not set_here:
+        return None
+    return (
+        f"{set_here[0]} is set in your shell, but argentd reads its own environment (the one"
+        " it was started with): add a profile with `argentctl setup --provider"
+        f" {normalise_provider(provider)}`, or restart argentd from this shell (under"
+        " systemd: `systemctl --user edit argentd` and an Environment= line)"
+    )
 
 
 # ---------------------------------------------------------------- output
@@ -212,7 +254,8 @@ def cmd_report(args: argparse.Namespace, out: Out) -> int:
         out.print_json(result)
         return ExitCode.OK
     who = args.profile or f"lease {args.lease_id}"
-    text = f"reported {args.kind} for {who}: profile is {result.profile_state}"
+    state = "cooling down" if result.profile_state == "cooldown" else result.profile_state
+    text = f"reported {args.kind} for {who}: profile is {state}"
     if result.cooldown_until is not None:
         left = duration(result.cooldown_until - time.time())
         text += f" until {clock(result.cooldown_until)} ({left})"

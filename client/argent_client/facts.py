@@ -4,17 +4,20 @@ Provider names and aliases, profile types and where each type keeps its
 secret in the versioned store, the names kept for the environment fallback
 and the variables it reads, what a token may contain, how an id read from a
 file may be shown, how a secret is fingerprinted, the headers a provider
-expects, the size limits of the profiles file, and how a JSON syntax error is
-described. The daemon imports this module (and `protocol`); it loads nothing
-but the standard library, so `import argentd.engine` stays light.
+expects, the size limits of the profiles file, how a file of secrets is read
+(`read_bounded`), and how a JSON syntax error is described. The daemon
+imports this module (and `protocol`); it loads nothing but the standard
+library, so `import argentd.engine` stays light.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -243,6 +246,8 @@ def json_syntax_error(text: str) -> str | None:
         closing = _trailing_comma(text, exc)
         if closing:
             return f"{where}: a trailing comma before {closing} (JSON allows none): remove it"
+        if text[exc.pos:exc.pos + 1] == "," and text[:exc.pos].rstrip().endswith(","):
+            return f"{where}: a doubled comma (JSON wants one between items): remove one"
         hint = next((h for prefix, h in _JSON_HINTS if msg.startswith(prefix)), None)
         tail = f"; likely {hint}" if hint else ""
         return f"{where}: {msg[:1].lower()}{msg[1:]}{tail}"
@@ -263,3 +268,53 @@ def utf8_error(data: bytes) -> str | None:
             " save the file as UTF-8"
         )
     return None
+
+
+# ------------------------------------------------------------ reading a file
+
+
+class ReadFault(Exception):
+    """Why `read_bounded` could not read a file.
+
+    `stage` is "open" or "read" (with the `OSError` as `error`), "type" (not
+    a regular file) or "size" (over the limit); each reader words it its way.
+    """
+
+    def __init__(self, stage: str, error: OSError | None = None) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+
+
+def read_bounded(
+    path: str | os.PathLike[str], limit: int,
+    check: Callable[[os.stat_result], None] | None = None,
+) -> bytes | None:
+    """A regular file's bytes, at most `limit` of them; None when it does not exist.
+
+    Opened non-blocking, so a FIFO planted at the path cannot hang the reader,
+    and refused unless it is a regular file. `check` sees the open
+    descriptor's `fstat` (a chmod race cannot slip past it) and may raise.
+    Raises `ReadFault`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReadFault("open", exc) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReadFault("type")
+        if check is not None:
+            check(st)
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ReadFault("read", exc) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ReadFault("size")
+    return data

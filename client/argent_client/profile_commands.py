@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
 
 import msgspec
 
-from .commands import ExitCode, Out, _call, _profiles_path, _socket_path
+from .commands import CliError, ExitCode, Out, _call, _profiles_path, _socket_path
 from .protocol import ArgentError
 
 
@@ -71,18 +73,47 @@ def _read_secret_stdin() -> str:
 
 
 def _served_path(args: argparse.Namespace) -> Path | None:
-    """The profiles file the running daemon serves, or None when it does not answer."""
+    """The profiles file the running daemon serves, or None when it does not answer.
+
+    A daemon started with a relative `--profiles` reports the path as given:
+    it is taken from the daemon's working folder, never from ours.
+    """
     from .client import Client
 
     try:
         client = Client(_socket_path(args), timeout=5.0, client_name="argentctl profiles",
                         fallback_env=False)
         try:
-            return Path(client.status().config.profiles_path)
+            served = Path(client.status().config.profiles_path)
+            if served.is_absolute():
+                return served
+            pid = client.hello().pid
         finally:
             client.close()
     except ArgentError:
         return None
+    return _in_working_folder(served, pid, _socket_path(args))
+
+
+def _in_working_folder(served: Path, pid: int, socket_path: Path) -> Path:
+    """`served` taken from the working folder of the daemon, when that can be known.
+
+    Linux only, and only when the kernel's SO_PEERCRED pid of the socket is the
+    pid the daemon gave (`hello`): a pid from another pid namespace, or a socket
+    systemd listens on, stays unknown. Unknown: `served`, still relative.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            sock.connect(str(socket_path))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        peer_pid = struct.unpack("3i", creds)[0]
+        if peer_pid == pid:
+            return Path(os.readlink(f"/proc/{pid}/cwd")) / served
+    except (OSError, AttributeError):
+        pass
+    return served
 
 
 def _target_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -94,6 +125,14 @@ def _target_path(args: argparse.Namespace) -> tuple[Path, Path | None]:
     served = _served_path(args)
     explicit = bool(getattr(args, "profiles", None) or os.environ.get("ARGENT_PROFILES"))
     if served is not None and not explicit:
+        if not served.is_absolute():
+            raise CliError(
+                f"the running daemon serves {served}, a path relative to its own working"
+                " folder, which argentctl cannot see",
+                ExitCode.FAILURE,
+                fix="name the file in full with --profiles PATH (and start argentd with a"
+                    " full --profiles path)",
+            )
         return served, served
     return _profiles_path(args), served
 
@@ -105,6 +144,9 @@ def _after_write(out: Out, path: Path, served: Path | None) -> None:
     if served is None:
         out.note("the daemon is not running: start it with `argentd` (or `argentctl service"
                  " install`) to use this file", style="dim")
+    elif not served.is_absolute():
+        out.note(f"warning: the running daemon serves {served}, relative to its own working"
+                 " folder: argentctl cannot tell whether it sees this change", style="bold yellow")
     elif real_path(served) == real_path(path):
         out.note("argentd reloads the file on its own; `argentctl status` shows it in a moment",
                  style="dim")

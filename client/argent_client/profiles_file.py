@@ -30,11 +30,13 @@ from .facts import (
     RESERVED_NAMES,
     SECRET_FIELD,
     TYPE_ALIASES,
+    ReadFault,
     did_you_mean,
     fingerprint,
     id_is_shown,
     json_syntax_error,
     normalise_provider,
+    read_bounded,
     shown_id,
     suggest_provider,
     token_problem,
@@ -149,6 +151,17 @@ def parse_profiles(text: str, path: Path) -> ProfilesDoc:
     return ProfilesDoc(data=data, versioned=versioned, exists=True)
 
 
+def _read_fault(fault: ReadFault) -> str:
+    error = fault.error
+    why = "" if error is None else error.strerror or str(error)
+    return {
+        "open": f"cannot open: {why}",
+        "type": "not a regular file",
+        "read": f"cannot read: {why}",
+        "size": f"larger than {MAX_FILE_BYTES} bytes",
+    }[fault.stage]
+
+
 def read_profiles(path: Path) -> ProfilesDoc:
     """Read the profiles file; a missing file is an empty flat map.
 
@@ -157,22 +170,11 @@ def read_profiles(path: Path) -> ProfilesDoc:
     Raises `ProfilesFileError` for an unreadable or unparsable file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except ReadFault as fault:
+        raise ProfilesFileError(f"{path}: {_read_fault(fault)}") from None
+    if data is None:
         return ProfilesDoc()
-    except OSError as exc:
-        raise ProfilesFileError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ProfilesFileError(f"{path}: not a regular file")
-        with open(fd, "rb", closefd=False) as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ProfilesFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise ProfilesFileError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     bad = utf8_error(data)
     if bad:
         raise ProfilesFileError(f"{path}: {bad}")
