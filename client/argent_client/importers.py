@@ -16,12 +16,9 @@ Nothing printed holds a token: only the id, a fingerprint and the expiry.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ from .oauth_sources import (
 from .profile_commands import _after_write, _target_path
 from .profiles_file import (
     ProfileExists,
+    folder_lock,
     name_problem,
     read_profiles,
     real_path,
@@ -104,17 +102,6 @@ def make_entry(fmt: str, login: SourceLogin, source: str, label: str | None) -> 
     return entry
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """The lock `profiles add|remove` take on the folder (serialises writers)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _same_file(entry: object, source: Path) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("source"), dict):
         return False
@@ -139,7 +126,7 @@ def import_login(fmt: str, source: Path | None, profiles: Path, *, name: str | N
     pid = f"{PROVIDER_OF[fmt]}:{name}"
     target = real_path(profiles)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(target.parent):
+    with folder_lock(target.parent):
         doc = read_profiles(target)
         existing = doc.profiles.get(pid)
         if existing is not None and not replace and not _same_file(existing, src):

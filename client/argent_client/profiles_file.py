@@ -312,7 +312,7 @@ def _make_private_dirs(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on `folder` so read-merge-write is atomic."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -403,7 +403,7 @@ def add_profile(
     """
     path = real_path(path)
     _make_private_dirs(path.parent)
-    with _folder_lock(path.parent):
+    with folder_lock(path.parent):
         doc = read_profiles(path)
         profiles = doc.profiles
         existed = profile_id in profiles
@@ -436,7 +436,7 @@ def remove_profile(path: Path, profile_id: str) -> None:
     path = real_path(path)
     if not path.parent.exists():
         raise ProfileNotFound(f"{profile_id} is not in {path} (no such file)")
-    with _folder_lock(path.parent):
+    with folder_lock(path.parent):
         doc = read_profiles(path)
         if profile_id not in doc.profiles:
             where = path if doc.exists else f"{path} (no such file)"
