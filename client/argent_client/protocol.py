@@ -307,11 +307,15 @@ class ConfigStatus(msgspec.Struct):
     """The state file this daemon keeps (one per socket)."""
 
 
-class StatusResult(msgspec.Struct):
+class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
+    window_cap: float | None = None
+    """`[policy] window_cap` when it is not the default 1.0 (left out on the wire then)."""
+    client_window_caps: dict[str, float] = {}
+    """`[policy.clients.NAME] window_cap` of the clients that set one."""
 
 
 class ProfileStateResult(msgspec.Struct):
