@@ -1,4 +1,4 @@
-"""argentctl's human output: rich tables, durations, one-line events.
+"""argentctl's human output: padded tables, window bars, durations, one-line events.
 
 Every function takes `now` (Unix seconds) instead of reading the clock, so
 the output is deterministic in tests. Nothing here ever sees a secret except
