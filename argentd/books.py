@@ -78,24 +78,33 @@ class Books:
         (its old state is kept, orphaned, should it come back); removed
         profiles stay, marked `removed`, while their leases finish.
         """
-        slots = self.slots
-        new_ids = set()
-        for p in profiles:
-            if p.id in new_ids:
+        slots, keys = self.slots, self.keys
+        new_ids: set[str] = set()
+        loaded: set[str] = set()
+        for p in profiles:  # written for 10,000 profiles: locals, no helper calls
+            pid, key = p.id, p.secret.key
+            if pid in new_ids:
                 continue
-            new_ids.add(p.id)
-            self.ensure(p.secret.key).orphaned_at = None
-            slot = slots.get(p.id)
+            new_ids.add(pid)
+            loaded.add(key)
+            ks = keys.get(key)
+            if ks is None:
+                keys[key] = KeyState()
+            elif ks.orphaned_at is not None:
+                ks.orphaned_at = None
+            slot = slots.get(pid)
             if slot is None:
-                slot = slots[p.id] = Slot(p)
-            elif slot.key != p.secret.key:
-                self._keep_flag(slot, now)
-                slot.user_disabled = None
-            slot.profile = p
-            slot.removed = False
-            kept = self.flags.pop((p.id, slot.key), None)
-            if kept is not None and slot.user_disabled is None:
-                slot.user_disabled = kept.user_disabled
+                slot = slots[pid] = Slot(p)
+            else:
+                if slot.profile.secret.key != key:
+                    self._keep_flag(slot, now)
+                    slot.user_disabled = None
+                slot.profile = p
+                slot.removed = False
+            if self.flags:
+                kept = self.flags.pop((pid, key), None)
+                if kept is not None and slot.user_disabled is None:
+                    slot.user_disabled = kept.user_disabled
         for pid in [pid for pid in slots if pid not in new_ids]:
             slot = slots[pid]
             self._keep_flag(slot, now)
@@ -103,7 +112,7 @@ class Books:
                 slot.removed = True
             else:
                 del slots[pid]
-        self.forget_unused(now)
+        self.forget_unused(now, loaded)
 
     def _keep_flag(self, slot: Slot, now: float) -> None:
         if slot.user_disabled is not None:
@@ -124,10 +133,14 @@ class Books:
             ks = self.keys[key] = KeyState()
         return ks
 
-    def forget_unused(self, now: float) -> None:
-        """Orphan the state of secrets no loaded profile holds; drop orphans (and
-        kept flags) older than ORPHAN_KEEP or beyond the MAX_ORPHANS newest."""
-        loaded = {s.key for s in self.slots.values() if not s.removed}
+    def forget_unused(self, now: float, loaded: set[str] | None = None) -> None:
+        """Orphan the state of secrets no loaded profile holds (`loaded`, when the
+        caller knows); drop orphans (and kept flags) older than ORPHAN_KEEP or
+        beyond the MAX_ORPHANS newest."""
+        if loaded is None:
+            loaded = {s.key for s in self.slots.values() if not s.removed}
+        if len(loaded) == len(self.keys) and not self.flags:
+            return  # every secret known is loaded: nothing is orphaned
         orphans = []
         for key, ks in self.keys.items():
             if key in loaded:

@@ -189,6 +189,8 @@ class Budget:
     @property
     def demoted(self) -> bool:
         """A subscription window nearly used up: lease its siblings first."""
+        if not self.windows:
+            return False
         return any(w.utilization is not None and w.utilization >= DEMOTE_UTILIZATION
                    for w in self.windows.values())
 

@@ -15,6 +15,7 @@ import msgspec.toml
 from argent_client.protocol import FAILURE_KINDS, FailureKind
 
 from .model import normalise_provider
+from .oauth_config import OAuthConfig, split_provider_tables
 from .policy import PolicyConfig
 
 HOUR: Final = 3600.0
@@ -99,6 +100,70 @@ class LeaseConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_
             raise ValueError("affinity_idle must be > 0")
 
 
+MIB: Final = 1024 * 1024
+
+
+class GatewayTimeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Seconds the gateway waits on each side before giving up."""
+
+    connect: float = 10.0
+    """To open a connection upstream."""
+    read: float = 600.0
+    """Between two reads from upstream (a long answer streams; a hang stops here)."""
+    write: float = 60.0
+    """To hand one chunk to a client that does not read (then the request ends)."""
+    header: float = 30.0
+    """For a client to send a whole request head, and to send its body."""
+    idle: float = 120.0
+    """A kept-alive client connection with no request is closed after this long."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """`[gateway]`: the local HTTP server that rotates inside the request path."""
+
+    listen: str = "127.0.0.1:8411"
+    """HOST:PORT to listen on; "" turns the gateway off; port 0 takes a free port."""
+    attempts: int = 4
+    """Upstream tries per request, in all (rotations included)."""
+    wait: float = 30.0
+    """Seconds a request waits for a ready profile before the 429 answer."""
+    max_body: int = 32 * MIB
+    """A request body larger than this is refused with 413."""
+    max_connections: int = 4096
+    """Client connections served at once; more wait to be accepted."""
+    upstream_connections: int = 1024
+    """Upstream connections open at once (the pool); more requests wait for one."""
+    timeouts: GatewayTimeouts = GatewayTimeouts()
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        if self.wait < 0:
+            raise ValueError("wait must be >= 0")
+        if self.max_body < 1 or self.max_connections < 1 or self.upstream_connections < 1:
+            raise ValueError("max_body, max_connections and upstream_connections must be >= 1")
+
+
+class Upstream(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """`[upstream.PROVIDER]`: the base URL a tool would use for each dialect."""
+
+    anthropic: str | None = None
+    """Base URL of the provider's Anthropic Messages API (the SDK appends /v1/messages)."""
+    openai: str | None = None
+    """Base URL of its OpenAI-style API (the SDK appends /chat/completions)."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name} must be an http:// or https:// URL")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     profiles: str | None = None
     """Path of the profiles file (overridden by --profiles / ARGENT_PROFILES)."""
@@ -108,8 +173,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     lease: LeaseConfig = LeaseConfig()
     routes: dict[str, list[str]] = {}
     """Route name -> ordered `provider/model` targets."""
+    gateway: GatewayConfig = GatewayConfig()
+    upstream: dict[str, Upstream] = {}
+    """Provider -> its upstream base URLs (added to the gateway's built-in table)."""
     policy: PolicyConfig = PolicyConfig()
     """`[policy]`: window caps, paid fallback, strategy, early-reset probes (policy.py)."""
+    oauth: OAuthConfig = OAuthConfig()
+    """`[oauth]` and `[oauth.PROVIDER]`: the refresher (oauth_config.py)."""
 
     def route_targets(self, name: str) -> list[tuple[str, str | None]] | None:
         """The (provider, model) targets of route `name`, or None if unknown."""
@@ -164,7 +234,7 @@ def parse_config(data: bytes, path: Path | str = "argentd.toml") -> Config:
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        config = msgspec.convert(_with_default_backoffs(raw), Config)
+        config = msgspec.convert(split_provider_tables(_with_default_backoffs(raw)), Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for name, targets in config.routes.items():

@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from argent_client import protocol as P
+from argent_client.gateway import token_path
 from argent_client.paths import (
     default_config_path,
     home_profiles_path,
@@ -33,8 +34,11 @@ from argent_client.paths import (
 from . import log as logmod
 from .clock import Clock
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from .credentials import CredentialsStore
 from .engine import Engine
+from .gateway import Gateway
 from .model import ProfileSet
+from .oauth import Refresher
 from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
 from .reload import watch_files
 from .server import Server
@@ -180,9 +184,18 @@ class Daemon:
         self._log_load(self.loaded)
         now = self.clock.now()
         self.loaded_at: float | None = now
-        self.engine = Engine(self.loaded.profiles, self.loaded.config, now=now)
         self.store = StateStore(state_path(opts, self.loaded.config))
         self.store.prepare()
+        self.oauth = Refresher(
+            lambda: self.engine,
+            # Beside state.json; one per user: daemons of one user share its lock.
+            CredentialsStore(self.store.path.parent / "credentials.json"),
+            lambda: self.loaded.config.oauth,
+            lambda: self.server.after_change(),
+            clock=self.clock.now,
+        )
+        self.engine = Engine(self.oauth.overlay(self.loaded.profiles), self.loaded.config,
+                             now=now)
         raw = self.store.load()
         if raw is not None:
             snapshot, problems = decode_state(raw)
@@ -203,7 +216,14 @@ class Daemon:
             on_change=self._changed,
             clock=self.clock,
             peer_uid=peer_uid,
+            gateway_status=lambda: self.gateway.status(),
+            extra_metrics=lambda: self.gateway.metrics(),
         )
+        # Its listen address is read once, at start; the rest of [gateway] follows reloads.
+        # $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).
+        listen = os.environ.get("ARGENT_GATEWAY_LISTEN", self.loaded.config.gateway.listen)
+        self.gateway = Gateway(self.server, listen=listen,
+                               token_path=token_path())
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
 
@@ -223,12 +243,13 @@ class Daemon:
         return P.ConfigStatus(
             profiles_path=str(profiles_path(self.opts, self.loaded.config)),
             loaded_at=self.loaded_at,
-            error=self.loaded.error,
+            error="\n".join(e for e in (self.loaded.error, self.oauth.error) if e) or None,
             config_path=str(self.opts.config or default_config_path()),
             state_path=str(self.store.path),
         )
 
     def _changed(self) -> None:
+        self.oauth.notice_changes()
         self.saver.mark_dirty()
         self._status_dirty.set()
 
@@ -279,7 +300,7 @@ class Daemon:
         self.loaded = loaded
         self._log_load(loaded)
         now = self.clock.now()
-        self.engine.load(loaded.profiles, loaded.config, now=now)
+        self.engine.load(self.oauth.overlay(loaded.profiles), loaded.config, now=now)
         n = len(loaded.profiles.profiles)
         if loaded.error:
             self.engine.emit("reload_error", now, message=loaded.error)
@@ -316,7 +337,9 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
+                await nursery.start(self.gateway.run)
                 await nursery.start(self.saver.run)
+                await nursery.start(self.oauth.run)
                 nursery.start_soon(self._save_usage_now_and_then)
                 if self.notifier.enabled:
                     nursery.start_soon(self._keep_status_current)

@@ -100,8 +100,15 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `advance` would change something."""
-        times = (self._reports.next(), self._leases.next_expiry(), self._waiters.next_time())
-        return min((t for t in times if t is not None), default=None)
+        best = self._reports.next()
+        at = self._leases.next_expiry()
+        if at is not None and (best is None or at < best):
+            best = at
+        if self._waiters.waiting:
+            at = self._waiters.next_time()
+            if at is not None and (best is None or at < best):
+                best = at
+        return best
 
     def _pushed(self, at: float) -> None:
         if at < self._earliest:
@@ -142,7 +149,8 @@ class Engine:
 
     def state_of(self, profile_id: str, now: float) -> ProfileState:
         """`ready`, `cooldown`, `disabled` or `invalid` (profile-wide view)."""
-        return profile_state(self.readiness_of(profile_id, now))
+        return profile_state(self.readiness_of(profile_id, now),
+                             oauth=self._slots[profile_id].profile.type == "oauth")
 
     def has_waiters(self) -> bool:
         return bool(self._waiters)
@@ -180,7 +188,8 @@ class Engine:
             slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude,
                                   rules=rules, only=params.profile)
             if slot is not None:
-                return self._grant(slot, params, conn, now, route=route, target=i, model=model)
+                return self._grant(slot, params, conn, now, route=route, target=i, model=model,
+                                   notify=rules.paid_fallback == "notify")
             exclude = None  # only the failed profile's own provider excludes it
         return None
 
@@ -194,6 +203,7 @@ class Engine:
         route: str | None,
         target: int,
         model: str | None,
+        notify: bool = False,
     ) -> LeaseResult:
         p = slot.profile
         ttl = params.ttl if params.ttl is not None else self.config.lease.ttl
@@ -215,19 +225,21 @@ class Engine:
         # change that does, the adapter's periodic save, or the one at shutdown.
         self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
                    model=model, client=params.client)
-        if ks.cooling(now) is not None:  # only its early-reset probe leases a cooling key
+        until = ks.cooldown_until
+        if until is not None and until > now:  # only its early-reset probe leases a cooling key
             lease.probe = True
             cooldown.probed(ks, now, self.config.policy.recheck)
             self._outbox.changed = True
             self._emit("probe", now, profile=p.id, lease_id=lease.id, provider=p.provider)
-        self._note_paid(p, params.client, now)
+        if notify:
+            self._note_paid(p, params.client, now)
         return lease_result(lease, p)
 
     def _note_paid(self, p: Profile, client: str | None, now: float) -> None:
         """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
         provider's subscriptions to its API keys (always queued: the adapter logs it)."""
-        if (self._sel.rules(client).paid_fallback == "notify" and self._sel.subscribed(p)
-                and self._paid.switched(p.provider, client, p.type in PAID_TYPES)):
+        if self._sel.subscribed(p) and self._paid.switched(p.provider, client,
+                                                          p.type in PAID_TYPES):
             self._outbox.events.append(Event(
                 type="paid_fallback", at=now, profile=p.id, provider=p.provider,
                 client=client, message="no subscription of the provider is ready"))
@@ -322,8 +334,9 @@ class Engine:
         if ks is not None:
             ks.active -= 1
         slot = self._slots[lease.profile_id]
-        self._waiters.mark(slot.profile.provider)
-        self._mark_key(lease.key)
+        if self._waiters.waiting:
+            self._waiters.mark(slot.profile.provider)
+            self._mark_key(lease.key)
         self._books.lease_ended(slot, now)
         return slot
 
@@ -334,8 +347,8 @@ class Engine:
 
     def _mark_key(self, key: str) -> None:
         """Something about secret `key` changed: its waiters are to be tried."""
-        if self._waiters:
-            for pid in self._sel.holders.get(key, ()):
+        if self._waiters.waiting:
+            for pid in self._sel.holders(key):
                 slot = self._slots.get(pid)
                 if slot is not None:
                     self._waiters.mark(slot.profile.provider)
@@ -411,6 +424,40 @@ class Engine:
         except ArgentError:
             return None  # the route or provider vanished in a reload
 
+    # ------------------------------------------------------------ oauth
+
+    def replace_profile(self, profile: Profile, *, now: float) -> None:
+        """Swap in `profile` for the loaded profile of its id, whose books key it keeps.
+
+        An OAuth refresh: a new access token of the same login. Its books
+        (cooldowns, counts, budget), leases and place in the order stay; only
+        the verdict of `auth` failures, which were about the old token, ends.
+        Raises `UnknownProfile`, or `ValueError` when the key differs.
+        """
+        self._tick(now)
+        slot = self._slots.get(profile.id)
+        if slot is None or slot.removed:
+            raise UnknownProfile(f"no profile {profile.id!r}", profile=profile.id)
+        if slot.profile.secret.key != profile.secret.key:
+            raise ValueError("replace_profile keeps the books key; use load for a new secret")
+        old = slot.profile.secret
+        slot.profile = profile
+        ks = self._keys[profile.secret.key]
+        if old != profile.secret and (ks.invalid or "auth" in ks.streak):
+            ks.invalid = False
+            ks.streak.pop("auth", None)
+        self._touched(profile.secret.key)
+        self._serve_waiters(now)
+
+    def mark_invalid(self, profile_id: str, message: str, *, now: float) -> None:
+        """Make a profile `invalid` with `message` (its login was revoked): until its
+        secret changes or `reset`."""
+        self._tick(now)
+        ks = self.key_state(profile_id)
+        ks.invalid = True
+        ks.last_error = message
+        self._touched(self.profile(profile_id).secret.key)
+
     # ------------------------------------------------------------ admin
 
     def reset(self, profile_id: str, *, now: float) -> ProfileState:
@@ -442,12 +489,18 @@ class Engine:
     def _tick(self, now: float) -> None:
         self._now = now
         changed = False
-        for lease in self._leases.due(now):
-            self._end_lease(lease, now)
-            self._emit("expire", now, profile=lease.profile_id, lease_id=lease.id)
-            changed = True
-        changed = self._reports.due(now) or changed
-        self._waiters.woken(now)
+        # The tops are checked here, not in a call each: a tick runs on every request.
+        heap = self._leases.heap
+        if heap and heap[0][0] <= now:
+            for lease in self._leases.due(now):
+                self._end_lease(lease, now)
+                self._emit("expire", now, profile=lease.profile_id, lease_id=lease.id)
+                changed = True
+        cool = self._reports.heap
+        if cool and cool[0][0] <= now:
+            changed = self._reports.due(now) or changed
+        if self._waiters.waiting:
+            self._waiters.woken(now)
         if now >= self._sel.next_sweep:  # checked here: a call per tick was measurable
             self._sel.sweep(now)
         if changed:
@@ -456,7 +509,7 @@ class Engine:
 
     def _serve_waiters(self, now: float) -> None:
         """Serve the waiters a change may serve, then answer those past their deadline."""
-        if not self._waiters:
+        if not self._waiters.waiting:
             return
 
         def attempt(w: Waiter) -> LeaseResult | ArgentError | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from argent_client.facts import (
     PROVIDER_ALIASES,
@@ -23,6 +23,9 @@ from argent_client.facts import (
     auth_headers as provider_headers,
 )
 from argent_client.protocol import ProfileType, Source
+
+if TYPE_CHECKING:
+    from .oauth_profile import OAuthLogin
 
 __all__ = [
     "PROVIDERS",
@@ -56,10 +59,11 @@ class Secret:
 
     __slots__ = ("_value", "fingerprint", "key")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, key: str | None = None) -> None:
+        """`key` overrides the books key: an OAuth login keeps one across refreshes."""
         self._value = value
         self.fingerprint = fingerprint(value)
-        self.key = secret_key(value)
+        self.key = secret_key(value) if key is None else key
 
     def reveal(self) -> str:
         """The secret itself: only for the lease reply and the child of `exec`."""
@@ -76,7 +80,7 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return hmac.compare_digest(self._value, other._value)
+        return self.key == other.key and hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -101,6 +105,8 @@ class Profile:
     expires: float | None = None
     """Unix seconds after which the secret is no longer valid."""
     source: Source = "profile"
+    oauth: OAuthLogin | None = None
+    """An `oauth` profile's refresh token, account and source file (oauth_profile.py)."""
 
     @property
     def rank(self) -> int:
@@ -124,4 +130,8 @@ class ProfileSet:
 
 def auth_headers(profile: Profile) -> dict[str, str]:
     """The HTTP headers `profile`'s provider expects for its secret."""
-    return provider_headers(profile.provider, profile.type, profile.secret.reveal())
+    headers = provider_headers(profile.provider, profile.type, profile.secret.reveal())
+    login = profile.oauth
+    if login is not None and login.account_id and profile.provider == "openai-codex":
+        headers["chatgpt-account-id"] = login.account_id
+    return headers

@@ -50,6 +50,7 @@ from argent_client.facts import (
 )
 
 from .model import Profile, ProfileSet, Secret
+from .oauth_profile import OAuthFieldError, has_literal_access, oauth_login
 from .refs import ProfileFault as _Fault
 from .refs import Resolver, checked_token
 
@@ -405,9 +406,18 @@ class _Loader:
                     raise _Fault(f"models[{i}] is empty", f".models[{i}]")
             models = frozenset(m.strip() for m in p.models)
         expires = _expires(p.expires)
+        label = p.label.strip() if p.label and p.label.strip() else name
+        if type_ == "oauth" and (p.token_ref is None or has_literal_access(raw, is_store)):
+            try:  # access, refresh, account_id, source: see oauth_profile.py
+                secret_obj, login = oauth_login(raw, is_store)
+            except OAuthFieldError as exc:
+                raise _Fault(exc.text, exc.at) from None
+            return Profile(id=pid, provider=provider, type=type_, secret=secret_obj,
+                           label=label, priority=p.priority, max_concurrent=p.max_concurrent,
+                           disabled=p.disabled, models=models, expires=expires,
+                           source="profile", oauth=login)
         # The secret comes last: a `cmd:` reference runs only for an otherwise good profile.
         secret = self.secret(p, SECRET_FIELD[type_] if is_store else "token")
-        label = p.label.strip() if p.label and p.label.strip() else name
         return Profile(
             id=pid,
             provider=provider,

@@ -124,16 +124,22 @@ def readiness(
     return READY
 
 
-def profile_state(r: Readiness) -> Literal["ready", "cooldown", "disabled", "invalid"]:
+def profile_state(
+    r: Readiness, *, oauth: bool = False
+) -> Literal["ready", "cooldown", "disabled", "invalid", "expired"]:
     """The coarse `status` state of a profile-wide readiness (a profile open to
-    its early-reset probe is `cooldown`: it is not ready for everyone)."""
+    its early-reset probe is `cooldown`: it is not ready for everyone).
+
+    An ended OAuth access token is `expired` (the refresher may bring a new
+    one); any other ended secret is `invalid`.
+    """
     if r.probe:
         return "cooldown"
     reason = r.reason
     if reason in ("disabled", "invalid"):
         return reason  # type: ignore[return-value]
     if reason == "expired":
-        return "invalid"
+        return "expired" if oauth else "invalid"
     if reason in ("cooldown", "window"):
         return "cooldown"
     return "ready"

@@ -41,7 +41,7 @@ class Reports:
         something is due at `at`."""
         self._books, self._sel, self.config = books, sel, config
         self._emit, self._count, self._touched, self._pushed = emit, count, touched, pushed
-        self._heap: list[tuple[float, str, str]] = []
+        self.heap: list[tuple[float, str, str]] = []
         """(until, secret key, model or "") of every cooldown started."""
 
     def failure(self, p: Profile, key: str, params: ReportParams, model: str | None,
@@ -87,7 +87,7 @@ class Reports:
 
     def restored(self, entry: tuple[float, str, str]) -> None:
         """A cooldown (until, key, model or "") stands: wake when it ends."""
-        heapq.heappush(self._heap, entry)
+        heapq.heappush(self.heap, entry)
         self._pushed(entry[0])
 
     def probe_succeeded(self, key: str, now: float) -> None:
@@ -97,7 +97,7 @@ class Reports:
 
     def due(self, now: float) -> bool:
         """End the cooldowns due by `now`; returns whether one ended."""
-        heap, ended = self._heap, False
+        heap, ended = self.heap, False
         while heap and heap[0][0] <= now:
             until, key, model = heapq.heappop(heap)
             ks = self._books.keys.get(key)
@@ -107,14 +107,14 @@ class Reports:
         return ended
 
     def ended(self, key: str, model: str, now: float) -> None:
-        for pid in self._sel.holders.get(key, ()):
+        for pid in self._sel.holders(key):
             if pid in self._books.slots:
                 self._emit("cooldown_end", now, profile=pid, model=model or None)
         self._touched(key)
 
     def next(self) -> float | None:
         """The earliest cooldown end that still stands, or None."""
-        heap, keys = self._heap, self._books.keys
+        heap, keys = self.heap, self._books.keys
         while heap:
             until, key, model = heap[0]
             ks = keys.get(key)

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from argent_client.facts import FALLBACK_ENV
+from argent_client.facts import FALLBACK_ENV, suggest_provider
 from argent_client.protocol import (
     InvalidParams,
     LeaseParams,
@@ -114,7 +114,7 @@ class Selector:
         self._rules: dict[str | None, Rules] = {}
         self._subscribed: dict[str, bool] = {}
         """Provider -> whether it has a subscription profile (paid fallback applies)."""
-        self.holders: dict[str, list[str]] = {}
+        self._holders: dict[str, str | list[str]] = {}
         """Secret key -> ids of the profiles holding it (removed ones too)."""
         self.by_provider: dict[str, list[str]] = {}
         """Profile ids per provider, in selection order (removed ones left out)."""
@@ -135,12 +135,19 @@ class Selector:
         """Rebuild the tiers from the slots and the explicit `order` per provider."""
         slots = self.slots
         by: dict[str, list[str]] = {}
-        holders: dict[str, list[str]] = {}
+        # One id per secret, a list only for a shared one: 10,000 little lists
+        # would make every garbage collection walk them.
+        holders: dict[str, str | list[str]] = {}
         for pid, slot in slots.items():
-            holders.setdefault(slot.key, []).append(pid)
+            had = holders.setdefault(slot.key, pid)
+            if had is not pid:
+                if isinstance(had, str):
+                    holders[slot.key] = [had, pid]
+                else:
+                    had.append(pid)
             if not slot.removed:
                 by.setdefault(slot.profile.provider, []).append(pid)
-        self.holders = holders
+        self._holders = holders
         self._rules = {}
         self._subscribed = {
             prov: any(slots[pid].profile.type in SUBSCRIPTION_TYPES for pid in ids)
@@ -404,6 +411,13 @@ class Selector:
                 soonest = until
         return soonest
 
+    def holders(self, key: str) -> list[str]:
+        """Ids of the profiles holding secret `key` (removed ones too)."""
+        got = self._holders.get(key)
+        if got is None:
+            return []
+        return [got] if isinstance(got, str) else got
+
     def subscribed(self, p: Profile) -> bool:
         """Whether `p`'s provider has a subscription profile (paid fallback applies)."""
         return self._subscribed.get(p.provider, False)
@@ -442,13 +456,14 @@ def unknown_provider(provider: str, served: Iterable[str]) -> UnknownProvider:
     reads, the message says that it is the *daemon's* environment, which an
     `export` in the caller's shell does not reach.
     """
-    known = sorted(set(PROVIDERS) | set(served))
-    close = [] if provider in PROVIDERS else difflib.get_close_matches(
-        provider, known, n=1, cutoff=0.75)
-    if close:
-        return UnknownProvider(
-            f"no profile for provider {provider!r} (did you mean {close[0]}?)",
-            provider=provider, suggestion=close[0])
+    near = suggest_provider(provider)
+    if near is None and provider not in PROVIDERS:
+        others = sorted(set(served) - {provider})
+        close = difflib.get_close_matches(provider, others, n=1, cutoff=0.75)
+        near = close[0] if close else None
+    if near is not None:
+        return UnknownProvider(f"no profile for provider {provider!r} (did you mean {near}?)",
+                               provider=provider, suggestion=near)
     msg = f"no profile for provider {provider!r}: add one with `argentctl profiles add`"
     names = [var for var, _ in FALLBACK_ENV.get(provider, ())]
     if names:

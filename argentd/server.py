@@ -34,7 +34,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -44,14 +43,12 @@ from argent_client import protocol as P
 
 from . import __version__
 from .clock import Clock
+from .connection import GONE, Conn
 from .engine import Engine
 from .views import metrics, status
 
 log = logging.getLogger("argentd")
 
-GONE: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-"""What a read or write raises when the peer has gone (or we closed it)."""
-RECV_SIZE: Final = 65536
 EVENT_QUEUE: Final = 1024
 """A subscriber that falls this many events behind is disconnected."""
 LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
@@ -75,72 +72,6 @@ FLUSH_AT: Final = 64 * 1024
 """Replies to one read are sent once they reach this many bytes, not all at the end."""
 
 
-@dataclass(eq=False)
-class Conn:
-    """One client connection over a non-blocking stdlib socket.
-
-    Reads and writes call the socket directly and only wait (through trio's
-    `wait_readable`/`wait_writable`) when it would block: one readiness wait,
-    one recv and one send per request, where trio's socket wrappers spend a
-    failing recv and extra checkpoints on each.
-    """
-
-    id: int
-    sock: socket.socket
-    lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
-    events: trio.MemorySendChannel[bytes] | None = None
-    closed: bool = False
-    partial: int = 0
-    """Bytes of an unfinished line held for it (counted against `MAX_BUFFERED`)."""
-    waiting: int = 0
-    """Its `lease` requests parked until a profile is ready (at most `MAX_WAITING`)."""
-    reloads: int = 0
-    """Its `reload` requests in flight (at most `MAX_RELOADS`)."""
-    warned_notify: bool = False
-
-    async def recv(self) -> bytes:
-        """The next bytes from the peer (b"" at EOF)."""
-        while True:
-            if self.closed:
-                raise trio.ClosedResourceError("connection closed")
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                return self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
-
-    async def send(self, data: bytes) -> None:
-        """Write all of `data`; raises OSError if the peer is gone."""
-        if self.closed:
-            raise trio.ClosedResourceError("connection closed")
-        if not self.lock.locked():
-            try:
-                n = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            if n == len(data):
-                return
-            data = data[n:]
-        # Taking the lock before any wait keeps concurrent writers in order.
-        async with self.lock:
-            view = memoryview(data)
-            while view:
-                if self.closed:
-                    raise trio.ClosedResourceError("connection closed")
-                await trio.lowlevel.wait_writable(self.sock)
-                try:
-                    n = self.sock.send(view)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                view = view[n:]
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
-
-
 class Server:
     """Serves the protocol for `engine` on a listening socket.
 
@@ -161,6 +92,8 @@ class Server:
         clock: Clock | None = None,
         uid: int | None = None,
         peer_uid: Callable[[Any], int | None] | None = None,
+        gateway_status: Callable[[], P.GatewayStatus] | None = None,
+        extra_metrics: Callable[[], str] | None = None,
     ) -> None:
         self.engine = engine
         self._reload = reload
@@ -170,6 +103,8 @@ class Server:
         self.now = self.clock.now
         self.uid = os.getuid() if uid is None else uid
         self._peer_uid = peer_uid
+        self._gateway_status = gateway_status
+        self._extra_metrics = extra_metrics
         self._conn_ids = 0
         self._conns: dict[int, Conn] = {}
         self._subscribers: dict[int, Conn] = {}
@@ -230,6 +165,10 @@ class Server:
                     f"{k}={v}" for k, v in fields.items() if v is not None and k != "type"
                 )
                 log.debug("event %s %s", event.type, detail)
+        for event in out.events:
+            if event.type == "paid_fallback":  # `[policy] paid_fallback = "notify"`
+                log.info("paid fallback: %s leased %s (%s)", event.client or "a client",
+                         event.profile, event.message)
         for wid, result in out.served:
             slot = self._waiting.pop(wid, None)
             if slot is not None:
@@ -447,7 +386,10 @@ class Server:
                     p = msgspec.structs.replace(p, failover=False)
                 return engine.report(p, conn=conn.id, now=now)
             case "status", _:
-                return status(engine, self._config_status(), now=now)
+                result = status(engine, self._config_status(), now=now)
+                if self._gateway_status is not None:
+                    result.gateway = self._gateway_status()
+                return result
             case "reset", P.ProfileParams() as p:
                 return P.ProfileStateResult(engine.reset(p.profile, now=now))
             case "disable" | "enable", P.ProfileParams() as p:
@@ -523,6 +465,39 @@ class Server:
         else:
             await self._send_quietly(conn, P.encode_result(rid, result))
 
+    async def lease_for(self, params: P.LeaseParams, *, conn: int) -> P.LeaseResult:
+        """A lease for an adapter inside the daemon (the gateway): now, or after
+        waiting up to `params.wait` seconds, like a socket client's `lease`.
+
+        `conn` names the holder (the gateway uses negative ids, which no
+        socket connection has): `engine.disconnect(conn)` ends whatever it
+        still holds. Raises `ArgentError` (`NoProfileAvailable` when the wait
+        ran out).
+        """
+        now = self.now()
+        try:
+            try:
+                return self.engine.lease(params, conn=conn, now=now)
+            except P.NoProfileAvailable:
+                if params.wait <= 0:
+                    raise
+            wid = self.engine.wait(params, conn=conn, now=now)
+            done = trio.Event()
+            box: list[P.LeaseResult | P.ArgentError] = []
+            self._waiting[wid] = (done, box)
+        finally:
+            self.after_change()
+        try:
+            await done.wait()
+        finally:
+            if not box:  # cancelled
+                self._waiting.pop(wid, None)
+                self.engine.cancel_wait(wid)
+        result = box[0]
+        if isinstance(result, P.ArgentError):
+            raise result
+        return result
+
     def _metrics(self, now: float) -> P.MetricsResult:
         cumulative = []
         total = 0
@@ -531,6 +506,8 @@ class Server:
             cumulative.append((bound, total))
         text = metrics(self.engine, now=now, latency_buckets=cumulative,
                        latency_sum=self._lat_sum, latency_count=self._lat_n)
+        if self._extra_metrics is not None:
+            text += self._extra_metrics()
         return P.MetricsResult(text)
 
     async def _reload_task(self, conn: Conn, rid: P.RequestId, notify: bool) -> None:

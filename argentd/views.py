@@ -34,7 +34,7 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 provider=p.provider,
                 type=p.type,
                 label=p.label,
-                state=profile_state(ready),
+                state=profile_state(ready, oauth=p.type == "oauth"),
                 cooldown_until=ks.cooling(now),
                 error_count=ks.error_count,
                 active_leases=slot.active,
@@ -49,6 +49,9 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
                 removed=slot.removed,
                 reason=ready.reason,
                 until=ready.until,
+                expires_at=p.expires,
+                refreshed_at=p.oauth.refreshed_at if p.oauth else None,
+                refresh_error=p.oauth.error if p.oauth else None,
                 windows={} if ks.budget is None else ks.budget.window_view(now),
             )
         )
@@ -119,7 +122,7 @@ def metrics(
     out.append(f"argentd_cooldowns_started_total {c.get('cooldowns_started', 0)}")
     family("argentd_profiles", "gauge", "Profiles by state.")
     states = Counter(engine.state_of(p.id, now) for p in engine.profiles())
-    for state in ("ready", "cooldown", "disabled", "invalid"):
+    for state in ("ready", "cooldown", "disabled", "invalid", "expired"):
         out.append(f"argentd_profiles{_label(state=state)} {states.get(state, 0)}")
     family("argentd_profile_cooldown_seconds", "gauge", "Seconds left of a profile's cooldown.")
     for p in engine.profiles():
@@ -148,6 +151,16 @@ def metrics(
             if w.utilization is not None:
                 out.append(f"argentd_profile_window_utilization"
                            f"{_label(profile=p.id, window=name)} {w.utilization:.4f}")
+    family("argentd_oauth_refreshes_total", "counter", "OAuth refreshes, by result.")
+    for result in ("ok", "error", "invalid", "adopted"):
+        n = c.get(f"oauth_refreshes:{result}", 0)
+        out.append(f"argentd_oauth_refreshes_total{_label(result=result)} {n}")
+    family("argentd_profile_expires_seconds", "gauge",
+           "Seconds left of a profile's secret (those with an expiry: OAuth access tokens).")
+    for p in engine.profiles():
+        if p.expires is not None:
+            out.append(f"argentd_profile_expires_seconds{_label(profile=p.id)} "
+                       f"{p.expires - now:.3f}")
     family("argentd_request_duration_seconds", "histogram", "Time to answer a request.")
     for bound, count in latency_buckets:
         out.append(f'argentd_request_duration_seconds_bucket{{le="{bound:g}"}} {count}')

@@ -58,8 +58,9 @@ class WaitQueue:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._of: dict[int, Group] = {}
-        """Waiter id -> its group."""
+        self.waiting: dict[int, Group] = {}
+        """Waiter id -> its group (test it, not the queue, on a hot path: a dict's
+        truth costs no Python call)."""
         self._groups: dict[GroupKey, Group] = {}
         self._by_provider: dict[str, dict[GroupKey, Group]] = {}
         self._by_conn: dict[int | None, dict[int, None]] = {}
@@ -71,13 +72,13 @@ class WaitQueue:
         """(deadline, waiter id), lazily deleted."""
 
     def __bool__(self) -> bool:
-        return bool(self._of)
+        return bool(self.waiting)
 
     def __len__(self) -> int:
-        return len(self._of)
+        return len(self.waiting)
 
     def get(self, waiter_id: int) -> Waiter | None:
-        g = self._of.get(waiter_id)
+        g = self.waiting.get(waiter_id)
         return None if g is None else g.waiters.get(waiter_id)
 
     def of_conn(self, conn: int) -> int:
@@ -100,13 +101,13 @@ class WaitQueue:
         if not g.waiters:
             self._dirty[key] = g  # the first in line: try it
         g.waiters[w.id] = w
-        self._of[w.id] = g
+        self.waiting[w.id] = g
         self._by_conn.setdefault(conn, {})[w.id] = None
         heapq.heappush(self._deadlines, (deadline, w.id))
         return w
 
     def cancel(self, waiter_id: int) -> None:
-        g = self._of.pop(waiter_id, None)
+        g = self.waiting.pop(waiter_id, None)
         if g is None:
             return
         w = g.waiters.pop(waiter_id)
@@ -142,7 +143,7 @@ class WaitQueue:
 
     def wake(self, waiter: Waiter, at: float) -> None:
         """Try `waiter`'s group again at `at` (once per group and time)."""
-        g = self._of.get(waiter.id)
+        g = self.waiting.get(waiter.id)
         if g is not None and (g.wake_at is None or at < g.wake_at):
             g.wake_at = at
             heapq.heappush(self._wakes, (at, next(self._wake_seq), g.key))
@@ -156,7 +157,7 @@ class WaitQueue:
             if g is not None and g.wake_at == at:
                 break
             heapq.heappop(wakes)
-        while deadlines and deadlines[0][1] not in self._of:
+        while deadlines and deadlines[0][1] not in self.waiting:
             heapq.heappop(deadlines)
         times = [h[0][0] for h in (wakes, deadlines) if h]
         return min(times) if times else None

@@ -19,12 +19,18 @@ Every answer of an API key carries `anthropic-ratelimit-requests-limit`
 request) and `-reset` (RFC 3339: when the bucket is full again).
 
 A *subscription* key (an OAuth/setup token, `Authorization: Bearer`) also
-has a window quota: `window_quota` requests per `window_seconds`, windows
-counted from the last reset. Past the quota it answers 429 with
+has a window quota: `window_quota` requests per `window_seconds` (the
+"5-hour" window, time-compressed), windows counted from the last reset,
+and optionally a second, longer one: `week_quota` per `week_seconds` (the
+"weekly" window). Past either quota it answers 429 with
 `anthropic-ratelimit-unified-status: rejected` and
-`anthropic-ratelimit-unified-reset` (Unix seconds) until the window ends;
-every answer of it carries the `-unified-*` headers with the window's
-utilisation (`allowed_warning` from 80 %).
+`anthropic-ratelimit-unified-reset` (Unix seconds) until that window ends;
+every answer of it carries the `-unified-*` headers as Anthropic sends
+them: per window `-5h-`/`-7d-` `status`, `utilization` and `reset`
+(`allowed_warning` from 80 %), the combined `-status` and `-reset` (the
+spent window's, else the fuller one's), `-representative-claim`
+(`five_hour` or `seven_day`: the fuller window), `-fallback: available`
+and `-overage-status: rejected`.
 
 `Limiter` is the pure part (explicit `now`, no I/O); `serve` wraps it in a
 small asyncio HTTP/1.1 keep-alive server on 127.0.0.1, light enough not to
@@ -73,8 +79,11 @@ class KeyShape:
     burst: int
     """Bucket capacity (also `anthropic-ratelimit-requests-limit`)."""
     window_quota: int | None = None
-    """Subscription only: requests allowed per window."""
+    """Subscription only: requests allowed per window (the "5-hour" one)."""
     window_seconds: float | None = None
+    week_quota: int | None = None
+    """Subscription only, optional: requests allowed per "weekly" window."""
+    week_seconds: float | None = None
 
     @property
     def subscription(self) -> bool:
@@ -102,6 +111,11 @@ SHAPES: Final[dict[str, tuple[KeyShape, ...]]] = {
         KeyShape(20, 5),
         KeyShape(20, 5),
     ),
+    "windows": (
+        KeyShape(60, 20, window_quota=150, window_seconds=10.0, week_quota=700,
+                 week_seconds=600.0),
+        KeyShape(60, 20),
+    ),
 }
 """Provider shapes of the goodput benchmark (issue 7): three keys each.
 
@@ -109,7 +123,10 @@ SHAPES: Final[dict[str, tuple[KeyShape, ...]]] = {
 slowly (10 req/s). `slow-key`: one key at a tenth of the others' rate.
 `subscription`: the first key is a subscription allowed 50 requests per
 5 s window (10 req/s on average, half its bucket's rate), then rejected
-until the window ends.
+until the window ends. `windows` (issue 14, two keys): a subscription with
+a "5-hour" window of 150 requests per 10 s and a "weekly" one of 700 per
+600 s (so it does not reset during a run), beside one API key; the
+client-mix run of `bench/goodput_windows.py` uses it.
 """
 
 
@@ -138,6 +155,8 @@ def capacity(shape: KeyShape, seconds: float) -> float:
         length = min(shape.window_seconds, seconds - start)
         total += min(shape.window_quota, shape.burst + shape.rate * length)
         start += shape.window_seconds
+    if shape.week_quota is not None and shape.week_seconds is not None:
+        total = min(total, shape.week_quota * math.ceil(seconds / shape.week_seconds))
     return total
 
 
@@ -168,6 +187,8 @@ class KeyState:
     t: float
     window_start: float
     window_used: int = 0
+    week_start: float = 0.0
+    week_used: int = 0
     counts: Counts = field(default_factory=Counts)
 
     def refill(self, now: float) -> None:
@@ -181,6 +202,26 @@ class KeyState:
         if w is not None and now >= self.window_start + w:
             self.window_start += w * math.floor((now - self.window_start) / w)
             self.window_used = 0
+        w = self.spec.shape.week_seconds
+        if w is not None and now >= self.week_start + w:
+            self.week_start += w * math.floor((now - self.week_start) / w)
+            self.week_used = 0
+
+    def windows(self) -> list[tuple[str, int, int, float]]:
+        """(name, used, quota, end) of each subscription window, `5h` first."""
+        s = self.spec.shape
+        out = []
+        if s.window_quota is not None and s.window_seconds is not None:
+            out.append(("5h", self.window_used, s.window_quota,
+                        self.window_start + s.window_seconds))
+        if s.week_quota is not None and s.week_seconds is not None:
+            out.append(("7d", self.week_used, s.week_quota, self.week_start + s.week_seconds))
+        return out
+
+    def spent_until(self) -> float | None:
+        """When the latest spent window ends (monotonic), or None if none is spent."""
+        ends = [end for _, used, quota, end in self.windows() if used >= quota]
+        return max(ends) if ends else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +281,8 @@ class Limiter:
         self.started = now
         self.unknown_key = 0
         self._by_secret = {
-            k.key: KeyState(spec=k, tokens=float(k.shape.burst), t=now, window_start=now)
+            k.key: KeyState(spec=k, tokens=float(k.shape.burst), t=now, window_start=now,
+                            week_start=now)
             for k in self.keys
         }
 
@@ -255,11 +297,12 @@ class Limiter:
         ks.roll_window(now)
         shape = ks.spec.shape
         headers: list[tuple[str, str]] = []
-        if shape.window_quota is not None and ks.window_used >= shape.window_quota:
+        spent_until = ks.spent_until()
+        if spent_until is not None:
             ks.counts.rejected += 1
             headers += self._request_headers(ks, now, wall)
             headers += self._unified_headers(ks, now, wall)
-            wait = ks.window_start + (shape.window_seconds or 0.0) - now
+            wait = spent_until - now
             headers.append(("retry-after", str(max(1, math.ceil(wait)))))
             return Decision(429, headers, REJECTED_BODY)
         if ks.tokens < 1.0:
@@ -272,6 +315,7 @@ class Limiter:
             return Decision(429, headers, RATE_LIMIT_BODY)
         ks.tokens -= 1.0
         ks.window_used += 1
+        ks.week_used += 1
         ks.counts.ok += 1
         headers += self._request_headers(ks, now, wall)
         if shape.subscription:
@@ -288,25 +332,35 @@ class Limiter:
         ]
 
     def _unified_headers(self, ks: KeyState, now: float, wall: float) -> list[tuple[str, str]]:
-        s = ks.spec.shape
-        assert s.window_quota is not None and s.window_seconds is not None
-        used = ks.window_used
-        util = min(1.0, used / s.window_quota)
-        if used >= s.window_quota:
-            status = "rejected"
-        elif util >= WARNING_UTILIZATION:
-            status = "allowed_warning"
-        else:
-            status = "allowed"
-        reset = str(math.ceil(wall + ks.window_start + s.window_seconds - now))
-        return [
-            ("anthropic-ratelimit-unified-status", status),
-            ("anthropic-ratelimit-unified-reset", reset),
-            ("anthropic-ratelimit-unified-5h-status", status),
-            ("anthropic-ratelimit-unified-5h-utilization", f"{util:.2f}"),
-            ("anthropic-ratelimit-unified-5h-reset", reset),
-            ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+        pre = "anthropic-ratelimit-unified-"
+        headers: list[tuple[str, str]] = []
+        views = []
+        for name, used, quota, end in ks.windows():
+            util = min(1.0, used / quota)
+            if used >= quota:
+                status = "rejected"
+            elif util >= WARNING_UTILIZATION:
+                status = "allowed_warning"
+            else:
+                status = "allowed"
+            reset = math.ceil(wall + end - now)
+            views.append((name, status, util, reset))
+            headers += [(f"{pre}{name}-status", status),
+                        (f"{pre}{name}-utilization", f"{util:.2f}"),
+                        (f"{pre}{name}-reset", str(reset))]
+        rejected = [v for v in views if v[1] == "rejected"]
+        # The window that binds: the spent one that ends last, else the fuller one.
+        claim = max(rejected, key=lambda v: v[3]) if rejected else max(views, key=lambda v: v[2])
+        worst = "rejected" if rejected else (
+            "allowed_warning" if any(v[1] == "allowed_warning" for v in views) else "allowed")
+        headers += [
+            (pre + "status", worst),
+            (pre + "reset", str(claim[3])),
+            (pre + "representative-claim", "five_hour" if claim[0] == "5h" else "seven_day"),
+            (pre + "fallback", "available"),
+            (pre + "overage-status", "rejected"),
         ]
+        return headers
 
     def stats(self, now: float) -> dict[str, Any]:
         """Counts per key label since the last reset, and the seconds elapsed."""
@@ -316,6 +370,9 @@ class Limiter:
             keys[ks.spec.label] = {
                 **ks.counts.as_dict(), "rate": s.rate, "burst": s.burst,
                 "window_quota": s.window_quota, "window_seconds": s.window_seconds,
+                "week_quota": s.week_quota, "week_seconds": s.week_seconds,
+                "windows": {name: {"used": used, "quota": quota}
+                            for name, used, quota, _ in ks.windows()},
             }
         return {"elapsed": now - self.started, "unknown_key": self.unknown_key, "keys": keys}
 
@@ -469,7 +526,9 @@ def write_config(path: str, keys: list[KeySpec], *, latency: float,
     data = {"latency": latency, "reset_precision": reset_precision,
             "keys": [{"label": k.label, "key": k.key, "rate": k.shape.rate,
                       "burst": k.shape.burst, "window_quota": k.shape.window_quota,
-                      "window_seconds": k.shape.window_seconds} for k in keys]}
+                      "window_seconds": k.shape.window_seconds,
+                      "week_quota": k.shape.week_quota,
+                      "week_seconds": k.shape.week_seconds} for k in keys]}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
@@ -482,7 +541,9 @@ def read_config(path: str) -> tuple[list[KeySpec], float, ResetPrecision]:
     keys = [KeySpec(label=k["label"], key=k["key"],
                     shape=KeyShape(rate=float(k["rate"]), burst=int(k["burst"]),
                                    window_quota=k.get("window_quota"),
-                                   window_seconds=k.get("window_seconds")))
+                                   window_seconds=k.get("window_seconds"),
+                                   week_quota=k.get("week_quota"),
+                                   week_seconds=k.get("week_seconds")))
             for k in data["keys"]]
     precision = data.get("reset_precision", "ms")
     if precision not in ("s", "ms"):

@@ -3,7 +3,7 @@
 Run from the repository root with the project's Python (httpx is in the
 `test` extra):
 
-    python bench/goodput.py                      # 4 shapes x 2 modes x 30 s: ~4.5 min
+    python bench/goodput.py                      # 4 shapes x 2 modes x 30 s + mix: ~6.5 min
     python bench/goodput.py --seconds 10 --shapes steady
     python bench/goodput.py --modes argentd@ba2a109,argentd,baseline   # before/after
 
@@ -47,6 +47,14 @@ the subscription key capped per window by its quota
 found no profile, the time they spent parked in `lease`, and the CPU
 seconds of the provider, the daemon and the agents (2 cores share them).
 
+Shape `windows` (issue 14) is a different run: a background/interactive
+client mix against a subscription with a 5-hour and a weekly window, with
+`[policy.clients.background] window_cap = 0.6` (`bench/goodput_windows.py`
+says what it measures). It runs for `--mix-seconds` (50) in modes `argentd`
+(the policy), `argentd-nocap` (no policy) and each `argentd@REV` asked for;
+`baseline` has no client names and is not run for it. Its figures are in
+`mix`, its targets in `mix.MODE.targets`.
+
 Prints a table on stderr and one JSON object, last, on stdout.
 """
 
@@ -72,6 +80,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_provider as fp
+import goodput_windows as gw
 from _common import (
     REPO,
     Proc,
@@ -542,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="provider seconds per answer (0.020)")
     parser.add_argument("--reset-precision", choices=["ms", "s"], default="ms",
                         help="requests-reset headers in ms, or whole seconds rounded up (ms)")
+    parser.add_argument("--mix-seconds", type=float, default=gw.SECONDS,
+                        help=f"per mode of the `windows` client mix ({gw.SECONDS:g})")
     opts = parser.parse_args(argv)
     shapes = [s for s in opts.shapes.split(",") if s]
     modes = [m for m in opts.modes.split(",") if m]
@@ -574,6 +585,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for shape in shapes:
+            if shape == gw.SHAPE:
+                mix_modes = [m for m in modes if m != "baseline"]
+                if "argentd" in mix_modes:
+                    mix_modes.append("argentd-nocap")
+                result["mix"] = gw.run_modes(mix_modes, opts.mix_seconds, latency=opts.latency,
+                                             sources=sources)
+                continue
             provider = Provider(fp.make_keys(fp.SHAPES[shape]), latency=opts.latency,
                                 reset_precision=opts.reset_precision)
             try:
@@ -592,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
         for src in sources.values():
             shutil.rmtree(src, ignore_errors=True)
     result["targets"] = check_targets(result["results"])
-    report(result, human(result))
+    text = human(result) if result["results"] else ""
+    if "mix" in result:
+        text += "\n\nclient mix (shape windows):\n" + gw.human(result["mix"])
+    report(result, text)
     return 0
 
 

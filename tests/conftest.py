@@ -121,6 +121,7 @@ class Daemon:
             "XDG_RUNTIME_DIR": str(sock_dir),
             "XDG_CACHE_HOME": str(root / "cache"),
             "ARGENT_SOCKET": str(self.socket),
+            "ARGENT_GATEWAY_LISTEN": "127.0.0.1:0",  # never the default port 8411
             "PYTHONUNBUFFERED": "1",
         }
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -228,7 +229,8 @@ class Daemon:
         texts = [("stderr", self.stderr())]
         if self.state_dir.exists():
             for f in self.state_dir.rglob("*"):
-                if f.is_file():
+                # credentials.json is the one file argentd writes secrets to (OAuth).
+                if f.is_file() and f.name != "credentials.json":
                     texts.append((str(f), f.read_text(errors="replace")))
         for name, text in texts:
             for value in SECRETS:

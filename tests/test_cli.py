@@ -83,7 +83,7 @@ def test_cli_status_table_and_json(daemon: Daemon) -> None:
     assert_no_secret(daemon, r.stdout, r.stderr)
 
     status = run_json(daemon, "status")
-    assert set(status) == {"profiles", "leases", "config", "routes"}
+    assert set(status) == {"profiles", "leases", "config", "routes", "gateway"}
     assert {p["id"] for p in status["profiles"]} == {"anthropic:one", "anthropic:two",
                                                      "openai:main"}
     assert status["config"]["error"] is None

@@ -44,6 +44,7 @@ from argent_client.protocol import (
     LeaseResult,
     NoProfileAvailable,
     ReportParams,
+    UnknownProfile,
     UnknownProvider,
 )
 from argentd.books import ORPHAN_KEEP
@@ -170,11 +171,13 @@ class EngineMachine(RuleBasedStateMachine):
             return False
         p = e.profile(pid)
         active = sum(1 for le in e.leases() if le.profile_id == pid)
+        ks = e.key_state(pid)
         return (
             e.state_of(pid, now) == "ready"
-            and e.key_state(pid).cooling(now, model) is None
+            and ks.cooling(now, model) is None
             and p.serves(model)
             and (p.max_concurrent is None or active < p.max_concurrent)
+            and not (ks.probing and ks.active)  # one probe lease at a time
         )
 
     def targets(self, params: LeaseParams) -> list[tuple[str, str | None]]:
@@ -270,6 +273,27 @@ class EngineMachine(RuleBasedStateMachine):
     @lease_rule()
     def lease_more(self, **kw: Any) -> None:
         self.lease(**kw)
+
+    @rule(pin=st.sampled_from(IDS), model=st.sampled_from(MODELS), conn=st.integers(1, 3))
+    def lease_pinned(self, pin: str, model: str | None, conn: int) -> None:
+        """A pinned lease gets its profile or no_profile_available, never another."""
+        loaded = {p.id for p in self.e.profiles()}
+        try:
+            got = self.e.lease(LeaseParams(profile=pin, model=model), conn=conn, now=self.now)
+        except UnknownProfile as exc:
+            self.drain()
+            self.note_error(exc)
+            assert pin not in loaded
+            return
+        except NoProfileAvailable as exc:
+            self.drain()
+            self.note_error(exc)
+            assert [s["id"] for s in exc.data["profiles"]] == [pin]
+            assert not self.ready(pin, model), f"refused, but pinned {pin} is ready"
+            return
+        self.drain()
+        assert got.profile == pin, "a pinned lease got another profile"
+        self.check_grant(got, conn)
 
     @lease_rule()
     def lease(self, provider: str | None, model: str | None, session: str | None,

@@ -51,3 +51,27 @@ def test_engine_socket_policy_pins_windows_and_reasons(daemon_factory: Any) -> N
     assert err["message"] == "no profile for provider 'antropic' (did you mean anthropic?)"
     assert err["data"] == {"code": "unknown_provider", "provider": "antropic",
                            "suggestion": "anthropic"}
+
+
+def test_engine_socket_paid_fallback_notify_is_logged_once_per_switch(
+        daemon_factory: Any) -> None:
+    d = daemon_factory()
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text('[policy]\npaid_fallback = "notify"\n')
+    d.write_profiles({
+        "anthropic:max": {"provider": "anthropic", "type": "setup-token",
+                          "token": make_secret()},
+        "anthropic:key": {"provider": "anthropic", "type": "api-key",
+                          "token": make_secret("sk-ant-api03-")},
+    })
+    d.start()
+    c = d.connect()
+    c.call("report_failure", {"profile": "anthropic:max", "kind": "rate_limit"})
+    for _ in range(3):
+        got = c.call("lease", {"provider": "anthropic", "client": "agent-1"})
+        assert got["profile"] == "anthropic:key"
+        c.call("release", {"lease_id": got["lease_id"]})
+    c.call("status")  # a round trip after the last lease: its log line is written
+    lines = [ln for ln in d.stderr().splitlines() if "paid fallback" in ln]
+    assert len(lines) == 1, lines
+    assert "agent-1 leased anthropic:key" in lines[0]

@@ -39,7 +39,12 @@ def test_daemon_imports_only_protocol_facts_and_paths_of_the_client() -> None:
         for name in _imports(path):
             if name.startswith("argent_client"):
                 used.setdefault(name, set()).add(path.name)
-    allowed = {"argent_client.protocol", "argent_client.facts", "argent_client.paths"}
+    allowed = {"argent_client.protocol", "argent_client.facts", "argent_client.paths",
+               # the gateway: its token file (shared with argentctl) and the one
+               # classification of provider answers (stdlib + protocol only)
+               "argent_client.gateway", "argent_client.classify",
+               # The tools' login file formats (OAuth imports and the daemon's sync).
+               "argent_client.oauth_sources"}
     # `from argent_client import protocol as P` imports the package and a module of it.
     extra = set(used) - allowed - {"argent_client"}
     assert not extra, {name: used[name] for name in extra}
@@ -53,10 +58,19 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('argent_client'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # The package binds `classify` eagerly (stdlib + msgspec, see its __init__);
+    # `gateway` is the gateway's token file (stdlib only at import);
     # never the clients, anyio or argentctl.
-    assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers"} == {
-        "argent_client", "argent_client.facts", "argent_client.paths", "argent_client.protocol"
+    assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers",
+                                      "argent_client.gateway"} == {
+        "argent_client", "argent_client.facts", "argent_client.oauth_sources",
+        "argent_client.paths", "argent_client.protocol"
     }
+
+
+def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:
+    names = _imports(ROOT / "client" / "argent_client" / "oauth_sources.py")
+    stdlib = {"__future__", "base64", "dataclasses", "datetime", "json", "pathlib", "typing"}
+    assert names <= stdlib, names
 
 
 def test_facts_loads_nothing_but_the_standard_library() -> None:

@@ -41,7 +41,8 @@ def test_limiter_takes_token_at_arrival_until_burst_spent() -> None:
     assert b'"rate_limit_error"' in answers[5].body
     assert lim.stats(1.0)["keys"]["k0"] == {
         "requests": 6, "ok": 5, "429": 1, "rate_limited": 1, "rejected": 0,
-        "rate": 20, "burst": 5, "window_quota": None, "window_seconds": None}
+        "rate": 20, "burst": 5, "window_quota": None, "window_seconds": None,
+        "week_quota": None, "week_seconds": None, "windows": {}}
 
 
 def test_limiter_refills_at_rate() -> None:
@@ -91,6 +92,59 @@ def test_limiter_subscription_rejected_until_window_ends() -> None:
     assert lim.decide(SUB.key, now=5.0, wall=WALL + 5.0).status == 200
     counts = lim.stats(5.0)["keys"]["k1"]
     assert (counts["ok"], counts["rejected"], counts["rate_limited"]) == (4, 2, 0)
+
+
+TWO = fp.KeySpec("k2", "sk-ant-oat01-bench" + "c" * 40,
+                 fp.KeyShape(rate=100, burst=100, window_quota=4, window_seconds=10.0,
+                             week_quota=6, week_seconds=100.0))
+
+
+def test_limiter_two_windows_reported_per_request_and_week_binds() -> None:
+    lim = fp.Limiter([TWO], now=0.0)
+    first = _h(lim.decide(TWO.key, now=0.0, wall=WALL))
+    u = "anthropic-ratelimit-unified-"
+    assert (first[u + "5h-utilization"], first[u + "7d-utilization"]) == ("0.25", "0.17")
+    assert (first[u + "5h-reset"], first[u + "7d-reset"]) == (str(int(WALL) + 10),
+                                                              str(int(WALL) + 100))
+    assert first[u + "representative-claim"] == "five_hour"
+    assert (first[u + "fallback"], first[u + "overage-status"]) == ("available", "rejected")
+    for t in (0.1, 0.2, 0.3):
+        lim.decide(TWO.key, now=t, wall=WALL + t)
+    spent = lim.decide(TWO.key, now=1.0, wall=WALL + 1)  # the 5h window: 4 of 4
+    assert (spent.status, _h(spent)[u + "5h-status"], _h(spent)["retry-after"]) == (
+        429, "rejected", "9")
+    assert _h(spent)[u + "reset"] == str(int(WALL) + 10)
+    # The next "5-hour" window: two more spend the week (6), which then rejects until 100 s.
+    ok = [lim.decide(TWO.key, now=t, wall=WALL + t).status for t in (10.0, 10.1)]
+    week = lim.decide(TWO.key, now=10.2, wall=WALL + 10.2)
+    h = _h(week)
+    assert ok == [200, 200] and week.status == 429
+    assert (h[u + "status"], h[u + "5h-status"], h[u + "7d-status"]) == (
+        "rejected", "allowed", "rejected")
+    assert (h[u + "reset"], h[u + "representative-claim"]) == (str(int(WALL) + 100),
+                                                               "seven_day")
+    limits = parse_limits(h, now=WALL + 10.2)
+    assert limits is not None and limits.unified_7d_utilization == 1.0
+    assert limits.unified_5h_utilization == 0.5
+    assert lim.decide(TWO.key, now=99.9, wall=WALL + 99.9).status == 429
+    assert lim.decide(TWO.key, now=100.0, wall=WALL + 100).status == 200
+    assert lim.stats(100.0)["keys"]["k2"]["windows"] == {
+        "5h": {"used": 1, "quota": 4}, "7d": {"used": 1, "quota": 6}}
+
+
+def test_capacity_is_capped_by_the_week() -> None:
+    shape = fp.KeyShape(100, 100, window_quota=4, window_seconds=10.0, week_quota=6,
+                        week_seconds=100.0)
+    assert fp.capacity(shape, 30.0) == 6.0
+    assert fp.capacity(shape, 150.0) == 12.0
+
+
+def test_config_round_trips_both_windows(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.json")
+    fp.write_config(path, [TWO, API], latency=0.01, reset_precision="s")
+    keys, latency, precision = fp.read_config(path)
+    assert [k.shape for k in keys] == [TWO.shape, API.shape]
+    assert (latency, precision) == (0.01, "s")
 
 
 def test_limiter_unknown_key_is_401_and_counted_apart() -> None:

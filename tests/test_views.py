@@ -172,6 +172,8 @@ def test_metrics_families() -> None:
         ("argentd_profile_budget_requests", "gauge"),
         ("argentd_profile_budget_refill_seconds", "gauge"),
         ("argentd_profile_window_utilization", "gauge"),
+        ("argentd_oauth_refreshes_total", "counter"),
+        ("argentd_profile_expires_seconds", "gauge"),
         ("argentd_request_duration_seconds", "histogram"),
     ]
     lines = set(text.splitlines())

@@ -18,24 +18,23 @@ failure kind in a fixed order:
 Anything else (an ordinary 400, a ValueError in the agent's own code) is
 not a credential or provider fault and classifies as None.
 
-`parse_limits` turns `anthropic-ratelimit-*` and `x-ratelimit-*` headers
-into a `protocol.Limits`. Every value is parsed on its own: a malformed
-or missing field is simply absent, never an exception.
+`parse_limits`, `parse_duration` and `retry_after` live in `headers.py`
+(response headers into `protocol.Limits`) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 
-from .protocol import FailureKind, Limits
+from .headers import parse_duration as parse_duration
+from .headers import parse_limits as parse_limits
+from .headers import retry_after
+from .protocol import FailureKind
 
 MAX_MESSAGE: Final = 200
 """A failure message sent to the daemon is cut to this many characters."""
@@ -287,231 +286,3 @@ def scrub(text: str, *, secrets: tuple[str, ...] = ()) -> str:
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 1] + "…"
     return text
-
-
-# ------------------------------------------------------------ headers
-
-
-def _lower(headers: Mapping[str, str] | None) -> dict[str, str]:
-    if headers is None:
-        return {}
-    out: dict[str, str] = {}
-    try:
-        for key, value in headers.items():
-            if isinstance(key, bytes):
-                key = key.decode("latin-1")
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            if isinstance(key, str) and isinstance(value, str):
-                out.setdefault(key.lower(), value.strip())
-    except Exception:
-        return out
-    return out
-
-
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value.strip())
-    except ValueError:
-        return None
-    return number if number >= 0 else None
-
-
-def _float(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value.strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _timestamp(value: str | None) -> float | None:
-    """Unix seconds of an RFC 3339 timestamp, or of a plain number of Unix seconds."""
-    if value is None:
-        return None
-    number = _float(value)
-    if number is not None:
-        # Large numbers are Unix times; milliseconds when absurdly large.
-        return number / 1000.0 if number > 1e11 else number
-    try:
-        stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
-
-
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
-                        "ns": 1e-9}
-
-
-def parse_duration(value: str | None) -> float | None:
-    """Seconds of an OpenAI/Go-style duration (`1s`, `6m0s`, `20ms`, `1h2m3.5s`) or a number."""
-    if value is None:
-        return None
-    text = value.strip()
-    number = _float(text)
-    if number is not None:
-        return number
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-
-
-def _openai_reset(value: str | None, now: float) -> float | None:
-    """An `x-ratelimit-reset-*` value as Unix seconds.
-
-    OpenAI sends a duration; OpenRouter and others a Unix timestamp (seconds
-    or milliseconds). A bare number small enough to be a duration is one.
-    """
-    number = _float(value)
-    if number is not None and number > 1e9:
-        return _timestamp(value)
-    seconds = parse_duration(value)
-    return None if seconds is None else now + seconds
-
-
-def parse_limits(headers: Mapping[str, str] | None, now: float | None = None) -> Limits | None:
-    """The rate-limit budget a response's headers state, or None if they state none.
-
-    Reads `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
-    (falling back to the tighter of `-input-tokens-*`/`-output-tokens-*`),
-    the subscription `anthropic-ratelimit-unified-*` headers and
-    `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI durations
-    become `now + duration`). Lookup is case-insensitive; a malformed value
-    leaves its field unset. Never raises.
-    """
-    if now is None:
-        now = time.time()
-    try:
-        h = _lower(headers)
-        fields = _anthropic_limits(h) | _unified_limits(h) | _openai_limits(h, now)
-    except Exception:  # pragma: no cover - every parser above is already total
-        return None
-    fields = {k: v for k, v in fields.items() if v is not None}
-    return Limits(**fields) if fields else None
-
-
-def _anthropic_limits(h: dict[str, str]) -> dict[str, Any]:
-    pre = "anthropic-ratelimit-"
-    out: dict[str, Any] = {
-        "requests_limit": _int(h.get(pre + "requests-limit")),
-        "requests_remaining": _int(h.get(pre + "requests-remaining")),
-        "requests_reset": _timestamp(h.get(pre + "requests-reset")),
-    }
-    present = [fam for fam in ("tokens", "input-tokens", "output-tokens")
-               if any(f"{pre}{fam}-{part}" in h for part in ("limit", "remaining", "reset"))]
-    chosen: str | None = None
-    if "tokens" in present:
-        chosen = "tokens"
-    elif present:
-        # No combined figure: report the family with the least left.
-        def left(fam: str) -> float:
-            value = _int(h.get(f"{pre}{fam}-remaining"))
-            return math.inf if value is None else value
-
-        chosen = min(present, key=left)
-    if chosen is not None:
-        out |= {
-            "tokens_limit": _int(h.get(pre + f"{chosen}-limit")),
-            "tokens_remaining": _int(h.get(pre + f"{chosen}-remaining")),
-            "tokens_reset": _timestamp(h.get(pre + f"{chosen}-reset")),
-        }
-    return out
-
-
-def _unified_limits(h: dict[str, str]) -> dict[str, Any]:
-    pre = "anthropic-ratelimit-unified-"
-    status = h.get(pre + "status")
-    reset = _timestamp(h.get(pre + "reset"))
-    if reset is None:
-        # No overall reset: take the window that is rejecting, else the sooner one.
-        windows = [(h.get(pre + f"{w}-status"), _timestamp(h.get(pre + f"{w}-reset")))
-                   for w in ("5h", "7d")]
-        rejected = [r for s, r in windows if s == "rejected" and r is not None]
-        resets = [r for _, r in windows if r is not None]
-        reset = max(rejected) if rejected else (min(resets) if resets else None)
-    return {
-        "unified_status": status.lower() if status and status.isprintable() else None,
-        "unified_5h_utilization": _float(h.get(pre + "5h-utilization")),
-        "unified_7d_utilization": _float(h.get(pre + "7d-utilization")),
-        "unified_reset": reset,
-    }
-
-
-def _openai_limits(h: dict[str, str], now: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for what in ("requests", "tokens"):
-        out[f"{what}_limit"] = _int(h.get(f"x-ratelimit-limit-{what}"))
-        out[f"{what}_remaining"] = _int(h.get(f"x-ratelimit-remaining-{what}"))
-        out[f"{what}_reset"] = _openai_reset(h.get(f"x-ratelimit-reset-{what}"), now)
-    # OpenRouter and others: unsuffixed headers count requests.
-    if out["requests_limit"] is None:
-        out["requests_limit"] = _int(h.get("x-ratelimit-limit"))
-    if out["requests_remaining"] is None:
-        out["requests_remaining"] = _int(h.get("x-ratelimit-remaining"))
-    if out["requests_reset"] is None:
-        out["requests_reset"] = _openai_reset(h.get("x-ratelimit-reset"), now)
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def retry_after(
-    headers: Mapping[str, str] | None, *, now: float | None = None, kind: str = "rate_limit"
-) -> float | None:
-    """Seconds to wait that `headers` state, or None.
-
-    `retry-after-ms` wins over `retry-after` (seconds or an HTTP date).
-    Without either, a `rate_limit`/`quota` takes the reset of the exhausted
-    limit (`remaining` 0) — the latest one if several are spent — or else
-    the earliest future reset; a subscription whose unified status is
-    `rejected` waits for `unified_reset`. Never negative; never raises.
-    """
-    if now is None:
-        now = time.time()
-    h = _lower(headers)
-    ms = _float(h.get("retry-after-ms"))
-    if ms is not None:
-        return ms / 1000.0
-    raw = h.get("retry-after")
-    if raw is not None:
-        seconds = _float(raw)
-        if seconds is not None:
-            return seconds
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, when.timestamp() - now)
-    if kind not in ("rate_limit", "quota"):
-        return None
-    limits = parse_limits(h, now=now)
-    if limits is None:
-        return None
-    if limits.unified_status == "rejected" and limits.unified_reset is not None:
-        return max(0.0, limits.unified_reset - now)
-    pairs = [(limits.requests_remaining, limits.requests_reset),
-             (limits.tokens_remaining, limits.tokens_reset)]
-    pairs += _extra_token_pairs(h)
-    future = [(left, at) for left, at in pairs if at is not None and at > now]
-    spent = [at for left, at in future if left == 0]
-    if spent:
-        return max(spent) - now
-    if future:
-        return min(at for _, at in future) - now
-    return None
-
-
-def _extra_token_pairs(h: dict[str, str]) -> list[tuple[int | None, float | None]]:
-    pre = "anthropic-ratelimit-"
-    return [(_int(h.get(pre + f"{fam}-remaining")), _timestamp(h.get(pre + f"{fam}-reset")))
-            for fam in ("input-tokens", "output-tokens")]

@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     target(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which profile was leased (on stderr)")
+    p.add_argument("--gateway", action="store_true",
+                   help="point the command at argentd's HTTP gateway instead (base URL +"
+                        " local token): it rotates on every request (docs/gateway.md)")
     # Words given without `--` land here, so the error can say where they go.
     p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_exec, cmd=[])
@@ -332,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
              "example:\n  argentctl profiles remove anthropic:old")
     q.add_argument("profile", metavar="PROFILE")
     q.set_defaults(func=cmd_profiles_remove)
+    q = padd("import", "import a tool's OAuth login (Claude Code, Codex, Gemini CLI): "
+             "argentd then refreshes it and keeps the tool's file in step",
+             "reads ~/.claude/.credentials.json (claude-code), ~/.codex/auth.json (codex)\n"
+             "or ~/.gemini/oauth_creds.json (gemini), or PATH; the id is PROVIDER:NAME\n"
+             "(anthropic, openai-codex, google; NAME defaults to the format). Importing\n"
+             "again from the same file (after logging in again) replaces the profile.\n\n"
+             "examples:\n  argentctl profiles import claude-code\n"
+             "  argentctl profiles import codex ~/work/.codex/auth.json --name work")
+    q.add_argument("format", choices=("claude-code", "codex", "gemini"), metavar="FORMAT",
+                   help="claude-code, codex or gemini")
+    q.add_argument("path", nargs="?", metavar="PATH", help="the tool's login file")
+    q.add_argument("--name", metavar="NAME", help="the id becomes PROVIDER:NAME")
+    q.add_argument("--label", metavar="TEXT", help="a human label")
+    q.add_argument("--replace", action="store_true", help="replace an existing id")
+    q.set_defaults(func=_profiles_import)
 
     p = add("service", "install, uninstall or inspect argentd as a user service "
             "(systemd user units or a LaunchAgent)",
@@ -340,7 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("install", "uninstall", "status"))
     p.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
     p.set_defaults(func=cmd_service)
+    from .gateway_cmd import add_parser as add_gateway_parser
+
+    add_gateway_parser(add)
     return parser
+
+
+def _profiles_import(args: argparse.Namespace, out: Out) -> int:
+    from .importers import cmd_profiles_import
+
+    return cmd_profiles_import(args, out)
 
 
 # ---------------------------------------------------------------- main

@@ -307,6 +307,10 @@ def cmd_exec(args: argparse.Namespace, out: Out) -> int:
             "no command: put it after --, e.g. argentctl exec anthropic -- claude",
             ExitCode.USAGE,
         )
+    if getattr(args, "gateway", False):
+        from .gateway_cmd import exec_gateway
+
+        return exec_gateway(args, out)
     client = _client(args, name=f"argentctl exec {Path(command[0]).name}[{os.getpid()}]")
     try:
         lease = client.acquire(

@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -282,7 +283,32 @@ def probe_daemon(socket_path: Path) -> tuple[list[Check], StatusResult | None]:
     finally:
         client.close()
     checks.append(_profiles_check(status))
+    from .gateway_cmd import doctor_check
+
+    checks.append(doctor_check(status))
+    oauth = _oauth_check(status, time.time())
+    if oauth is not None:
+        checks.append(oauth)
     return checks, status
+
+
+def _oauth_check(status: StatusResult, now: float) -> Check | None:
+    """OAuth logins whose access token ends within a day with no working refresh."""
+    logins = [p for p in status.profiles if p.type == "oauth" and not p.removed]
+    if not logins:
+        return None
+    dying = [p for p in logins if p.expires_at is not None and p.expires_at - now < 86400
+             and (p.refresh_error or p.state in ("invalid", "expired"))]
+    if not dying:
+        return Check("oauth", "ok", f"{len(logins)} OAuth login(s) refreshed by argentd")
+    first = dying[0]
+    why = first.refresh_error or first.last_error or first.state
+    return Check(
+        "oauth", "warn",
+        f"{', '.join(p.id for p in dying)}: the access token ends within a day and "
+        f"cannot be refreshed ({why})",
+        "log in again with the tool, then `argentctl profiles import claude-code|codex|gemini`",
+    )
 
 
 def _daemon_config_check(status: StatusResult, lines: Sequence[str]) -> Check:

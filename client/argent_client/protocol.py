@@ -37,7 +37,7 @@ PROFILE_FAULTS: Final = frozenset({"rate_limit", "quota", "auth"})
 other kinds blame the provider: failover moves to the next route target)."""
 
 ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
-ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid"]
+ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid", "expired"]
 Source: TypeAlias = Literal["profile", "env"]
 EventType: TypeAlias = Literal[
     "lease",
@@ -48,6 +48,8 @@ EventType: TypeAlias = Literal[
     "cooldown_end",
     "reload",
     "reload_error",
+    "refresh",
+    "refresh_error",
     "paid_fallback",
     "probe",
 ]
@@ -285,6 +287,12 @@ class ProfileStatus(msgspec.Struct):
     `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
     until: float | None = None
     """When `reason` ends by itself, if time alone ends it."""
+    expires_at: float | None = None
+    """When the secret ends (an OAuth access token, a token with `expires`)."""
+    refreshed_at: float | None = None
+    """OAuth: when argentd last got a new access token for this login."""
+    refresh_error: str | None = None
+    """OAuth: why the last refresh failed (None once one works)."""
     windows: dict[str, WindowStatus] = {}
     """Subscription windows as last reported (those not yet reset)."""
 
@@ -307,11 +315,19 @@ class ConfigStatus(msgspec.Struct):
     """The state file this daemon keeps (one per socket)."""
 
 
+class GatewayStatus(msgspec.Struct):
+    """`status.gateway`: where the HTTP gateway listens (`url` None when off) and why not."""
+
+    url: str | None = None
+    error: str | None = None
+
+
 class StatusResult(msgspec.Struct, omit_defaults=True):
     profiles: list[ProfileStatus]
     leases: list[LeaseStatus]
     config: ConfigStatus
     routes: dict[str, list[str]]
+    gateway: GatewayStatus | None = None
     window_cap: float | None = None
     """`[policy] window_cap` when it is not the default 1.0 (left out on the wire then)."""
     client_window_caps: dict[str, float] = {}

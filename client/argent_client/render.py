@@ -19,7 +19,8 @@ from .facts import did_you_mean, shown_id
 from .profiles_file import FileProfile
 from .protocol import Event, LeaseResult, ProfileStatus, StatusResult, WindowStatus
 
-_STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red"}
+_STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red",
+                "expired": "red"}
 
 
 def duration(seconds: float) -> str:
@@ -262,6 +263,11 @@ def status_tables(
     console.print(Text(f"Profiles file: {cfg.profiles_path} ({loaded})"), soft_wrap=True)
     for name, targets in status.routes.items():
         console.print(Text(f"Route {name}: {' → '.join(targets)}"), soft_wrap=True)
+    from .gateway_cmd import status_line
+
+    gateway = status_line(status)
+    if gateway:
+        console.print(Text(gateway), soft_wrap=True)
 
 
 BAR_CELLS = 10

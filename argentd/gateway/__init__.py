@@ -1,0 +1,13 @@
+"""The HTTP gateway: rotation inside the request path, for tools that cannot speak the socket.
+
+`service` (lifetime, token, listener), `http` (h11 on trio), `proxy` (one
+request: lease, forward, stream back, release or report), `upstreams` (the
+URL space and the upstream table), `dialects` (provider shapes), `stats`
+(access log and metrics). See DESIGN.md, "Gateway", and docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+from .service import Gateway
+
+__all__ = ["Gateway"]

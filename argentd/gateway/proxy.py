@@ -1,0 +1,598 @@
+"""One gateway request: lease → swap credentials → forward → stream back → release/report.
+
+Theory of operation (DESIGN, Gateway, "Per request"): `Proxy.handle` checks
+the local token, plans where the request goes (`upstreams.Plan`), reads the
+body (bounded) and then loops over upstream attempts, at most
+`[gateway] attempts`:
+
+- a lease for the current target (`_acquire`: now, else waiting for any
+  target of the plan until `[gateway] wait` is spent → 429 in the dialect's
+  shape, with `retry-after`);
+- one upstream try (`_attempt`). Its outcome, decided before any byte
+  reached the client, is one of: done (the answer was streamed back and the
+  lease released or reported), a profile fault (429/401/403/402/quota body:
+  reported with failover, so the engine hands over the next profile of the
+  same provider; with none, a route moves to its next target), a provider
+  fault (529/503, a timeout, a refused or broken connection: reported; a
+  route moves to its next target at once, a provider URL answers).
+
+Every lease is held under its own negative connection id, so whatever a
+request still holds when it ends (a client gone mid-stream, a cancelled
+daemon) is ended without claiming success by `engine.disconnect(id)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import httpcore
+import msgspec
+import trio
+
+from argent_client import protocol as P
+from argent_client.classify import Failure, classify, parse_limits
+
+from ..server import Server
+from . import dialects as D
+from .http import BodyTooLarge, ClientGone, Exchange
+from .pool import ShardedPool
+from .stats import Record, Stats
+from .upstreams import Dialect, NotFound, Plan, Target, Upstreams
+
+log = logging.getLogger("argentd.gateway")
+
+LEASE_TTL: Final = 3600.0
+"""A gateway lease ends with its request; the TTL only bounds a bug."""
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+    b"accept-encoding", b"expect",
+})
+CREDENTIALS: Final = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key", b"api-key"})
+KEEP_BACK: Final = frozenset({
+    b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+    b"proxy-authenticate", b"proxy-connection",
+})
+"""Answer headers that describe the upstream hop, not the answer: not passed back."""
+
+
+class _Answer:
+    """An upstream answer as `classify` reads it (status, headers, parsed body)."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: object) -> None:
+        self.status_code = status
+        self.headers = headers
+        self._body = body
+
+    def json(self) -> object:
+        return self._body
+
+
+@dataclass
+class Buffered:
+    """A whole upstream answer kept to pass back if no other attempt succeeds."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass
+class Fault:
+    """An attempt that failed before any byte reached the client."""
+
+    kind: Literal["profile", "provider"]
+    failure: Failure
+    limits: P.Limits | None
+    answer: Buffered | None
+    """What upstream said (None: no answer at all, a timeout or broken connection)."""
+
+
+@dataclass
+class Held:
+    lease: P.LeaseResult
+    index: int
+    """Which target of the plan it is for."""
+    conn: int
+
+
+@dataclass
+class Context:
+    ex: Exchange
+    plan: Plan
+    body: bytes
+    params: P.LeaseParams
+    rec: Record
+    open: set[int] = field(default_factory=set)
+    """Connection ids that may still hold a lease or a waiter."""
+    bodies: dict[int, bytes] = field(default_factory=dict)
+    sse: bool = False
+    """Whether the answer streaming back is an event stream."""
+
+
+class Proxy:
+    """The request path of the gateway, around the daemon's one engine."""
+
+    def __init__(self, server: Server, pool: ShardedPool, stats: Stats,
+                 token_ok: Callable[[Exchange, str | None], bool]) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.pool = pool
+        self.stats = stats
+        self._token_ok = token_ok
+        self._ids: Iterator[int] = itertools.count(-1, -1)
+        self._upstreams: Upstreams | None = None
+
+    def upstreams(self) -> Upstreams:
+        config = self.engine.config
+        if self._upstreams is None or self._upstreams.config is not config:
+            self._upstreams = Upstreams(config)
+        return self._upstreams
+
+    # ------------------------------------------------------------ entry
+
+    async def handle(self, ex: Exchange) -> None:
+        """Answer one request; never raises but `ClientGone` handling ends quietly."""
+        path, _, query = ex.target.partition("?")
+        rec = Record(ex.method, path)
+        ctx: Context | None = None
+        try:
+            ctx = await self._prepare(ex, path, query, rec)
+            if ctx is not None:
+                await self._serve_while_there(ctx)
+        except ClientGone:
+            rec.note = "client gone"
+            if not rec.status:
+                rec.status = 499
+        except Exception:
+            log.exception("gateway request failed")
+            rec.status = rec.status or 500
+            if not ex.started:
+                dialect = ctx.plan.dialect if ctx else _guess_dialect(path)
+                with contextlib.suppress(ClientGone):
+                    await self._error(ex, dialect, 500, "upstream", "internal error in argentd")
+        finally:
+            if ctx is not None:
+                self._let_go(ctx)
+            self.stats.done(rec)
+
+    async def _prepare(self, ex: Exchange, path: str, query: str, rec: Record) -> Context | None:
+        query, key = _strip_key(query)
+        if not self._token_ok(ex, key):
+            rec.status = 401
+            await self._error(ex, _guess_dialect(path), 401, "auth",
+                              "missing or wrong local token: send the token of "
+                              "`argentctl gateway token` as the API key")
+            return None
+        try:
+            plan = self.upstreams().plan(path, query)
+        except NotFound as exc:
+            rec.status = 404
+            await self._error(ex, exc.dialect, 404, "not_found", str(exc))
+            return None
+        try:
+            body = await ex.body(self.engine.config.gateway.max_body)
+        except BodyTooLarge:
+            rec.status = 413
+            limit = self.engine.config.gateway.max_body
+            await self._error(ex, plan.dialect, 413, "too_large",
+                              f"request body over {limit} bytes ([gateway] max_body)")
+            return None
+        probe = D.Probe()
+        if ex.method == "POST" and D.needs_json(plan.rest):
+            try:
+                probe = D.probe(body)
+            except D.NotJson as exc:
+                rec.status = 400
+                await self._error(ex, plan.dialect, 400, "invalid", str(exc))
+                return None
+        session = (ex.header(b"x-claude-code-session-id") or probe.user_id
+                   or ex.header(b"x-argent-session"))
+        params = P.LeaseParams(
+            model=probe.model,
+            session=session[:200] if session else None,
+            ttl=LEASE_TTL,
+            client=(ex.header(b"x-argent-client") or "gateway")[:100],
+        )
+        return Context(ex, plan, body, params, rec)
+
+    # ------------------------------------------------------------ attempts
+
+    async def _serve_while_there(self, ctx: Context) -> None:
+        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up."""
+        gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal gone
+                await ctx.ex.until_gone()
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                await self._serve(ctx)
+            except ClientGone:
+                gone = True  # a write that failed or timed out (raised here, not grouped)
+            nursery.cancel_scope.cancel()
+            if not gone:
+                return  # answered: a hang-up now (the client done with us) changes nothing
+        if gone:
+            raise ClientGone("the client hung up")
+
+    async def _serve(self, ctx: Context) -> None:
+        config = self.engine.config.gateway
+        wait_until = self.server.now() + config.wait
+        plan, rec = ctx.plan, ctx.rec
+        held: Held | None = None
+        index = 0
+        last: Fault | None = None
+        while rec.attempts < config.attempts:
+            if held is None:
+                try:
+                    held = await self._acquire(ctx, index, wait_until)
+                except P.NoProfileAvailable as exc:
+                    await self._nothing_ready(ctx, exc)
+                    return
+                except (P.UnknownProvider, P.UnknownRoute) as exc:
+                    if last is not None:
+                        break
+                    rec.status = 404
+                    await self._error(ctx.ex, plan.dialect, 404, "not_found",
+                                      f"{exc.message} (add a profile: `argentctl setup`)")
+                    return
+                except P.ArgentError as exc:  # e.g. a model name the engine refuses
+                    if last is not None:
+                        break
+                    rec.status = 400
+                    await self._error(ctx.ex, plan.dialect, 400, "invalid", exc.message)
+                    return
+            rec.attempts += 1
+            rec.profile = held.lease.profile
+            target = plan.targets[held.index]
+            self.stats.count("attempts", target.provider)
+            fault = await self._attempt(ctx, target, held)
+            if fault is None:
+                return
+            last = fault
+            self.stats.count("attempts_failed", target.provider)
+            here = held.index
+            more = plan.route is not None and here + 1 < len(plan.targets)
+            if fault.kind == "profile":
+                result = self._report(ctx, held, fault, failover=True)
+                self.stats.count("rotations", target.provider)
+                held = None if result.next is None else Held(result.next, here, held.conn)
+                index = here + 1 if held is None and more else here
+                continue
+            self._report(ctx, held, fault, failover=False)
+            held = None
+            if not more:
+                break
+            index = here + 1
+            self.stats.count("rotations", target.provider)
+        assert last is not None
+        await self._pass_back(ctx, last)
+
+    async def _acquire(self, ctx: Context, start: int, wait_until: float) -> Held:
+        """A lease for the first target from `start` with a ready profile, else the
+        first one any target of the plan can give before `wait_until`.
+
+        Raises `NoProfileAvailable` (with the soonest `retry_after`) or
+        `UnknownProvider` when no target has any profile.
+        """
+        targets = ctx.plan.targets
+        now = self.server.now()
+        busy: list[tuple[int, P.NoProfileAvailable]] = []
+        unknown: P.ArgentError | None = None
+        for i in range(start, len(targets)):
+            conn = self._conn(ctx)
+            try:
+                lease = self.engine.lease(self._params(ctx, targets[i]), conn=conn, now=now)
+            except P.NoProfileAvailable as exc:
+                ctx.open.discard(conn)
+                busy.append((i, exc))
+                continue
+            except (P.UnknownProvider, P.UnknownRoute) as exc:
+                ctx.open.discard(conn)
+                unknown = unknown or exc
+                continue
+            finally:
+                self.server.after_change()
+            return Held(lease, i, conn)
+        if not busy:
+            if unknown is not None:
+                raise unknown
+            raise P.NoProfileAvailable("no profile is ready")
+        left = wait_until - now
+        if left <= 0:
+            raise _soonest(busy)
+        return await self._wait_any(ctx, [i for i, _ in busy], left, busy)
+
+    async def _wait_any(self, ctx: Context, indexes: list[int], left: float,
+                        busy: list[tuple[int, P.NoProfileAvailable]]) -> Held:
+        targets = ctx.plan.targets
+        won: list[Held] = []
+        waited: list[tuple[int, P.NoProfileAvailable]] = []
+
+        async def one(i: int, conn: int, scope: trio.CancelScope) -> None:
+            params = msgspec.structs.replace(self._params(ctx, targets[i]), wait=left)
+            try:
+                lease = await self.server.lease_for(params, conn=conn)
+            except P.NoProfileAvailable as exc:
+                waited.append((i, exc))
+                return
+            except P.ArgentError:
+                return
+            won.append(Held(lease, i, conn))
+            scope.cancel()
+
+        conns = {i: self._conn(ctx) for i in indexes}
+        async with trio.open_nursery() as nursery:
+            for i in indexes:
+                nursery.start_soon(one, i, conns[i], nursery.cancel_scope)
+        if not won:
+            raise _soonest(waited or busy)
+        winner = min(won, key=lambda h: h.index)
+        now = self.server.now()
+        for conn in conns.values():
+            if conn != winner.conn:
+                self.engine.disconnect(conn, now=now)  # a second grant, or a waiter left
+                ctx.open.discard(conn)
+        self.server.after_change()
+        return winner
+
+    def _params(self, ctx: Context, target: Target) -> P.LeaseParams:
+        return msgspec.structs.replace(ctx.params, provider=target.provider,
+                                       model=target.model or ctx.params.model)
+
+    def _conn(self, ctx: Context) -> int:
+        conn = next(self._ids)
+        ctx.open.add(conn)
+        return conn
+
+    def _body_for(self, ctx: Context, held: Held, target: Target) -> bytes:
+        if target.model is None or ctx.plan.route is None or not D.needs_json(ctx.plan.rest):
+            return ctx.body
+        body = ctx.bodies.get(held.index)
+        if body is None:
+            body = D.rewrite_model(ctx.body, target.model)
+            ctx.bodies[held.index] = body
+        return body
+
+    # ------------------------------------------------------------ one try
+
+    async def _attempt(self, ctx: Context, target: Target, held: Held) -> Fault | None:
+        """One upstream try; None when the answer went back to the client."""
+        ex = ctx.ex
+        body = self._body_for(ctx, held, target)
+        headers = _forward_headers(ex.headers, held.lease.headers)
+        t = self.engine.config.gateway.timeouts
+        timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.read}
+        started = time.perf_counter()
+        try:
+            async with self.pool.stream(ex.method, target.url, headers=headers, content=body,
+                                        extensions={"timeout": timeouts}) as resp:
+                self.stats.upstream(target.provider, time.perf_counter() - started)
+                return await self._answer(ctx, target, held, resp)
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
+                httpcore.UnsupportedProtocol) as exc:
+            if ex.started:
+                # Mid-stream: bytes went out, the answer cannot go again.
+                self._report(ctx, held, Fault("provider", Failure(
+                    kind="timeout" if isinstance(exc, httpcore.TimeoutException)
+                    else "server_error", message=f"upstream broke mid-answer: "
+                    f"{type(exc).__name__}"), None, None), failover=False)
+                ctx.rec.note = "upstream broke mid-answer"
+                await self._break_off(ctx)
+                return None
+            timeout = isinstance(exc, httpcore.TimeoutException)
+            return Fault("provider", Failure(
+                kind="timeout" if timeout else "server_error",
+                message=f"upstream {type(exc).__name__}"), None, None)
+
+    async def _answer(self, ctx: Context, target: Target, held: Held,
+                      resp: httpcore.Response) -> Fault | None:
+        ex, rec = ctx.ex, ctx.rec
+        status = resp.status
+        header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
+        now = self.server.now()
+        limits = parse_limits(header_map, now=now)
+        back = [(k, v) for k, v in resp.headers if k.lower() not in KEEP_BACK]
+        if status >= 400:
+            watch = D.BodyWatch()
+            async for chunk in resp.aiter_stream():
+                watch.feed(chunk)
+            failure = classify(_Answer(status, header_map, watch.json()), now=now)
+            answer = Buffered(status, back, watch.data())
+            if failure is not None and failure.kind in P.PROFILE_FAULTS:
+                return Fault("profile", failure, limits, answer)
+            if failure is not None and failure.kind == "overloaded":
+                return Fault("provider", failure, limits, answer)
+            rec.status = status
+            if failure is not None:  # 5xx: counted against the profile, no cooldown
+                self._report(ctx, held, Fault("provider", failure, limits, answer), failover=False)
+            else:  # a 4xx about the request itself: the credential worked
+                self._release(ctx, held, None, limits)
+            await ex.answer(status, _without_length(back), answer.body)
+            return None
+        rec.status = status
+        await ex.start(status, back)
+        ctype = header_map.get("content-type", "")
+        sse = D.SseWatch() if "text/event-stream" in ctype else None
+        ctx.sse = sse is not None
+        whole = D.BodyWatch() if sse is None and "json" in ctype else None
+        async for chunk in resp.aiter_stream():
+            if sse is not None:
+                sse.feed(chunk)
+            elif whole is not None:
+                whole.feed(chunk)
+            await ex.send(chunk)
+        await ex.end()
+        usage = sse.usage if sse is not None else D.usage_of(whole.json() if whole else None)
+        if sse is not None and sse.error is not None:
+            failure = classify(_Answer(200, header_map, {"error": sse.error}), now=now)
+            if failure is not None:
+                failure = msgspec.structs.replace(failure, status=None)  # the 200 says nothing
+                rec.note = f"stream error {failure.kind}"
+                self._report(ctx, held, Fault("provider", failure, limits, None), failover=False)
+                return None
+        self._release(ctx, held, usage, limits)
+        return None
+
+    async def _break_off(self, ctx: Context) -> None:
+        """End an answer whose upstream broke: an SSE error event, else a cut connection."""
+        ex = ctx.ex
+        try:
+            if ctx.sse:
+                await ex.send(D.sse_error_event(ctx.plan.dialect, "upstream",
+                                                "the upstream connection broke mid-stream"))
+                await ex.end()
+        except ClientGone:
+            pass
+
+    # ------------------------------------------------------------ engine calls
+
+    def _report(self, ctx: Context, held: Held, fault: Fault, *,
+                failover: bool) -> P.ReportResult:
+        f = fault.failure
+        params = P.ReportParams(
+            kind=f.kind, lease_id=held.lease.lease_id, retry_after=f.retry_after,
+            status=f.status, message=f.message, limits=fault.limits, failover=failover,
+            model=None,
+        )
+        now = self.server.now()
+        try:
+            result = self.engine.report(params, conn=held.conn, now=now)
+            if result.next is None:
+                ctx.open.discard(held.conn)
+            return result
+        except P.LeaseNotFound:
+            ctx.open.discard(held.conn)  # expired meanwhile: the profile still pays
+            params = msgspec.structs.replace(params, lease_id=None,
+                                             profile=held.lease.profile, failover=False)
+            try:
+                return self.engine.report(params, conn=held.conn, now=now)
+            except P.ArgentError:
+                return P.ReportResult(profile_state="ready")
+        finally:
+            self.server.after_change()
+
+    def _release(self, ctx: Context, held: Held, usage: P.Usage | None,
+                 limits: P.Limits | None) -> None:
+        ctx.open.discard(held.conn)
+        try:
+            self.engine.release(held.lease.lease_id, now=self.server.now(), usage=usage,
+                                limits=limits)
+        except P.LeaseNotFound:
+            pass
+        finally:
+            self.server.after_change()
+
+    def _let_go(self, ctx: Context) -> None:
+        """End without success whatever the request still holds."""
+        if not ctx.open:
+            return
+        now = self.server.now()
+        for conn in ctx.open:
+            self.engine.disconnect(conn, now=now)
+        ctx.open.clear()
+        self.server.after_change()
+
+    # ------------------------------------------------------------ answers
+
+    async def _nothing_ready(self, ctx: Context, exc: P.NoProfileAvailable) -> None:
+        retry = exc.data.get("retry_after")
+        seconds = max(1, math.ceil(retry)) if isinstance(retry, int | float) else 30
+        what = (ctx.plan.route and f"route {ctx.plan.route!r}") or f"{ctx.plan.provider}"
+        ctx.rec.status = 429
+        await self._error(ctx.ex, ctx.plan.dialect, 429, "rate_limit",
+                          f"no profile of {what} is ready (cooling down, busy or disabled); "
+                          f"one may be ready in {seconds} s",
+                          [(b"retry-after", str(seconds).encode())])
+
+    async def _pass_back(self, ctx: Context, fault: Fault) -> None:
+        """Give the client the last upstream answer (or say why there was none)."""
+        if fault.answer is not None:
+            ctx.rec.status = fault.answer.status
+            await ctx.ex.answer(fault.answer.status, _without_length(fault.answer.headers),
+                                fault.answer.body)
+            return
+        timeout = fault.failure.kind == "timeout"
+        ctx.rec.status = 504 if timeout else 502
+        await self._error(ctx.ex, ctx.plan.dialect, ctx.rec.status,
+                          "timeout" if timeout else "upstream",
+                          f"upstream did not answer ({fault.failure.message})")
+
+    async def _error(self, ex: Exchange, dialect: Dialect, status: int, kind: D.ErrorKind,
+                     message: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = D.error_body(dialect, kind, message)
+        headers = [(b"content-type", b"application/json"), *(extra or [])]
+        if status in (401, 404, 413) or status >= 500:
+            headers.append((b"x-should-retry", b"false" if status < 500 else b"true"))
+        await ex.answer(status, headers, body)
+
+
+def _soonest(busy: list[tuple[int, P.NoProfileAvailable]]) -> P.NoProfileAvailable:
+    def when(item: tuple[int, P.NoProfileAvailable]) -> float:
+        r = item[1].data.get("retry_after")
+        return float(r) if isinstance(r, int | float) else math.inf
+
+    return min(busy, key=when)[1]
+
+
+def _strip_key(query: str) -> tuple[str, str | None]:
+    """The query without `key=` (Google's API key parameter), and that key."""
+    if "key=" not in query:
+        return query, None
+    kept, key = [], None
+    for part in query.split("&"):
+        if part.startswith("key="):
+            key = part[4:]
+        else:
+            kept.append(part)
+    return "&".join(kept), key
+
+
+def _guess_dialect(path: str) -> Dialect:
+    return "anthropic" if "/v1/messages" in path or "anthropic" in path else "openai"
+
+
+def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k.lower() not in (b"content-length",
+                                                              b"content-encoding")]
+
+
+def _forward_headers(client: list[tuple[bytes, bytes]],
+                     lease: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The client's headers without hop-by-hop and credential headers, plus the lease's."""
+    named = set()
+    for key, value in client:
+        if key == b"connection":
+            named |= {v.strip().lower() for v in value.split(b",")}
+    out: list[tuple[bytes, bytes]] = []
+    beta: list[bytes] = []
+    for key, value in client:
+        if key in HOP_BY_HOP or key in CREDENTIALS or key in named or key.startswith(b"x-argent-"):
+            continue
+        if key == b"anthropic-beta":
+            beta.append(value)
+            continue
+        out.append((key, value))
+    for name, text in lease.items():
+        low = name.lower().encode()
+        if low == b"anthropic-beta":
+            beta.append(text.encode())
+        else:
+            out.append((low, text.encode()))
+    if beta:
+        parts = dict.fromkeys(p.strip() for b in beta for p in b.split(b",") if p.strip())
+        out.append((b"anthropic-beta", b",".join(parts)))
+    out.append((b"accept-encoding", b"identity"))
+    return out

@@ -1,0 +1,303 @@
+"""What the gateway adds: the anthropic SDK direct to a fake provider vs through argentd.
+
+    python bench/gateway.py [--requests 1000] [--streams 256] [--litellm]
+
+One run, one fake provider (`tests/fake_upstream.py` in its own process,
+every key answering at once), one argentd with two API-key profiles whose
+`[upstream.anthropic]` points at the fake. Measured with
+`anthropic.AsyncAnthropic` (asyncio, SDK defaults but `max_retries=0`):
+
+- non-streaming `messages.create`, 1 and 32 clients at once: p50 and p99
+  of the round trip, direct and through the gateway; *added* is the
+  difference of the two percentiles;
+- streaming: time to the first event (`message_start`) at 1 client;
+- 256 streams held open at once (the fake holds each after its first event
+  for `--hold` seconds): the daemon's RSS before and at the peak.
+
+- goodput (`--goodput SECONDS`, 0 to skip): `bench/fake_provider.py` with
+  three rate-limited keys (shape `steady`: burst 5, 20 req/s each) behind
+  a second argentd; 8 threads, each an `anthropic.Anthropic` with SDK
+  defaults (2 retries), call as fast as they can through the gateway. The
+  figures: the fake's 200s as a share of the keys' capacity over the run,
+  and the share of answers the SDKs saw as 429 (after their retries).
+
+LiteLLM's proxy is measured the same way with `--litellm` when
+`litellm[proxy]` is installed (`pip install 'litellm[proxy]'`); otherwise
+the run says it was not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import Proc, latency_summary, machine, report, rss_mb, table
+
+from argent_client.client import Client
+
+
+def start_fake(hold: float) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_upstream", "--slow-delay",
+                             str(hold)], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().decode().strip()
+    if not url.startswith("http://"):
+        raise RuntimeError("the fake provider did not start")
+    return proc, url
+
+
+def start_argentd(proc: Proc, fake_url: str) -> tuple[str, str]:
+    config = proc.root / "config" / "argentos" / "argentd.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\n\n[upstream.anthropic]\n'
+                      f'anthropic = "{fake_url}"\n')
+    profiles = {f"anthropic:k{i}": {"provider": "anthropic", "type": "api-key",
+                                    "token": f"sk-ant-api03-bench{i:04d}{'x' * 60}"}
+                for i in range(2)}
+    proc.start_argentd(profiles)
+    client = Client(proc.socket)
+    try:
+        gw = client.status().gateway
+    finally:
+        client.close()
+    assert gw is not None and gw.url, gw
+    token = (Path(proc.env["XDG_RUNTIME_DIR"]) / "argentos" / "gateway.token").read_text()
+    return gw.url, token.strip()
+
+
+async def round_trips(base_url: str, key: str, clients: int, total: int) -> list[int]:
+    import anthropic
+
+    sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
+    samples: list[int] = []
+    per = max(1, total // clients)
+
+    async def worker() -> None:
+        for _ in range(per):
+            t = time.perf_counter_ns()
+            await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                      messages=[{"role": "user", "content": "hi"}])
+            samples.append(time.perf_counter_ns() - t)
+
+    for _ in range(20):  # warm the connections up
+        await sdk.messages.create(model="m", max_tokens=8, messages=[])
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    await sdk.close()
+    return samples
+
+
+async def first_chunks(base_url: str, key: str, total: int) -> list[int]:
+    import anthropic
+
+    sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
+    samples = []
+    for _ in range(total):
+        t = time.perf_counter_ns()
+        stream = await sdk.messages.create(model="m", max_tokens=8, stream=True,
+                                           messages=[{"role": "user", "content": "hi"}])
+        async for _event in stream:
+            samples.append(time.perf_counter_ns() - t)
+            break
+        await stream.close()
+    await sdk.close()
+    return samples
+
+
+async def many_streams(base_url: str, key: str, count: int, pid: int) -> dict[str, float]:
+    import anthropic
+    import httpx2  # what anthropic 2.x is built on
+
+    limits = httpx2.Limits(max_connections=count + 8, max_keepalive_connections=count + 8)
+    http = anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=120)
+    sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0,
+                                   http_client=http)
+    before = rss_mb(pid)
+    opened = 0
+    peak = before
+    started = asyncio.Event()
+
+    async def one() -> None:
+        nonlocal opened
+        stream = await sdk.messages.create(model="m", max_tokens=8, stream=True,
+                                           messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-fake-mode": "slow"})
+        async for _event in stream:
+            opened += 1
+            if opened == count:
+                started.set()
+        await stream.close()
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    await asyncio.wait_for(started.wait(), 120)
+    for _ in range(10):
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    await sdk.close()
+    return {"streams": count, "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1)}
+
+
+def goodput(seconds: float) -> dict[str, Any]:
+    import json
+    import threading
+    import urllib.request
+
+    import anthropic
+    import fake_provider as fp
+
+    keys = fp.make_keys(fp.SHAPES["steady"])
+    cfg = Path(tempfile.mkdtemp()) / "fake.json"
+    fp.write_config(str(cfg), keys, latency=fp.DEFAULT_LATENCY, reset_precision="ms")
+    fake = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_provider.py"),
+                             "--config", str(cfg)], stdout=subprocess.PIPE)
+    assert fake.stdout is not None
+    port = int(fake.stdout.readline().split()[1])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with Proc("goodput") as proc:
+            config = proc.root / "config" / "argentos" / "argentd.toml"
+            config.parent.mkdir(parents=True)
+            config.write_text(f'[gateway]\nlisten = "127.0.0.1:0"\n\n'
+                              f'[upstream.anthropic]\nanthropic = "{url}"\n')
+            proc.start_argentd({f"anthropic:{k.label}": {"provider": "anthropic",
+                                                         "type": "api-key", "token": k.key}
+                                for k in keys})
+            client = Client(proc.socket)
+            gw = client.status().gateway
+            client.close()
+            assert gw is not None and gw.url
+            token = (Path(proc.env["XDG_RUNTIME_DIR"]) / "argentos" / "gateway.token"
+                     ).read_text().strip()
+            urllib.request.urlopen(urllib.request.Request(url + "/admin/reset", method="POST"))
+            counts = {"ok": 0, "429": 0, "other": 0}
+            lock = threading.Lock()
+            stop = time.monotonic() + seconds
+
+            def worker() -> None:
+                sdk = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=token)
+                while time.monotonic() < stop:
+                    try:
+                        sdk.messages.create(model="m", max_tokens=8, messages=[
+                            {"role": "user", "content": "hi"}])
+                        what = "ok"
+                    except anthropic.RateLimitError:
+                        what = "429"
+                    except anthropic.APIError:
+                        what = "other"
+                    with lock:
+                        counts[what] += 1
+
+            t0 = time.monotonic()
+            threads = [threading.Thread(target=worker) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - t0
+            stats = json.load(urllib.request.urlopen(url + "/admin/stats"))
+    finally:
+        fake.terminate()
+        fake.wait(10)
+    served = sum(k.get("ok", 0) for k in stats["keys"].values())
+    limited = sum(k.get("429", 0) for k in stats["keys"].values())
+    cap = sum(fp.capacity(k.shape, stats["elapsed"]) for k in keys)
+    answers = sum(counts.values())
+    return {"seconds": round(elapsed, 1), "capacity": round(cap, 1), "served": served,
+            "upstream_429": limited, "goodput": round(served / cap, 4),
+            "client_answers": answers, "client_429": counts["429"],
+            "client_other_errors": counts["other"],
+            "client_429_share": round(counts["429"] / answers, 4) if answers else None}
+
+
+def us(ns: float) -> float:
+    return round(ns / 1000, 1)
+
+
+async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespace,
+                  pid: int) -> dict[str, Any]:
+    key = "sk-ant-api03-direct" + "x" * 60
+    out: dict[str, Any] = {}
+    for clients in (1, 32):
+        direct = latency_summary(await round_trips(fake_url, key, clients, args.requests))
+        via = latency_summary(await round_trips(gw_url + "/anthropic", token, clients,
+                                                args.requests))
+        out[f"c{clients}"] = {
+            "direct": direct, "gateway": via,
+            "added_p50_us": round(via["p50_us"] - direct["p50_us"], 1),
+            "added_p99_us": round(via["p99_us"] - direct["p99_us"], 1),
+        }
+    d = latency_summary(await first_chunks(fake_url, key, args.requests // 4))
+    g = latency_summary(await first_chunks(gw_url + "/anthropic", token, args.requests // 4))
+    out["first_chunk"] = {"direct": d, "gateway": g,
+                          "added_p50_us": round(g["p50_us"] - d["p50_us"], 1)}
+    out["streams"] = await many_streams(gw_url + "/anthropic", token, args.streams, pid)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=256)
+    parser.add_argument("--hold", type=float, default=3.0,
+                        help="seconds the fake holds each of the many streams open")
+    parser.add_argument("--goodput", type=float, default=20.0,
+                        help="seconds of the goodput run (0: skip it)")
+    parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"machine": machine()}
+    fake, fake_url = start_fake(args.hold)
+    try:
+        with Proc("gateway") as proc:
+            gw_url, token = start_argentd(proc, fake_url)
+            result |= asyncio.run(measure(fake_url, gw_url, token, args, proc.pid))
+    finally:
+        fake.terminate()
+        fake.wait(10)
+    if args.goodput > 0:
+        result["goodput"] = goodput(args.goodput)
+    if args.litellm:
+        try:
+            import litellm  # type: ignore[import-not-found]  # noqa: F401
+            result["litellm"] = "installed, but its proxy run is not written yet"
+        except ImportError:
+            result["litellm"] = "not installed (pip install 'litellm[proxy]')"
+    rows = []
+    for name in ("c1", "c32"):
+        r = result[name]
+        rows.append((f"create, {name[1:]} client(s)", r["direct"]["p50_us"],
+                     r["gateway"]["p50_us"], r["added_p50_us"], r["direct"]["p99_us"],
+                     r["gateway"]["p99_us"], r["added_p99_us"]))
+    fc = result["first_chunk"]
+    rows.append(("first stream event", fc["direct"]["p50_us"], fc["gateway"]["p50_us"],
+                 fc["added_p50_us"], fc["direct"]["p99_us"], fc["gateway"]["p99_us"],
+                 round(fc["gateway"]["p99_us"] - fc["direct"]["p99_us"], 1)))
+    human = table(("µs", "direct p50", "gateway p50", "added p50", "direct p99",
+                   "gateway p99", "added p99"), rows)
+    s = result["streams"]
+    human += (f"\n{s['streams']} streams open at once: daemon RSS {s['rss_before_mb']} MB"
+              f" before, {s['rss_peak_mb']} MB at the peak")
+    human += f"\nload average at start: {result['machine']['loadavg_at_start']}"
+    if "goodput" in result:
+        g = result["goodput"]
+        human += (f"\ngoodput: {g['served']} of a capacity of {g['capacity']} in {g['seconds']} s"
+                  f" = {g['goodput']:.1%}; upstream 429s {g['upstream_429']}; the SDKs saw "
+                  f"{g['client_429']} 429s of {g['client_answers']} answers"
+                  f" ({g['client_429_share']:.2%}), {g['client_other_errors']} other errors")
+    if "litellm" in result:
+        human += f"\nLiteLLM proxy: {result['litellm']}"
+    report(result, human)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
