@@ -218,6 +218,14 @@ def test_window_bar(utilization: float | None, bar: str) -> None:
     assert window_bar(utilization) == bar
 
 
+def test_window_line_shrugs_off_numbers_that_cannot_be_true() -> None:
+    inf = float("inf")
+    assert window_line("5h", WindowStatus(utilization=inf, reset=inf), NOW) == (
+        "5h [░░░░░░░░░░]    ?")
+    assert window_line("5h", WindowStatus(utilization=float("nan"), reset=-inf), NOW) == (
+        "5h [░░░░░░░░░░]    ?")
+
+
 def test_window_line_utilisation_and_time_to_reset() -> None:
     w = WindowStatus(utilization=0.62, reset=NOW + 4320, status="allowed")
     assert window_line("5h", w, NOW) == "5h [██████░░░░]  62% resets in 1h12m"

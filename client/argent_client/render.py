@@ -7,6 +7,7 @@ the output is deterministic in tests. Nothing here ever sees a secret except
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -279,7 +280,7 @@ _SUBSCRIPTION_TYPES = frozenset({"setup-token", "oauth"})
 def window_bar(utilization: float | None) -> str:
     """`[██████░░░░]  62%`: one cell per 10 % (rounded), the percentage right-aligned."""
     full, empty = "█", "░"
-    if utilization is None:
+    if utilization is None or not math.isfinite(utilization):
         return f"[{empty * BAR_CELLS}]    ?"
     filled = min(BAR_CELLS, max(0, round(utilization * BAR_CELLS)))
     return f"[{full * filled}{empty * (BAR_CELLS - filled)}] {utilization * 100:3.0f}%"
@@ -294,7 +295,7 @@ def window_note(
     no lease gets the profile until it resets), `at cap for background` (a
     client's own cap), `warning` (the provider's `allowed_warning`), or nothing.
     A cap holds only a subscription (`capped`) and only while its reset is ahead."""
-    u = w.utilization
+    u = w.utilization if w.utilization is not None and math.isfinite(w.utilization) else None
     if w.status == "rejected" or (w.status is None and u is not None and u >= 1.0):
         return "rejected", "bold red"
     if capped and u is not None and w.reset is not None and w.reset > now:
@@ -315,7 +316,7 @@ def window_line(
 ) -> str:
     """One window as a line: `5h [██████░░░░]  62% resets in 1h12m at cap`."""
     line = f"{name} {window_bar(w.utilization)}"
-    if w.reset is not None:
+    if w.reset is not None and math.isfinite(w.reset):
         line += f" resets in {duration(w.reset - now)}"
     note, _ = window_note(w, now, cap, client_caps, capped=capped)
     return f"{line} {note}" if note else line
@@ -341,7 +342,8 @@ def windows_table(
             bar = window_bar(w.utilization)
             table.add_row(
                 shown, name, Text(bar, style=style or "green"),
-                "?" if w.reset is None else duration(w.reset - now),
+                duration(w.reset - now) if w.reset is not None and math.isfinite(w.reset)
+                else "?",
                 Text(note, style=style) if note else "",
             )
             shown = ""
