@@ -146,13 +146,13 @@ def test_cli_status_shows_subscription_windows_as_bars(daemon_factory: Any) -> N
     start = lines.index("Subscription windows")
     rows = lines[start + 3:start + 6]
     # The daemon sorts profiles by id: anthropic:spent before anthropic:sub.
-    assert re.fullmatch(r" anthropic:spent  5h      \[██████████\] 100%  (59m\d\ds|1h00m)"
+    assert re.fullmatch(r" anthropic:spent  5h      \[██████████\] 100%  (5\dm\d\ds|1h00m)"
                         r" +rejected", rows[0]), rows
-    assert re.fullmatch(r" anthropic:sub    5h      \[██████░░░░\]  62%  (1h59m|2h00m)"
+    assert re.fullmatch(r" anthropic:sub    5h      \[██████░░░░\]  62%  (1h5\dm|2h00m)"
                         r" +at cap for background 60%", rows[1]), rows
     assert re.fullmatch(r"                  7d      \[█░░░░░░░░░\]   9%  3d00h", rows[2]), rows
     spent = next(ln for ln in lines if ln.startswith(" anthropic:spent  Pro"))
-    assert re.search(r"cooldown (59m\d\ds|1h00m)", spent), spent
+    assert re.search(r"cooldown (5\dm\d\ds|1h00m)", spent), spent
 
     status = run_json(d, "status")
     assert status["client_window_caps"] == {"background": 0.6}
@@ -171,10 +171,10 @@ def test_cli_status_marks_a_window_at_the_global_cap(daemon_factory: Any) -> Non
     r = run(d, "status")
     assert r.returncode == 0, r.stderr
     row = next(ln for ln in r.stdout.splitlines() if "[██████░░░░]" in ln)
-    assert re.fullmatch(r" anthropic:sub  7d      \[██████░░░░\]  62%  (9m\d\ds|10m00s)"
+    assert re.fullmatch(r" anthropic:sub  7d      \[██████░░░░\]  62%  (\dm\d\ds|10m00s)"
                         r" +at cap 50%", row), row
     state = next(ln for ln in r.stdout.splitlines() if ln.startswith(" anthropic:sub    Max"))
-    assert re.search(r"cooldown (9m\d\ds|10m00s) \(window cap\)", state), state
+    assert re.search(r"cooldown (\dm\d\ds|10m00s) \(window cap\)", state), state
     assert run_json(d, "status")["window_cap"] == 0.5
 
 
@@ -663,28 +663,31 @@ def test_cli_watch_shows_paid_fallback_and_probe_events(daemon_factory: Any) -> 
         assert seen, "no event from argentctl watch"
         for pid in ("anthropic:sub", "anthropic:spent"):
             run_json(d, "report", "--profile", pid, "--kind", "quota", "--retry-after", "3600")
-        lease = d.call("lease", {"provider": "anthropic", "detached": True})
-        assert lease["profile"] == "anthropic:key"
+        # Both subscriptions cool: the next lease falls to the API key (paid_fallback), and
+        # with recheck = 1, within about a second one is a subscription's probe (a busy
+        # machine may make the probe come first).
+        paid: dict[str, Any] | None = None
+        probe: dict[str, Any] | None = None
+        deadline = time.monotonic() + 20
+        while (paid is None or probe is None) and time.monotonic() < deadline:
+            lease = d.call("lease", {"provider": "anthropic", "detached": True})
+            d.call("release", {"lease_id": lease["lease_id"], "success": False})
+            if lease.get("probe"):
+                probe = probe or lease
+            elif lease["profile"] == "anthropic:key":
+                paid = paid or lease
+            if probe is None:
+                time.sleep(0.05)  # polling for the probe's due time, not a wait for a result
+        assert paid is not None and probe is not None, (paid, probe)
         line = next_line(r" paid_fallback ")
         assert line.split(" ", 1)[1] == (
             "paid_fallback anthropic:key provider=anthropic: an API key was leased, paid per"
             " token (no subscription of the provider is ready)")
-        d.call("release", {"lease_id": lease["lease_id"]})
-        # recheck = 1: within about a second a subscription is leased as a probe.
-        probe: dict[str, Any] | None = None
-        deadline = time.monotonic() + 20
-        while probe is None and time.monotonic() < deadline:
-            lease = d.call("lease", {"provider": "anthropic", "detached": True})
-            d.call("release", {"lease_id": lease["lease_id"], "success": False})
-            if lease.get("probe"):
-                probe = lease
-            else:
-                time.sleep(0.05)  # polling for the probe's due time, not a wait for a result
-        assert probe is not None, "no probe lease"
-        line = next_line(r" probe ")
-        assert line.split(" ", 1)[1] == (
+        probe_line = (
             f"probe {probe['profile']} lease_id={probe['lease_id']} provider=anthropic: an"
             " early-reset probe lease: if it succeeds, the cooldown ends for every agent")
+        if not any(ln.split(" ", 1)[1] == probe_line for ln in seen):
+            assert next_line(r" probe ").split(" ", 1)[1] == probe_line
         assert_no_secret(d, *seen)
     finally:
         proc.send_signal(signal.SIGINT)
