@@ -341,7 +341,7 @@ def windows_table(
             note, style = window_note(w, now, cap, client_caps, capped=capped)
             bar = window_bar(w.utilization)
             table.add_row(
-                shown, name, Text(bar, style=style or "green"),
+                shown, name, Text(bar, style=style) if style else bar,
                 duration(w.reset - now) if w.reset is not None and math.isfinite(w.reset)
                 else "?",
                 Text(note, style=style) if note else "",
