@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     from goodput import export_rev
 
     modes = [m for m in opts.modes.split(",") if m]
+    for m in modes:
+        if m not in MODES and not (m.startswith("argentd@") and len(m) > len("argentd@")):
+            parser.error(f"unknown mode {m!r} (argentd, argentd-nocap, argentd@REV)")
     sources = {m: export_rev(m.partition("@")[2])[0] for m in modes if m.startswith("argentd@")}
     try:
         results = run_modes(modes, opts.seconds, sources=sources)
