@@ -233,9 +233,9 @@ def _where_to_put_it(folder: Path) -> str:
 def _check_folder(folder: Path) -> None:
     """Create `folder` 0700, or make an existing one of ours 0700.
 
-    Raises `UnsafeSocketFolder` when it belongs to another user (unless it is
-    a sticky, root-owned folder like /tmp, where others cannot touch our
-    files) or cannot be created for lack of permission (the message says
+    Raises `UnsafeSocketFolder` when it belongs to another user (a shared
+    sticky folder like /tmp included: clients refuse a socket there) or cannot
+    be created for lack of permission (the message says
     what to do), `NotADirectoryError` when it is not a folder.
     """
     try:
@@ -263,10 +263,13 @@ def _check_folder(folder: Path) -> None:
             os.chmod(folder, 0o700)
         return
     if st.st_uid == 0 and mode & stat.S_ISVTX:
-        log.warning("socket folder %s is shared (sticky, owned by root); the socket is "
-                    "0600 and other users' connections are refused, but a folder of "
-                    "its own is better", folder)
-        return
+        # Clients refuse a socket in a shared folder (another uid could bind the
+        # path while argentd is down and hand out tokens of its own), so say so
+        # now rather than from every client.
+        raise UnsafeSocketFolder(
+            f"socket folder {folder} is shared with other users (sticky, owned by "
+            f"root): while argentd is down another user could bind the path and "
+            f"clients would refuse it; {_where_to_put_it(folder)}")
     raise UnsafeSocketFolder(
         f"socket folder {folder} belongs to uid {st.st_uid}, not to you (uid "
         f"{os.geteuid()}); {_where_to_put_it(folder)}"

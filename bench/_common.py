@@ -117,6 +117,7 @@ class Proc:
             "XDG_CACHE_HOME": str(self.root / "cache"),
             "ARGENT_SOCKET": str(self.socket),
             "ARGENT_PROFILES": str(self.profiles),
+            "ARGENT_GATEWAY_LISTEN": "127.0.0.1:0",  # not the user's port 8411
             "PYTHONUNBUFFERED": "1",
         }
         self.home.mkdir(parents=True)

@@ -22,8 +22,8 @@ every key answering at once), one argentd with two API-key profiles whose
   and the share of answers the SDKs saw as 429 (after their retries).
 
 LiteLLM's proxy is measured the same way with `--litellm` when
-`litellm[proxy]` is installed (`pip install 'litellm[proxy]'`); otherwise
-the run says it was not.
+`litellm[proxy]` is installed (best in its own venv, whose `litellm` goes to
+`--litellm-bin`: its pins differ from ours); otherwise the run says it was not.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,7 +91,7 @@ async def round_trips(base_url: str, key: str, clients: int, total: int) -> list
             samples.append(time.perf_counter_ns() - t)
 
     for _ in range(20):  # warm the connections up
-        await sdk.messages.create(model="m", max_tokens=8, messages=[])
+        await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[])
     await asyncio.gather(*(worker() for _ in range(clients)))
     await sdk.close()
     return samples
@@ -103,7 +104,7 @@ async def first_chunks(base_url: str, key: str, total: int) -> list[int]:
     samples = []
     for _ in range(total):
         t = time.perf_counter_ns()
-        stream = await sdk.messages.create(model="m", max_tokens=8, stream=True,
+        stream = await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, stream=True,
                                            messages=[{"role": "user", "content": "hi"}])
         async for _event in stream:
             samples.append(time.perf_counter_ns() - t)
@@ -128,7 +129,7 @@ async def many_streams(base_url: str, key: str, count: int, pid: int) -> dict[st
 
     async def one() -> None:
         nonlocal opened
-        stream = await sdk.messages.create(model="m", max_tokens=8, stream=True,
+        stream = await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, stream=True,
                                            messages=[{"role": "user", "content": "hi"}],
                                            extra_headers={"x-fake-mode": "slow"})
         async for _event in stream:
@@ -187,7 +188,7 @@ def goodput(seconds: float) -> dict[str, Any]:
                 sdk = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key=token)
                 while time.monotonic() < stop:
                     try:
-                        sdk.messages.create(model="m", max_tokens=8, messages=[
+                        sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[
                             {"role": "user", "content": "hi"}])
                         what = "ok"
                     except anthropic.RateLimitError:
@@ -217,6 +218,59 @@ def goodput(seconds: float) -> dict[str, Any]:
             "client_answers": answers, "client_429": counts["429"],
             "client_other_errors": counts["other"],
             "client_429_share": round(counts["429"] / answers, 4) if answers else None}
+
+
+async def measure_litellm(exe: str, fake_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The same round trips through LiteLLM's proxy (one worker) in front of the same fake."""
+    import socket as _socket
+
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = Path(tempfile.mkdtemp(prefix="litellm-"))
+    cfg = folder / "config.yaml"
+    key = "sk-ant-api03-litellm" + "x" * 60
+    cfg.write_text(f"""model_list:
+  - model_name: claude-sonnet-4-5
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_base: {fake_url}
+      api_key: {key}
+general_settings:
+  master_key: sk-bench-master
+litellm_settings:
+  telemetry: false
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    with open(folder / "log", "wb") as log:
+        proxy = subprocess.Popen([exe, "--config", str(cfg), "--host", "127.0.0.1", "--port",
+                                  str(port), "--num_workers", "1"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health/liveliness", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proxy.poll() is not None:
+                    return {"error": "LiteLLM's proxy did not start: "
+                            + (folder / "log").read_text()[-500:]}
+                await asyncio.sleep(0.5)
+        out: dict[str, Any] = {}
+        for clients in (1, 32):
+            out[f"c{clients}"] = latency_summary(await round_trips(
+                base, "sk-bench-master", clients, args.requests))
+        out["first_chunk"] = latency_summary(await first_chunks(base, "sk-bench-master",
+                                                                args.requests // 4))
+        out["streams"] = await many_streams(base, "sk-bench-master", args.streams, proxy.pid)
+        return out
+    finally:
+        proxy.terminate()
+        proxy.wait(20)
 
 
 def us(ns: float) -> float:
@@ -253,6 +307,7 @@ def main() -> None:
     parser.add_argument("--goodput", type=float, default=20.0,
                         help="seconds of the goodput run (0: skip it)")
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
+    parser.add_argument("--litellm-bin", help="its `litellm` executable (default: on PATH)")
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine()}
     fake, fake_url = start_fake(args.hold)
@@ -266,11 +321,16 @@ def main() -> None:
     if args.goodput > 0:
         result["goodput"] = goodput(args.goodput)
     if args.litellm:
-        try:
-            import litellm  # type: ignore[import-not-found]  # noqa: F401
-            result["litellm"] = "installed, but its proxy run is not written yet"
-        except ImportError:
+        exe = args.litellm_bin or shutil.which("litellm")
+        if exe is None:
             result["litellm"] = "not installed (pip install 'litellm[proxy]')"
+        else:
+            fake, fake_url = start_fake(args.hold)
+            try:
+                result["litellm"] = asyncio.run(measure_litellm(exe, fake_url, args))
+            finally:
+                fake.terminate()
+                fake.wait(10)
     rows = []
     for name in ("c1", "c32"):
         r = result[name]
@@ -293,8 +353,15 @@ def main() -> None:
                   f" = {g['goodput']:.1%}; upstream 429s {g['upstream_429']}; the SDKs saw "
                   f"{g['client_429']} 429s of {g['client_answers']} answers"
                   f" ({g['client_429_share']:.2%}), {g['client_other_errors']} other errors")
-    if "litellm" in result:
-        human += f"\nLiteLLM proxy: {result['litellm']}"
+    ll = result.get("litellm")
+    if isinstance(ll, dict) and "c1" in ll:
+        human += (f"\nLiteLLM proxy: create p50/p99 {ll['c1']['p50_us']}/{ll['c1']['p99_us']} µs"
+                  f" (1 client), {ll['c32']['p50_us']}/{ll['c32']['p99_us']} µs (32);"
+                  f" first event p50 {ll['first_chunk']['p50_us']} µs;"
+                  f" {ll['streams']['streams']} streams RSS {ll['streams']['rss_before_mb']}"
+                  f" -> {ll['streams']['rss_peak_mb']} MB")
+    elif ll is not None:
+        human += f"\nLiteLLM proxy: {ll}"
     report(result, human)
     os._exit(0)
 

@@ -70,7 +70,10 @@ class GW:
             assert token not in str(seen.headers), "the local token went upstream"
             assert token.encode() not in seen.body
             assert token not in seen.path
-        assert token not in self.daemon.stderr(), "the local token is in the log"
+        log = self.daemon.stderr()
+        assert token not in log, "the local token is in the log"
+        # no header value either (httpcore's debug trace would print answer headers)
+        assert "ratelimit-requests-remaining" not in log
 
 
 def config_text(fake: FakeUpstream, extra: str = "", *, wait: float = 1.0,

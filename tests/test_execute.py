@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +16,7 @@ import pytest
 from argent_client.execute import Renewer, child_env, run_child, shell_exports
 from argent_client.protocol import LeaseNotFound, LeaseResult, RenewResult
 
+from .claude_code import claude_code, needs_claude_code
 from .conftest import Daemon
 from .header_recorder import recorder
 
@@ -183,19 +182,9 @@ def test_exec_env_with_the_real_anthropic_sdk(daemon: Daemon) -> None:
     assert not any(v in value for v in STALE.values() for value in seen.values())
 
 
-def _claude() -> str | None:
-    here = Path(__file__).resolve().parent.parent / ".venv" / "claude-code" / "node_modules"
-    for candidate in (os.environ.get("ARGENT_TEST_CLAUDE"), str(here / ".bin" / "claude"),
-                      shutil.which("claude")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.mark.skipif(_claude() is None, reason="Claude Code is not installed (.ci/run installs "
-                    "it with npm into .venv/claude-code; or set ARGENT_TEST_CLAUDE)")
+@needs_claude_code
 def test_exec_claude_code_sends_a_setup_token_as_oauth(daemon: Daemon, tmp_path: Path) -> None:
-    claude = _claude()
+    claude = claude_code()
     assert claude is not None
     with recorder() as fake:
         fake.status = 400  # one answer, no retries: only the headers matter

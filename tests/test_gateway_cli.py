@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import textwrap
 from typing import Any
 
 import httpx
-import pytest
 
+from tests.claude_code import claude_code, needs_claude_code
 from tests.conftest import Daemon
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import GW, config_text, fake, start
@@ -157,12 +156,11 @@ def test_gateway_exec_route_sets_both_dialects(daemon_factory: Any, fake: FakeUp
     assert [s.json()["model"] for s in fake.seen] == ["claude-sonnet-4-5", "gpt-4o"]
 
 
-@pytest.mark.skipif(shutil.which("claude") is None,
-                    reason="Claude Code (npm @anthropic-ai/claude-code) is not installed")
+@needs_claude_code
 def test_gateway_exec_claude_code(daemon_factory: Any, fake: FakeUpstream) -> None:
     gw = start(daemon_factory, fake)
     fake.script(gw.keys["anthropic:one"], "429")
-    r = ctl(gw.daemon, "exec", "anthropic", "--gateway", "--", "claude", "-p", "say hi",
+    r = ctl(gw.daemon, "exec", "anthropic", "--gateway", "--", str(claude_code()), "-p", "say hi",
             timeout=120)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "Hello from the fake." in r.stdout

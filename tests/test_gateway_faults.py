@@ -137,7 +137,8 @@ def test_gateway_client_gone_mid_stream_ends_lease_and_upstream(
             "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client() as c, c.stream("POST", gw.url + "/anthropic/v1/messages", json=body,
                                        headers={"x-api-key": gw.token}) as r:
-        first = next(r.iter_raw())
+        chunks = r.iter_raw()  # kept: a dropped iterator closes the response
+        first = next(chunks)
         assert b"message_start" in first
         assert len(gw.status()["leases"]) == 1
     # the client hung up long before the fake would send the rest

@@ -12,8 +12,8 @@ from argent_client import gateway as G
 from argent_client.protocol import Usage
 from argentd.config import parse_config
 from argentd.gateway import dialects as D
-from argentd.gateway.proxy import _forward_headers, _strip_key
 from argentd.gateway.service import parse_listen
+from argentd.gateway.swap import forward_headers, strip_key
 from argentd.gateway.upstreams import NotFound, Upstreams, path_dialect
 
 CONFIG = parse_config(b"""
@@ -119,7 +119,7 @@ def test_forward_headers_swap_credentials_and_merge_beta() -> None:
               (b"anthropic-beta", b"a,b"), (b"x-argent-session", b"s"),
               (b"connection", b"keep-alive, x-drop"), (b"x-drop", b"1"),
               (b"anthropic-version", b"2023-06-01"), (b"accept-encoding", b"gzip")]
-    out = _forward_headers(client, {"Authorization": "Bearer real", "anthropic-beta": "b,c"})
+    out = forward_headers(client, {"Authorization": "Bearer real", "anthropic-beta": "b,c"})
     assert (b"authorization", b"Bearer real") in out
     assert (b"anthropic-beta", b"a,b,c") in out
     assert (b"anthropic-version", b"2023-06-01") in out
@@ -131,8 +131,8 @@ def test_forward_headers_swap_credentials_and_merge_beta() -> None:
 
 
 def test_strip_key_and_parse_listen() -> None:
-    assert _strip_key("alt=sse&key=T0K&x=1") == ("alt=sse&x=1", "T0K")
-    assert _strip_key("a=1") == ("a=1", None)
+    assert strip_key("alt=sse&key=T0K&x=1") == ("alt=sse&x=1", "T0K")
+    assert strip_key("a=1") == ("a=1", None)
     assert parse_listen("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_listen("[::1]:8411") == ("::1", 8411)
     with pytest.raises(ValueError):

@@ -86,6 +86,22 @@ def test_bind_refuses_folder_of_another_user(short_dir: Path) -> None:
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a root-owned sticky folder")
+def test_bind_refuses_shared_sticky_folder(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /tmp-like: root's, 1777, and we are not root. Clients refuse a socket
+    # there, so the daemon does too, before it binds anything.
+    folder = short_dir / "shared"
+    folder.mkdir()
+    os.chmod(folder, 0o1777)
+    os.chown(folder, 0, 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(UnsafeSocketFolder, match=r"is shared with other users \(sticky"):
+        bind_unix_socket(folder / "argentd.sock")
+    assert list(folder.iterdir()) == []
+
+
 def test_bind_runtime_dir_unset_and_taken_says_what_to_do(
     short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

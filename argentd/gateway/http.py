@@ -58,6 +58,8 @@ class Exchange:
         self.started = False
         """Whether the answer has begun (after it, no other answer is possible)."""
         self._head: bytes | None = b""
+        self.finished = False
+        """Whether the whole answer went out."""
         self.body_read = False
 
     def header(self, name: bytes) -> str | None:
@@ -102,16 +104,17 @@ class Exchange:
         while kept <= MAX_HEAD:
             try:
                 data = await conn.stream.receive_some(RECV_SIZE)
-            except (trio.BrokenResourceError, OSError):
-                return
-            except trio.ClosedResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("client connection broke: %s", type(exc).__name__)
                 return
             if not data:
+                log.debug("client closed its connection")
                 return
             kept += len(data)
             try:
                 conn.h11.receive_data(bytes(data))
             except h11.RemoteProtocolError:
+                log.debug("client sent bytes h11 refuses after its request")
                 return
         await trio.sleep_forever()
 
@@ -133,6 +136,7 @@ class Exchange:
 
     async def end(self) -> None:
         """Finish the answer."""
+        self.finished = True
         out = self._conn.h11.send(h11.EndOfMessage()) or b""
         if self._head:
             out, self._head = self._head + out, b""
@@ -144,6 +148,7 @@ class Exchange:
         if not self.body_read:
             headers.append((b"connection", b"close"))
         self.started = True
+        self.finished = True
         h = self._conn.h11
         data = h.send(h11.Response(status_code=status, headers=headers)) or b""
         data += (h.send(h11.Data(data=body)) or b"") + (h.send(h11.EndOfMessage()) or b"")

@@ -44,25 +44,13 @@ from . import dialects as D
 from .http import BodyTooLarge, ClientGone, Exchange
 from .pool import ShardedPool
 from .stats import Record, Stats
+from .swap import KEEP_BACK, forward_headers, guess_dialect, strip_key, without_length
 from .upstreams import Dialect, NotFound, Plan, Target, Upstreams
 
 log = logging.getLogger("argentd.gateway")
 
 LEASE_TTL: Final = 3600.0
 """A gateway lease ends with its request; the TTL only bounds a bug."""
-HOP_BY_HOP: Final = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-    b"accept-encoding", b"expect",
-})
-CREDENTIALS: Final = frozenset({b"x-api-key", b"authorization", b"x-goog-api-key", b"api-key"})
-KEEP_BACK: Final = frozenset({
-    b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-    b"proxy-authenticate", b"proxy-connection",
-})
-"""Answer headers that describe the upstream hop, not the answer: not passed back."""
-
-
 class _Answer:
     """An upstream answer as `classify` reads it (status, headers, parsed body)."""
 
@@ -148,14 +136,14 @@ class Proxy:
             if ctx is not None:
                 await self._serve_while_there(ctx)
         except ClientGone:
-            rec.note = "client gone"
+            rec.note = rec.note or "client gone"
             if not rec.status:
                 rec.status = 499
         except Exception:
             log.exception("gateway request failed")
             rec.status = rec.status or 500
             if not ex.started:
-                dialect = ctx.plan.dialect if ctx else _guess_dialect(path)
+                dialect = ctx.plan.dialect if ctx else guess_dialect(path)
                 with contextlib.suppress(ClientGone):
                     await self._error(ex, dialect, 500, "upstream", "internal error in argentd")
         finally:
@@ -164,10 +152,10 @@ class Proxy:
             self.stats.done(rec)
 
     async def _prepare(self, ex: Exchange, path: str, query: str, rec: Record) -> Context | None:
-        query, key = _strip_key(query)
+        query, key = strip_key(query)
         if not self._token_ok(ex, key):
             rec.status = 401
-            await self._error(ex, _guess_dialect(path), 401, "auth",
+            await self._error(ex, guess_dialect(path), 401, "auth",
                               "missing or wrong local token: send the token of "
                               "`argentctl gateway token` as the API key")
             return None
@@ -213,6 +201,8 @@ class Proxy:
             async def watch() -> None:
                 nonlocal gone
                 await ctx.ex.until_gone()
+                if ctx.ex.finished:
+                    return  # it had the whole answer: nothing left to cancel
                 gone = True
                 nursery.cancel_scope.cancel()
 
@@ -372,7 +362,7 @@ class Proxy:
         """One upstream try; None when the answer went back to the client."""
         ex = ctx.ex
         body = self._body_for(ctx, held, target)
-        headers = _forward_headers(ex.headers, held.lease.headers)
+        headers = forward_headers(ex.headers, held.lease.headers)
         t = self.engine.config.gateway.timeouts
         timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.read}
         started = time.perf_counter()
@@ -420,7 +410,7 @@ class Proxy:
                 self._report(ctx, held, Fault("provider", failure, limits, answer), failover=False)
             else:  # a 4xx about the request itself: the credential worked
                 self._release(ctx, held, None, limits)
-            await ex.answer(status, _without_length(back), answer.body)
+            await ex.answer(status, without_length(back), answer.body)
             return None
         rec.status = status
         await ex.start(status, back)
@@ -521,7 +511,7 @@ class Proxy:
         """Give the client the last upstream answer (or say why there was none)."""
         if fault.answer is not None:
             ctx.rec.status = fault.answer.status
-            await ctx.ex.answer(fault.answer.status, _without_length(fault.answer.headers),
+            await ctx.ex.answer(fault.answer.status, without_length(fault.answer.headers),
                                 fault.answer.body)
             return
         timeout = fault.failure.kind == "timeout"
@@ -545,54 +535,3 @@ def _soonest(busy: list[tuple[int, P.NoProfileAvailable]]) -> P.NoProfileAvailab
         return float(r) if isinstance(r, int | float) else math.inf
 
     return min(busy, key=when)[1]
-
-
-def _strip_key(query: str) -> tuple[str, str | None]:
-    """The query without `key=` (Google's API key parameter), and that key."""
-    if "key=" not in query:
-        return query, None
-    kept, key = [], None
-    for part in query.split("&"):
-        if part.startswith("key="):
-            key = part[4:]
-        else:
-            kept.append(part)
-    return "&".join(kept), key
-
-
-def _guess_dialect(path: str) -> Dialect:
-    return "anthropic" if "/v1/messages" in path or "anthropic" in path else "openai"
-
-
-def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in headers if k.lower() not in (b"content-length",
-                                                              b"content-encoding")]
-
-
-def _forward_headers(client: list[tuple[bytes, bytes]],
-                     lease: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    """The client's headers without hop-by-hop and credential headers, plus the lease's."""
-    named = set()
-    for key, value in client:
-        if key == b"connection":
-            named |= {v.strip().lower() for v in value.split(b",")}
-    out: list[tuple[bytes, bytes]] = []
-    beta: list[bytes] = []
-    for key, value in client:
-        if key in HOP_BY_HOP or key in CREDENTIALS or key in named or key.startswith(b"x-argent-"):
-            continue
-        if key == b"anthropic-beta":
-            beta.append(value)
-            continue
-        out.append((key, value))
-    for name, text in lease.items():
-        low = name.lower().encode()
-        if low == b"anthropic-beta":
-            beta.append(text.encode())
-        else:
-            out.append((low, text.encode()))
-    if beta:
-        parts = dict.fromkeys(p.strip() for b in beta for p in b.split(b",") if p.strip())
-        out.append((b"anthropic-beta", b",".join(parts)))
-    out.append((b"accept-encoding", b"identity"))
-    return out

@@ -28,6 +28,8 @@ from .proxy import Proxy
 from .stats import Stats
 
 log = logging.getLogger("argentd.gateway")
+# httpcore's debug trace prints answer headers: the gateway logs no header value.
+logging.getLogger("httpcore").setLevel(logging.INFO)
 
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                            errno.ENOBUFS})
