@@ -67,11 +67,15 @@ def status(engine: Engine, config_status: ConfigStatus, *, now: float) -> Status
         )
         for le in engine.leases()
     ]
+    policy = engine.config.policy
     return StatusResult(
         profiles=profiles,
         leases=leases,
         config=config_status,
         routes={k: list(v) for k, v in engine.config.routes.items()},
+        window_cap=None if policy.window_cap == 1.0 else policy.window_cap,
+        client_window_caps={name: c.window_cap for name, c in policy.clients.items()
+                            if c.window_cap is not None},
     )
 
 

@@ -4,7 +4,10 @@ Builds the `status` reply of N profiles (JSON, as the daemon sends it), then
 times decoding it and rendering it the way `argentctl status` does, into a
 buffer. Prints the figures; not a test.
 
-    .venv/bin/python bench/status_render.py [N] [--all | --provider NAME]
+    .venv/bin/python bench/status_render.py [N] [--all | --provider NAME] [--windows]
+
+`--windows` gives every anthropic profile a 5-hour and a weekly window (the
+`Subscription windows` bars).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from argent_client.protocol import StatusResult
 from argent_client.render import status_tables
 
 
-def status_json(n: int, now: float) -> bytes:
+def status_json(n: int, now: float, windows: bool = False) -> bytes:
     providers = ["anthropic", "openai", "openrouter", "minimax"]
     profiles = []
     for i in range(n):
@@ -35,6 +38,13 @@ def status_json(n: int, now: float) -> bytes:
             "fingerprint": f"sk-…{i:06x}", "source": "profile",
             "last_used": now - i, "last_error": "rate_limit" if cooling else None,
         })
+        if windows and provider == "anthropic":
+            profiles[-1]["windows"] = {
+                "5h": {"utilization": (i % 101) / 100, "reset": now + 60 * (i % 300),
+                       "status": "rejected" if i % 50 == 0 else "allowed"},
+                "7d": {"utilization": (i % 37) / 36, "reset": now + 3600 * (i % 168),
+                       "status": "allowed"},
+            }
     reply = {"profiles": profiles, "leases": [], "routes": {},
              "config": {"profiles_path": "/tmp/auth-profiles.json", "loaded_at": now - 5,
                         "error": None}}
@@ -46,9 +56,10 @@ def main() -> None:
     parser.add_argument("n", type=int, nargs="?", default=10_000)
     parser.add_argument("--all", action="store_true")
     parser.add_argument("--provider")
+    parser.add_argument("--windows", action="store_true")
     args = parser.parse_args()
     now = time.time()
-    data = status_json(args.n, now)
+    data = status_json(args.n, now, args.windows)
     t0 = time.perf_counter()
     status = msgspec.json.decode(data, type=StatusResult)
     t1 = time.perf_counter()

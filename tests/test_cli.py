@@ -2,11 +2,12 @@
 
 Every command, its `--json` shape and its exit code; `exec` propagating the
 command's status, handing it the secret and releasing the lease; `watch`
-printing events.
+printing events; `status` showing subscription windows as bars.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -98,6 +99,83 @@ def test_cli_status_shows_cooldown_time_left(daemon: Daemon) -> None:
     assert r.returncode == 0
     line = next(ln for ln in r.stdout.splitlines() if "anthropic:one" in ln)
     assert "cooldown 4m5" in line or "cooldown 5m00s" in line, line
+
+
+def windowed_daemon(daemon_factory: Any, policy: str) -> Daemon:
+    """Two Anthropic subscriptions and an API key, with `policy` in argentd.toml."""
+    d: Daemon = daemon_factory()
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text(policy)
+    d.write_profiles({
+        "anthropic:sub": {"provider": "anthropic", "type": "setup-token",
+                          "token": make_secret(), "label": "Max"},
+        "anthropic:spent": {"provider": "anthropic", "type": "setup-token",
+                            "token": make_secret(), "label": "Pro", "priority": 1},
+        "anthropic:key": {"provider": "anthropic", "type": "api-key",
+                          "token": make_secret("sk-ant-api03-"), "label": "Key"},
+    })
+    d.start()
+    return d
+
+
+def feed_windows(d: Daemon, profile: str, limits: dict[str, Any]) -> None:
+    """A lease pinned to `profile`, released with `limits` (as lease.observe() sends them)."""
+    lease = d.call("lease", {"provider": "anthropic", "profile": profile, "detached": True})
+    d.call("release", {"lease_id": lease["lease_id"], "limits": limits})
+
+
+def test_cli_status_shows_subscription_windows_as_bars(daemon_factory: Any) -> None:
+    d = windowed_daemon(daemon_factory, "[policy.clients.background]\nwindow_cap = 0.6\n")
+    now = time.time()
+    feed_windows(d, "anthropic:sub", {
+        "unified_status": "allowed",
+        "unified_5h_status": "allowed", "unified_5h_utilization": 0.62,
+        "unified_5h_reset": now + 2 * 3600,
+        "unified_7d_status": "allowed", "unified_7d_utilization": 0.09,
+        "unified_7d_reset": now + 3 * 86400 + 1800,
+    })
+    feed_windows(d, "anthropic:spent", {
+        "unified_status": "rejected", "unified_reset": now + 3600,
+        "unified_5h_status": "rejected", "unified_5h_utilization": 1.0,
+        "unified_5h_reset": now + 3600,
+    })
+    r = run(d, "status")
+    assert r.returncode == 0, r.stderr
+    assert_no_secret(d, r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    start = lines.index("Subscription windows")
+    rows = lines[start + 3:start + 6]
+    # The daemon sorts profiles by id: anthropic:spent before anthropic:sub.
+    assert re.fullmatch(r" anthropic:spent  5h      \[██████████\] 100%  (5\dm\d\ds|1h00m)"
+                        r" +rejected", rows[0]), rows
+    assert re.fullmatch(r" anthropic:sub    5h      \[██████░░░░\]  62%  (1h5\dm|2h00m)"
+                        r" +at cap for background 60%", rows[1]), rows
+    assert re.fullmatch(r"                  7d      \[█░░░░░░░░░\]   9%  3d00h", rows[2]), rows
+    spent = next(ln for ln in lines if ln.startswith(" anthropic:spent  Pro"))
+    assert re.search(r"cooldown (5\dm\d\ds|1h00m)", spent), spent
+
+    status = run_json(d, "status")
+    assert status["client_window_caps"] == {"background": 0.6}
+    assert "window_cap" not in status  # the default, 1.0, is left out
+    sub = next(p for p in status["profiles"] if p["id"] == "anthropic:sub")
+    assert sub["windows"]["5h"] == {"utilization": 0.62, "reset": now + 2 * 3600,
+                                    "status": "allowed"}
+
+
+def test_cli_status_marks_a_window_at_the_global_cap(daemon_factory: Any) -> None:
+    d = windowed_daemon(daemon_factory, "[policy]\nwindow_cap = 0.5\n")
+    feed_windows(d, "anthropic:sub", {
+        "unified_status": "allowed", "unified_7d_status": "allowed",
+        "unified_7d_utilization": 0.62, "unified_7d_reset": time.time() + 600,
+    })
+    r = run(d, "status")
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if "[██████░░░░]" in ln)
+    assert re.fullmatch(r" anthropic:sub  7d      \[██████░░░░\]  62%  (\dm\d\ds|10m00s)"
+                        r" +at cap 50%", row), row
+    state = next(ln for ln in r.stdout.splitlines() if ln.startswith(" anthropic:sub    Max"))
+    assert re.search(r"cooldown (\dm\d\ds|10m00s) \(window cap\)", state), state
+    assert run_json(d, "status")["window_cap"] == 0.5
 
 
 # ---------------------------------------------------------------- lease / release
@@ -576,6 +654,75 @@ def test_cli_watch_human_line(daemon: Daemon) -> None:
         "cooldown_start anthropic:one kind=rate_limit until="
         f"{time.strftime('%H:%M:%S', time.localtime(1300.0))} (5m00s)"
     )
+
+
+def test_cli_watch_shows_paid_fallback_and_probe_events(daemon_factory: Any) -> None:
+    d = windowed_daemon(daemon_factory, '[policy]\npaid_fallback = "notify"\nrecheck = 1\n')
+    proc = subprocess.Popen([*ARGENTCTL, "watch"], env=d.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line.rstrip("\n"))
+
+    def next_line(pattern: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no {pattern!r} in {seen}")
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        # Until the subscription is in place events are not seen: keep making them.
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            feed_windows(d, "anthropic:sub", {})
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.2))
+        assert seen, "no event from argentctl watch"
+        for pid in ("anthropic:sub", "anthropic:spent"):
+            run_json(d, "report", "--profile", pid, "--kind", "quota", "--retry-after", "3600")
+        # Both subscriptions cool: the next lease falls to the API key (paid_fallback), and
+        # with recheck = 1, within about a second one is a subscription's probe (a busy
+        # machine may make the probe come first).
+        paid: dict[str, Any] | None = None
+        probe: dict[str, Any] | None = None
+        deadline = time.monotonic() + 20
+        while (paid is None or probe is None) and time.monotonic() < deadline:
+            lease = d.call("lease", {"provider": "anthropic", "detached": True})
+            d.call("release", {"lease_id": lease["lease_id"], "success": False})
+            if lease.get("probe"):
+                probe = probe or lease
+            elif lease["profile"] == "anthropic:key":
+                paid = paid or lease
+            if probe is None:
+                time.sleep(0.05)  # polling for the probe's due time, not a wait for a result
+        assert paid is not None and probe is not None, (paid, probe)
+        line = next_line(r" paid_fallback ")
+        assert line.split(" ", 1)[1] == (
+            "paid_fallback anthropic:key provider=anthropic: an API key was leased, paid per"
+            " token (no subscription of the provider is ready)")
+        probe_line = (
+            f"probe {probe['profile']} lease_id={probe['lease_id']} provider=anthropic: an"
+            " early-reset probe lease: if it succeeds, the cooldown ends for every agent")
+        if not any(ln.split(" ", 1)[1] == probe_line for ln in seen):
+            assert next_line(r" probe ").split(" ", 1)[1] == probe_line
+        assert_no_secret(d, *seen)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_cli_version_and_help() -> None:

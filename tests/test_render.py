@@ -14,6 +14,7 @@ from argent_client.protocol import (
     LeaseStatus,
     ProfileStatus,
     StatusResult,
+    WindowStatus,
 )
 from argent_client.render import (
     ago,
@@ -23,6 +24,9 @@ from argent_client.render import (
     lease_line,
     state_text,
     status_tables,
+    window_bar,
+    window_line,
+    window_note,
 )
 
 NOW = 1_800_000_000.0
@@ -199,3 +203,124 @@ def test_lease_line_never_shows_the_token() -> None:
     assert line == (f"leased anthropic:one (One) model claude, lease L1, expires in 10m00s "
                     f"at {clock(NOW + 600)}")
     assert token not in line
+
+
+# ---------------------------------------------------------------- subscription windows
+
+
+@pytest.mark.parametrize(
+    ("utilization", "bar"),
+    [(None, "[░░░░░░░░░░]    ?"), (0.0, "[░░░░░░░░░░]   0%"), (0.09, "[█░░░░░░░░░]   9%"),
+     (0.62, "[██████░░░░]  62%"), (1.0, "[██████████] 100%"), (1.01, "[██████████] 101%"),
+     (-0.2, "[░░░░░░░░░░] -20%")],
+)
+def test_window_bar(utilization: float | None, bar: str) -> None:
+    assert window_bar(utilization) == bar
+
+
+def test_window_line_shrugs_off_numbers_that_cannot_be_true() -> None:
+    inf = float("inf")
+    assert window_line("5h", WindowStatus(utilization=inf, reset=inf), NOW) == (
+        "5h [░░░░░░░░░░]    ?")
+    assert window_line("5h", WindowStatus(utilization=float("nan"), reset=-inf), NOW) == (
+        "5h [░░░░░░░░░░]    ?")
+
+
+def test_window_line_utilisation_and_time_to_reset() -> None:
+    w = WindowStatus(utilization=0.62, reset=NOW + 4320, status="allowed")
+    assert window_line("5h", w, NOW) == "5h [██████░░░░]  62% resets in 1h12m"
+    w = WindowStatus(utilization=0.09, reset=NOW + 4 * 86400 + 7200 + 59, status="allowed")
+    assert window_line("7d", w, NOW) == "7d [█░░░░░░░░░]   9% resets in 4d02h"
+    assert window_line("primary", WindowStatus(utilization=0.3), NOW) == (
+        "primary [███░░░░░░░]  30%")
+
+
+def test_window_note_rejected_cap_client_cap_warning() -> None:
+    later = NOW + 600
+    rejected = WindowStatus(utilization=0.4, reset=later, status="rejected")
+    assert window_note(rejected, NOW) == ("rejected", "bold red")
+    # Codex says no status: a window at 100 % is spent.
+    assert window_note(WindowStatus(utilization=1.0, reset=later), NOW)[0] == "rejected"
+    full = WindowStatus(utilization=1.0, reset=later, status="allowed")
+    assert window_note(full, NOW) == ("at cap", "yellow")
+    w = WindowStatus(utilization=0.85, reset=later, status="allowed")
+    assert window_note(w, NOW) == ("", "")
+    assert window_note(w, NOW, 0.8) == ("at cap 80%", "yellow")
+    assert window_note(w, NOW, 1.0, {"background": 0.6, "ci": 0.85, "me": 0.9}) == (
+        "at cap for background 60%, ci 85%", "yellow")
+    # A cap holds only a subscription, and only while the reset is ahead.
+    assert window_note(w, NOW, 0.8, capped=False) == ("", "")
+    assert window_note(WindowStatus(utilization=0.85, status="allowed"), NOW, 0.8) == ("", "")
+    assert window_note(WindowStatus(utilization=0.85, reset=NOW, status="allowed"),
+                       NOW, 0.8) == ("", "")
+    warn = WindowStatus(utilization=0.5, reset=later, status="allowed_warning")
+    assert window_note(warn, NOW) == ("warning", "yellow")
+    assert window_line("7d", w, NOW, 0.8) == "7d [████████░░]  85% resets in 10m00s at cap 80%"
+
+
+def windowed_status() -> StatusResult:
+    return StatusResult(
+        profiles=[
+            profile(windows={"5h": WindowStatus(0.62, NOW + 4320, "allowed"),
+                             "7d": WindowStatus(0.09, NOW + 4 * 86400 + 7200, "allowed")}),
+            profile(id="anthropic:two", label="Two", state="cooldown",
+                    cooldown_until=NOW + 3000, reason="cooldown",
+                    windows={"5h": WindowStatus(1.01, NOW + 3000, "rejected")}),
+            profile(id="anthropic:three", label="Three", state="cooldown", reason="window",
+                    until=NOW + 600, windows={"7d": WindowStatus(0.85, NOW + 600, "allowed")}),
+            profile(id="openai:codex", provider="openai", type="oauth", label="Codex",
+                    windows={"primary": WindowStatus(0.3, NOW + 100),
+                             "secondary": WindowStatus(0.05, NOW + 86400)}),
+            profile(id="openai:key", provider="openai", type="api-key", label="Key"),
+        ],
+        leases=[], routes={}, config=ConfigStatus(profiles_path="/p", loaded_at=NOW),
+        window_cap=0.8, client_window_caps={"background": 0.6},
+    )
+
+
+def test_status_tables_show_each_subscription_window_as_a_bar() -> None:
+    lines = render_status(windowed_status()).splitlines()
+    start = lines.index("Subscription windows")
+    assert lines[start:start + 9] == [
+        "Subscription windows",
+        " Profile          Window     Used               Resets in  Note",
+        " ───────────────  ─────────  ─────────────────  ─────────  ─────────────────────────",
+        " anthropic:one    5h         [██████░░░░]  62%  1h12m      at cap for background 60%",
+        "                  7d         [█░░░░░░░░░]   9%  4d02h",
+        " anthropic:two    5h         [██████████] 101%  50m00s     rejected",
+        " anthropic:three  7d         [████████░░]  85%  10m00s     at cap 80%",
+        " openai:codex     primary    [███░░░░░░░]  30%  1m40s",
+        "                  secondary  [░░░░░░░░░░]   5%  1d00h",
+    ]
+    # A profile held back by its window cap says so in its state.
+    row = next(line for line in lines if line.startswith(" anthropic:three  Three"))
+    assert "cooldown 10m00s (window cap)" in row
+    # No profile without windows is listed, and none at all without any window.
+    assert not any("openai:key" in line for line in lines[start:])
+    plain = windowed_status()
+    for p in plain.profiles:
+        p.windows = {}
+    assert "Subscription windows" not in render_status(plain)
+
+
+def test_event_line_policy_events_say_what_they_mean() -> None:
+    ev = Event(type="paid_fallback", at=NOW, profile="anthropic:two", provider="anthropic",
+               client="background", message="no subscription of the provider is ready")
+    assert event_line(ev) == (
+        f"{clock(NOW)} paid_fallback anthropic:two provider=anthropic client=background:"
+        " an API key was leased, paid per token (no subscription of the provider is ready)")
+    ev = Event(type="probe", at=NOW, profile="anthropic:one", lease_id="L7",
+               provider="anthropic")
+    assert event_line(ev) == (
+        f"{clock(NOW)} probe anthropic:one lease_id=L7 provider=anthropic: an early-reset"
+        " probe lease: if it succeeds, the cooldown ends for every agent")
+    ev = Event(type="cooldown_start", at=NOW, profile="anthropic:one", kind="quota",
+               until=NOW + 3600)
+    assert event_line(ev) == (
+        f"{clock(NOW)} cooldown_start anthropic:one kind=quota until={clock(NOW + 3600)}"
+        " (1h00m)")
+
+
+def test_event_line_control_characters_show_as_spaces() -> None:
+    ev = Event(type="lease", at=NOW, profile="openai:main", client="evil\x1b[2J\nname")
+    assert event_line(ev) == f"{clock(NOW)} lease openai:main client=evil [2J name"

@@ -346,6 +346,10 @@ class StatusResult(msgspec.Struct, omit_defaults=True):
     gateway: GatewayStatus | None = None
     cluster: ClusterStatus | None = None
     """Left out without `[cluster]`."""
+    window_cap: float | None = None
+    """`[policy] window_cap` when it is not the default 1.0 (left out on the wire then)."""
+    client_window_caps: dict[str, float] = {}
+    """`[policy.clients.NAME] window_cap` of the clients that set one."""
 
 
 class ProfileStateResult(msgspec.Struct):

@@ -1,4 +1,4 @@
-"""argentctl's human output: rich tables, durations, one-line events.
+"""argentctl's human output: padded tables, window bars, durations, one-line events.
 
 Every function takes `now` (Unix seconds) instead of reading the clock, so
 the output is deterministic in tests. Nothing here ever sees a secret except
@@ -7,6 +7,7 @@ the output is deterministic in tests. Nothing here ever sees a secret except
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from rich.text import Text
 
 from .facts import did_you_mean, shown_id
 from .profiles_file import FileProfile
-from .protocol import ClusterStatus, Event, LeaseResult, ProfileStatus, StatusResult
+from .protocol import ClusterStatus, Event, LeaseResult, ProfileStatus, StatusResult, WindowStatus
 
 _STATE_STYLE = {"ready": "green", "cooldown": "yellow", "disabled": "dim", "invalid": "bold red",
                 "expired": "red"}
@@ -55,6 +56,9 @@ def state_text(p: ProfileStatus, now: float) -> Text:
     label: str = "removed" if p.removed else p.state
     if p.state == "cooldown" and p.cooldown_until is not None:
         label = f"cooldown {duration(p.cooldown_until - now)}"
+    elif p.reason == "window":
+        left = "" if p.until is None else f" {duration(p.until - now)}"
+        label = f"cooldown{left} (window cap)"
     text = Text(label, style=_STATE_STYLE.get(p.state, ""))
     models = [(m, until) for m, until in sorted(p.model_cooldowns.items()) if until > now]
     if models:
@@ -137,7 +141,7 @@ class Grid:
                 run += pad
             if i != last:
                 run += "  "
-        out.append(run + "\n")
+        out.append(run.rstrip(" ") + "\n")  # an empty last cell leaves no trailing pad
 
     def print(self, console: Console) -> None:
         """Print the table to `console`, never wrapped or cropped."""
@@ -222,6 +226,10 @@ def status_tables(
             )
         if profiles:
             table.print(console)
+            cap = 1.0 if status.window_cap is None else status.window_cap
+            windows = windows_table(profiles, now, cap, status.client_window_caps)
+            if windows is not None:
+                windows.print(console)
             if len(by_provider) > 1:
                 for name, group in by_provider.items():
                     console.print(Text(_provider_summary(name, group, now)), soft_wrap=True)
@@ -274,6 +282,85 @@ def cluster_line(c: ClusterStatus) -> Text:
                 f" ({c.error or 'no reason given'})", style="yellow")
 
 
+BAR_CELLS = 10
+"""Cells of a window's bar: one per 10 %."""
+_SUBSCRIPTION_TYPES = frozenset({"setup-token", "oauth"})
+"""Profile types a `window_cap` holds back (argentd's readiness)."""
+
+
+def window_bar(utilization: float | None) -> str:
+    """`[██████░░░░]  62%`: one cell per 10 % (rounded), the percentage right-aligned."""
+    full, empty = "█", "░"
+    if utilization is None or not math.isfinite(utilization):
+        return f"[{empty * BAR_CELLS}]    ?"
+    filled = min(BAR_CELLS, max(0, round(utilization * BAR_CELLS)))
+    return f"[{full * filled}{empty * (BAR_CELLS - filled)}] {utilization * 100:3.0f}%"
+
+
+def window_note(
+    w: WindowStatus, now: float, cap: float = 1.0, client_caps: dict[str, float] | None = None,
+    *, capped: bool = True,
+) -> tuple[str, str]:
+    """What holds a window back, and its style: `rejected` (the provider says it is
+    spent, or a Codex window at 100 %), `at cap` (the `[policy] window_cap`:
+    no lease gets the profile until it resets), `at cap for background` (a
+    client's own cap), `warning` (the provider's `allowed_warning`), or nothing.
+    A cap holds only a subscription (`capped`) and only while its reset is ahead."""
+    u = w.utilization if w.utilization is not None and math.isfinite(w.utilization) else None
+    if w.status == "rejected" or (w.status is None and u is not None and u >= 1.0):
+        return "rejected", "bold red"
+    if capped and u is not None and w.reset is not None and w.reset > now:
+        if u >= cap:
+            return ("at cap" if cap == 1.0 else f"at cap {cap * 100:.0f}%"), "yellow"
+        reached = [f"{name} {c * 100:.0f}%" for name, c in sorted((client_caps or {}).items())
+                   if u >= c]
+        if reached:
+            return f"at cap for {', '.join(reached)}", "yellow"
+    if w.status == "allowed_warning":
+        return "warning", "yellow"
+    return "", ""
+
+
+def window_line(
+    name: str, w: WindowStatus, now: float, cap: float = 1.0,
+    client_caps: dict[str, float] | None = None, *, capped: bool = True,
+) -> str:
+    """One window as a line: `5h [██████░░░░]  62% resets in 1h12m at cap`."""
+    line = f"{name} {window_bar(w.utilization)}"
+    if w.reset is not None and math.isfinite(w.reset):
+        line += f" resets in {duration(w.reset - now)}"
+    note, _ = window_note(w, now, cap, client_caps, capped=capped)
+    return f"{line} {note}" if note else line
+
+
+def windows_table(
+    profiles: Sequence[ProfileStatus], now: float, cap: float = 1.0,
+    client_caps: dict[str, float] | None = None,
+) -> Grid | None:
+    """The subscription windows of `profiles` (one row each, bars), or None when none
+    reported any. The profile is named on its first window's row only."""
+    table: Grid | None = None
+    for index, p in enumerate(profiles):
+        if not p.windows:
+            continue
+        if table is None:
+            table = Grid("Subscription windows", ("Profile", "Window", "Used", "Resets in",
+                                                  "Note"))
+        shown = shown_id(p.id, index)
+        capped = p.type in _SUBSCRIPTION_TYPES
+        for name, w in p.windows.items():
+            note, style = window_note(w, now, cap, client_caps, capped=capped)
+            bar = window_bar(w.utilization)
+            table.add_row(
+                shown, name, Text(bar, style=style) if style else bar,
+                duration(w.reset - now) if w.reset is not None and math.isfinite(w.reset)
+                else "?",
+                Text(note, style=style) if note else "",
+            )
+            shown = ""
+    return table
+
+
 def daemon_profiles_table(profiles: Sequence[ProfileStatus], now: float) -> Grid:
     """`profiles list` as the daemon sees it: fingerprints, never secrets."""
     table = Grid(None, ("Profile", "Type", "Label", "State", "Priority", "Fingerprint"))
@@ -295,8 +382,20 @@ def file_profiles_table(profiles: Sequence[FileProfile]) -> Grid:
     return table
 
 
+_EVENT_NOTES = {
+    "paid_fallback": "an API key was leased, paid per token",
+    "probe": "an early-reset probe lease: if it succeeds, the cooldown ends for every agent",
+}
+"""What a policy event means, said after its fields (docs/policy.md)."""
+
+
 def event_line(event: Event) -> str:
-    """One line per event: `12:00:01 cooldown_start anthropic:a until=12:05:01 kind=rate_limit`."""
+    """One line per event: `12:00:01 cooldown_start anthropic:a until=12:05:01 kind=rate_limit`.
+
+    `paid_fallback` and `probe` events end with what they mean (`: an API key
+    was leased, paid per token (no subscription of the provider is ready)`). A control
+    character in a field (a client name) shows as a space.
+    """
     parts = [clock(event.at), event.type]
     if event.profile:
         parts.append(event.profile)
@@ -306,9 +405,15 @@ def event_line(event: Event) -> str:
             parts.append(f"{key}={value}")
     if event.until is not None:
         parts.append(f"until={clock(event.until)} ({duration(event.until - event.at)})")
-    if event.message:
+    note = _EVENT_NOTES.get(event.type)
+    if note is not None:
+        parts[-1] += ":"
+        parts.append(note)
+        if event.message:
+            parts.append(f"({event.message})")
+    elif event.message:
         parts.append(f"message={event.message!r}")
-    return " ".join(parts)
+    return _CONTROLS.sub(" ", " ".join(parts))
 
 
 def lease_line(lease: LeaseResult, now: float) -> str:
