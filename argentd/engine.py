@@ -234,15 +234,26 @@ class Engine:
             cooldown.probed(ks, now, self.config.policy.recheck)
             self._outbox.changed = True
             self._emit("probe", now, profile=p.id, lease_id=lease.id, provider=p.provider)
-        if notify:
-            self._note_paid(p, params.client, now)
+        if notify and params.profile is None:  # a pinned key was chosen, not fallen to
+            self._note_paid(p, params.client, model, now)
         return lease_result(lease, p)
 
-    def _note_paid(self, p: Profile, client: str | None, now: float) -> None:
+    def _note_paid(self, p: Profile, client: str | None, model: str | None, now: float) -> None:
         """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
-        provider's subscriptions to its API keys (always queued: the adapter logs it)."""
-        if self._sel.subscribed(p) and self._paid.switched(p.provider, client,
-                                                          p.type in PAID_TYPES):
+        provider's subscriptions to its API keys (always queued: the adapter logs it).
+        A key leased while a subscription is ready (`order` or `priority` put it
+        first) is no fallback."""
+        if not self._sel.subscribed(p):
+            return
+        paid = p.type in PAID_TYPES
+        if paid:
+            rules = self._sel.rules(client)
+            for slot in self._slots.values():
+                q = slot.profile
+                if (q.provider == p.provider and q.type not in PAID_TYPES
+                        and self._sel.reason(slot, model, now, rules).reason == "ready"):
+                    return
+        if self._paid.switched(p.provider, client, paid):
             self._outbox.events.append(Event(
                 type="paid_fallback", at=now, profile=p.id, provider=p.provider,
                 client=client, message="no subscription of the provider is ready"))

@@ -224,6 +224,21 @@ def test_policy_paid_fallback_notify_emits_once_per_switch() -> None:
     assert [ev.at for ev in events(e, "paid_fallback")] == [T0 + 62]  # the next switch
 
 
+def test_policy_paid_fallback_notify_is_silent_when_the_key_was_chosen() -> None:
+    # A pinned key, or a key `order` puts first while the subscription is ready,
+    # is no fall from a subscription: no event claims one.
+    e = make(prof("anthropic:sub"), prof("anthropic:key", "api-key"),
+             order={"anthropic": ["anthropic:key", "anthropic:sub"]},
+             policy=PolicyConfig(paid_fallback="notify"))
+    assert pick(e, T0, provider="anthropic", profile="anthropic:key") == "anthropic:key"
+    assert pick(e, T0 + 1, provider="anthropic") == "anthropic:key"
+    assert events(e, "paid_fallback") == []
+    report(e, T0 + 2, "rate_limit", profile="anthropic:sub")
+    assert pick(e, T0 + 3, provider="anthropic") == "anthropic:key"
+    (ev,) = events(e, "paid_fallback")  # now it is a fallback
+    assert (ev.profile, ev.at) == ("anthropic:key", T0 + 3)
+
+
 def test_policy_paid_fallback_does_not_apply_without_a_subscription() -> None:
     e = make(prof("openai:key", "api-key"), policy=PolicyConfig(paid_fallback="deny"))
     assert pick(e, T0, provider="openai") == "openai:key"
