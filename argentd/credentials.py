@@ -49,6 +49,7 @@ from argent_client.oauth_sources import (
 )
 
 from .oauth_profile import OAuthSource
+from .state import fsync_dir
 
 MAX_BYTES: Final = 8 * 1024 * 1024
 RETIRED_KEPT: Final = 32
@@ -85,19 +86,6 @@ _DECODER: Final = msgspec.json.Decoder(_File)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Temp file `mode` beside `path`, fsync, rename over it, fsync the folder. Raises OSError."""
     folder = path.parent
@@ -116,7 +104,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 class CredentialsStore:
@@ -264,5 +252,5 @@ def write_source_cas(src: OAuthSource, expected_refresh: str | None, login: Sour
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return True

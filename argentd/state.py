@@ -220,7 +220,7 @@ class StateStore:
                 os.close(fd)
             os.replace(tmp, self.path)
             tmp = None
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except OSError as exc:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -265,7 +265,7 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """fsync `folder` so the rename itself is durable; some filesystems refuse (ignored)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
