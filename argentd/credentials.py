@@ -86,10 +86,10 @@ _DECODER: Final = msgspec.json.Decoder(_File)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file `mode` beside `path`, fsync, rename over it, fsync the folder. Raises OSError."""
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+def _write_temp(path: Path, data: bytes, mode: int) -> str:
+    """`data` in a new temp file of `mode` beside `path`, fsynced; returns its path.
+    Raises OSError (and leaves no temp file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
             os.fchmod(fd, mode)
@@ -99,6 +99,18 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Temp file `mode` beside `path`, fsync, rename over it, fsync the folder. Raises OSError."""
+    folder = path.parent
+    tmp = _write_temp(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -232,16 +244,8 @@ def write_source_cas(src: OAuthSource, expected_refresh: str | None, login: Sour
     new = update_source(src.format, data, login, now=now)
     mode = stat.S_IMODE(os.stat(target).st_mode)
     folder = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    tmp = _write_temp(target, new, mode)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(new)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         # Compare and swap: the tool may have written between our read and now.
         with open(target, "rb") as f:
             if f.read(MAX_SOURCE_BYTES + 1) != data:
