@@ -41,6 +41,7 @@ from argent_client import protocol as P
 from . import cluster_books as B
 from . import cluster_scripts as S
 from .books import Slot
+from .cluster_budgets import BudgetShare, gate_of, wants
 from .cluster_inflight import InFlight
 from .cluster_link import Link, Session, SessionLost, display_url
 from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
@@ -116,6 +117,10 @@ class Cluster:
         """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
         self.inflight = InFlight()
         self._budgeted: set[str] = set()
+        self.shares: dict[str, BudgetShare] = {}
+        """Secrets whose request budget is shared (cluster_budgets.py)."""
+        self._budgets_dirty: set[str] = set()
+        self._budget_wake = trio.Event()
         engine.on_book_change = self._book_changed
         self._reindex()
 
@@ -128,8 +133,35 @@ class Cluster:
         if ks is not None and self.connected and self.inflight.after_change(key, ks,
                                                                              self.clock()):
             self._budgeted.add(key)
+        if ks is not None:
+            self._share(key, ks)
         self._dirty.add(key)
         self._wake.set()
+
+    def _share(self, key: str, ks: KeyState) -> None:
+        """Share `key`'s request budget once its refill rate is known (a reading)."""
+        budget = ks.budget
+        bucket = budget.requests if budget is not None else None
+        if budget is None or bucket is None or bucket.rate is None or key not in self._index:
+            return
+        share = self.shares.get(key)
+        if share is None:
+            now = self.clock()
+            share = self.shares[key] = BudgetShare(key, self._poke_budget,
+                                                   connected=self.connected, last_demand=now,
+                                                   limit=bucket.limit, rate=bucket.rate,
+                                                   level=bucket.at(now))
+            self._set_gate(key, ks)
+            self._poke_budget(key)
+        budget.shared = share
+
+    def _set_gate(self, key: str, ks: KeyState) -> None:
+        ks.gate = gate_of(self.gates.get(key), self.shares.get(key))
+        self.engine.set_gated(bool(self.gates or self.shares))
+
+    def _poke_budget(self, key: str) -> None:
+        self._budgets_dirty.add(key)
+        self._budget_wake.set()
 
     def _poke_slots(self, key: str) -> None:
         self._slots_dirty.add(key)
@@ -153,6 +185,7 @@ class Cluster:
         for key in self._index.keys() - index.keys():
             self.books.pop(key, None)
             self.gates.pop(key, None)
+            self.shares.pop(key, None)
         self._index = index
         for key, slots in index.items():
             ks = self._ks(key)
@@ -160,8 +193,8 @@ class Cluster:
                 continue
             limits = [s.profile.max_concurrent for s in slots if s.profile.max_concurrent]
             if not limits:
-                ks.gate = None
                 self.gates.pop(key, None)
+                self._set_gate(key, ks)
                 continue
             gate = self.gates.get(key)
             if gate is None:
@@ -170,8 +203,8 @@ class Cluster:
                                                   last_demand=self.clock())
                 self._slots_dirty.add(key)
             gate.limit = min(limits)
-            ks.gate = gate
-        self.engine.set_gated(bool(self.gates))
+            self._set_gate(key, ks)
+        self.engine.set_gated(bool(self.gates or self.shares))
         if self._force or self._slots_dirty:
             self._wake.set()
 
@@ -225,12 +258,19 @@ class Cluster:
         self.connected = connected
         for gate in self.gates.values():
             gate.connected = connected
+        for share in self.shares.values():
+            share.set_connected(connected)
+        if connected:
+            self._budgets_dirty |= self.shares.keys()
+            self._budget_wake.set()
         if not connected and deliver:
-            self._deliver(list(self.gates))  # open gates: waiters may be served alone
+            # Gates open, budgets local: waiters may be served alone.
+            self._deliver([*self.gates, *self.shares])
 
     async def _run_session(self, session: Session) -> None:
         client = session.client
         for name, text in (("slots", S.SLOTS), ("book", S.BOOK), ("want", S.WANT),
+                           ("budget", S.BUDGET),
                            ("heartbeat", S.HEARTBEAT), ("claim", S.CLAIM)):
             sha = await session.call(client.script_load, text)
             self._shas[name] = sha.decode() if isinstance(sha, bytes) else str(sha)
@@ -256,6 +296,7 @@ class Cluster:
                      len(self.hosts))
             n.start_soon(self._renew_loop, session)
             n.start_soon(self._poll, session)
+            n.start_soon(self._budget_loop, session)
             await self._flush_loop(session)
 
     async def _flush_loop(self, session: Session) -> None:
@@ -269,6 +310,14 @@ class Cluster:
             if self._slots_dirty:
                 keys, self._slots_dirty = self._slots_dirty, set()
                 await self._plan_slots(session, [k for k in keys if k in self.gates])
+
+    async def _budget_loop(self, session: Session) -> None:
+        """Tokens of the shared budgets: their own loop, so no book flush delays them."""
+        while True:
+            await self._budget_wake.wait()
+            self._budget_wake = trio.Event()
+            keys, self._budgets_dirty = self._budgets_dirty, set()
+            await self._plan_budgets(session, keys)
 
     async def _renew_loop(self, session: Session) -> None:
         while True:
@@ -291,6 +340,10 @@ class Cluster:
                     self._slots_dirty.add(key)
             if self._slots_dirty:
                 self._wake.set()
+            now = self.clock()
+            for key, share in self.shares.items():
+                if share.due(now):
+                    self._poke_budget(key)
             actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:
@@ -388,7 +441,9 @@ class Cluster:
             snap = B.to_snapshot(ks, new, now)
             self.engine.restore(Snapshot(keys={key: snap}, profiles=profiles), now=now)
             changed = True
-        changed |= B.apply_reading(ks, book, fields, self.host, now)
+        if B.apply_reading(ks, book, fields, self.host, now):
+            changed = True
+            self._share(key, ks)
         book.synced = fields
         book.version = version
         return changed
@@ -420,6 +475,26 @@ class Cluster:
         if wants:
             await self._scripts(session, [("want", [], [self.channel, self.host, k])
                                           for k in wants])
+        if opened:
+            self._deliver(opened)
+
+    async def _plan_budgets(self, session: Session, keys: Iterable[str]) -> None:
+        """Ask Redis for the tokens the shares want, give back idle ones, send readings."""
+        now = self.clock()
+        asks = [(k, share, share.ask(now)) for k in keys
+                if (share := self.shares.get(k)) is not None and share.due(now)]
+        if not asks:
+            return
+        try:
+            replies = await self._scripts(session, [("budget", [self._key("budget", k)], args)
+                                                    for k, _, args in asks])
+        except SessionLost:
+            for _, share, _ in asks:
+                share.lost()
+            raise
+        now = self.clock()
+        opened = [k for (k, share, args), reply in zip(asks, replies, strict=True)
+                  if share.took(reply, wants(args), now)]
         if opened:
             self._deliver(opened)
 

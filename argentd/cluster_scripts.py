@@ -6,6 +6,8 @@ secret's `Secret.key`):
 
 - `{name}:slots:{key}`  sorted set: member `host|n`, score = expiry (ms, Redis time)
 - `{name}:book:{key}`   hash: the book (cluster_books.py), expires 8 days after its last change
+- `{name}:budget:{key}` hash: the request bucket (cluster_budgets.py): `l` limit,
+  `r` refill per second, `v` level at `t` (ms, Redis time), `n` tokens taken so far
 - `{name}:owner:{key}`  string: the host that owns a refresh token
 - `{name}:hosts`        sorted set: host -> last heartbeat (ms, Redis time)
 - `{name}:bus`          the pub/sub channel of every change
@@ -82,6 +84,48 @@ if changed then
   redis.call('PUBLISH', ARGV[1], cjson.encode(msg))
 end
 return all
+"""
+
+BUDGET: Final = """
+-- KEYS[1] budget; ARGV: want, give, limit, rate, level, serial, remaining, ahead_ms.
+-- Refill, take back `give` tokens, lower the level to what a reading (remaining, as
+-- of token `serial`) allows, then take up to `want` tokens: each valid now or booked
+-- `wait` ms ahead (no further than ahead_ms). A missing bucket starts at `level`.
+-- Returns {last serial, level, wait_ms...}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local b = KEYS[1]
+local want, give = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, rate = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur = redis.call('HMGET', b, 'l', 'r', 'v', 't', 'n')
+local v, n
+if cur[3] then
+  v, n = tonumber(cur[3]), tonumber(cur[5])
+  v = math.min(tonumber(cur[1]), v + tonumber(cur[2]) * math.max(0, now - tonumber(cur[4])) / 1000)
+else
+  v, n = math.min(limit, tonumber(ARGV[5])), 0
+end
+v = math.min(limit, v + give)
+if ARGV[6] ~= '' then
+  local est = tonumber(ARGV[7]) - (n - tonumber(ARGV[6]))
+  if est < v then v = est end
+end
+local ahead = tonumber(ARGV[8])
+local out = {0, ''}
+for i = 1, want do
+  local wait = 0
+  if v < 1 then wait = math.ceil((1 - v) / rate * 1000) end
+  if wait > ahead then break end
+  v = v - 1
+  n = n + 1
+  out[#out + 1] = wait
+end
+redis.call('HSET', b, 'l', tostring(limit), 'r', tostring(rate), 'v', tostring(v),
+           't', tostring(now), 'n', tostring(n))
+redis.call('PEXPIRE', b, 600000)
+out[1] = n
+out[2] = tostring(v)
+return out
 """
 
 WANT: Final = """

@@ -1,0 +1,230 @@
+"""Cluster-wide rate budgets: one request bucket per secret in Redis, taken ahead by each host.
+
+Theory of operation
+-------------------
+A provider counts a key's requests from every host; a host predicting the
+key's budget from its own leases (budget.py) grants what the others have
+already spent. With the cluster, a secret whose budget has a known refill
+rate gets one token bucket in Redis for the whole cluster
+(cluster_scripts.BUDGET, `{name}:budget:{key}`: limit, rate, level, when,
+and a serial counting every token taken). A host grants a lease on that
+secret only with a *token* it took from that bucket, so all hosts together
+never grant more than the bucket holds.
+
+The hot path never waits on Redis: the host takes its tokens ahead. While
+it has demand (a lease granted or refused here in the last `DEMAND_IDLE`
+s) the cluster task keeps `HOLD` tokens per secret in hand. Redis answers
+each ask with a token valid now, or *booked*: valid at the time its bucket
+will have refilled to it (at most `MAX_AHEAD` ahead), so hosts that all
+want a spent key queue for it in Redis instead of racing at each refill.
+`Budget.ready_at` asks the secret's `BudgetShare` (pure, no I/O): ready
+when a token is valid here, else the booked token's time (the engine wakes
+its waiters then by itself). A token unused `TOKEN_IDLE` s after it became
+valid goes back to the bucket.
+
+Readings keep the bucket true: a host sends the limit and refill rate its
+own prediction took from each provider reading (the latest wins), and
+`remaining` with the serial of the token its lease used: every token taken
+after it may not have been counted, so the level becomes at most
+`remaining - (serial now - serial)`. A Redis that restarted empty gets the
+bucket back from the next host's ask (its own prediction as the level).
+
+While Redis is unreachable, or an ask goes unanswered for `FALLBACK_AFTER`
+s (Redis slow), the share is not in charge: the host's own prediction
+decides, as without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .budget import Bucket
+from .keystate import Gate
+
+HOLD: Final = 1
+"""Tokens (valid or booked) a host keeps in hand per secret while it has demand."""
+DEMAND_IDLE: Final = 0.5
+"""Seconds after the last lease granted or refused here that the host still takes tokens."""
+TOKEN_IDLE: Final = 0.5
+"""Seconds a valid token may go unused before it goes back to the bucket."""
+FALLBACK_AFTER: Final = 0.25
+"""Seconds an ask may go unanswered before the host's own prediction decides."""
+MAX_AHEAD: Final = 2.0
+"""Seconds ahead Redis books a token; past that it books none (ask again later)."""
+NO_TOKEN_WAIT: Final = 1.0
+"""Without a token nor an ask out: when readiness says to look again (the
+cluster task delivers the token as soon as it comes)."""
+
+
+@dataclass(slots=True, eq=False)
+class BudgetShare:
+    """This host's share of one secret's cluster bucket (`Budget.shared`, `KeyState.gate`)."""
+
+    key: str
+    poke: Callable[[str], None]
+    """Asks the cluster task to plan this key again (sync; sets a trio event)."""
+    connected: bool = False
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    """(valid from, local clock; serial) of the tokens in hand, oldest first."""
+    asked_at: float | None = None
+    """When the ask now out was sent (local clock), or None."""
+    retry_at: float = float("-inf")
+    """Redis booked no token (too far ahead): no ask before this."""
+    last_demand: float = float("-inf")
+    grants: dict[int, int] = field(default_factory=dict)
+    """Grant number (Budget.grants) -> serial of the token it used, until its reading."""
+    reading: tuple[int, int] | None = None
+    """(serial, remaining) of the most telling reading not yet sent."""
+    limit: float = 0.0
+    rate: float | None = None
+    level: float = 0.0
+    """The local prediction's bucket, as last seen (sent with each ask)."""
+    give: int = 0
+    """Tokens to give back with the next ask."""
+
+    # ------------------------------------------------------------ engine side (sync, pure reads)
+
+    def ready_at(self, now: float) -> float | None:
+        """When this host may grant the next lease on the secret, or None when the
+        share is not in charge (disconnected, or Redis slow: the local prediction decides)."""
+        if not self.connected or self.rate is None:
+            return None
+        if self.tokens:
+            return max(now, self.tokens[0][0])
+        if self.asked_at is not None:
+            if now - self.asked_at >= FALLBACK_AFTER:
+                return None
+            return self.asked_at + FALLBACK_AFTER  # wake then: perhaps to go on alone
+        if self.retry_at > now:
+            return self.retry_at
+        return now + NO_TOKEN_WAIT
+
+    def take(self, grant: int, now: float) -> None:
+        """A lease is granted (Budget.grant): it spends the oldest valid token."""
+        self.last_demand = now
+        if self.tokens and self.tokens[0][0] <= now:
+            _, serial = self.tokens.popleft()
+            self.grants[grant] = serial
+            if len(self.grants) > 4096:  # leases that never said a reading
+                del self.grants[next(iter(self.grants))]
+        if self.connected:
+            self.poke(self.key)
+
+    def observed(self, grant: int | None, remaining: int, bucket: Bucket, now: float) -> None:
+        """A provider reading of lease `grant` was taken into `bucket` (Budget.observe)."""
+        self.limit, self.rate, self.level = bucket.limit, bucket.rate, bucket.at(now)
+        serial = self.grants.pop(grant, None) if grant is not None else None
+        # Of two readings the one that says less left is kept (est = remaining + serial - n).
+        if serial is not None and (self.reading is None
+                                   or remaining + serial < sum(self.reading)):
+            self.reading = (serial, remaining)
+        if self.connected:
+            self.poke(self.key)
+
+    # ------------------------------------------------------------ the gate (selection tells it)
+
+    def open(self, active: int, now: float) -> bool:
+        return True  # the budget holds through Budget.ready_at (readiness reason `budget`)
+
+    def granted(self, active: int, now: float) -> None:
+        self.last_demand = now
+
+    def refused(self, active: int, now: float) -> None:
+        self.last_demand = now
+        if self.connected and not self.tokens and self.asked_at is None:
+            self.poke(self.key)
+
+    # ------------------------------------------------------------ the cluster task
+
+    def set_connected(self, connected: bool) -> None:
+        """A session began or ended: tokens of an old session mean nothing now."""
+        self.connected = connected
+        self.tokens.clear()
+        self.grants.clear()
+        self.asked_at = None
+        self.retry_at = float("-inf")
+        self.reading = None
+        self.give = 0
+
+    def due(self, now: float) -> bool:
+        """Whether an ask should go now (tokens idle, demand unmet, a reading to send)."""
+        if not self.connected or self.rate is None or self.asked_at is not None:
+            return False
+        while self.tokens and self.tokens[0][0] + TOKEN_IDLE < now:
+            self.tokens.popleft()
+            self.give += 1
+        return bool(self.give or self.reading is not None or self._want(now))
+
+    def _want(self, now: float) -> int:
+        if now - self.last_demand >= DEMAND_IDLE or now < self.retry_at:
+            return 0
+        return max(0, HOLD - len(self.tokens))
+
+    def ask(self, now: float) -> list[str]:
+        """The BUDGET script's arguments for the ask sent now (marks it out)."""
+        assert self.rate is not None
+        want = self._want(now)
+        serial, remaining = self.reading if self.reading is not None else ("", "")
+        self.reading = None
+        give, self.give = self.give, 0
+        self.asked_at = now
+        return [str(want), str(give), repr(self.limit), repr(self.rate), repr(self.level),
+                str(serial), str(remaining), str(int(MAX_AHEAD * 1000))]
+
+    def took(self, reply: Any, want: int, now: float) -> bool:
+        """Record Redis' reply (`[last serial, level, wait_ms...]`) received at `now`;
+        True when it brought tokens (the engine should look at its waiters: serve
+        them now, or wake them when a booked token becomes valid)."""
+        self.asked_at = None
+        if not self.connected:
+            return False  # an answer of a session that has ended
+        last = int(reply[0])
+        waits = [int(w) for w in reply[2:]]
+        first = last - len(waits) + 1
+        for i, wait in enumerate(waits):
+            self.tokens.append((now + wait / 1000, first + i))
+        if len(waits) < want:
+            self.retry_at = now + MAX_AHEAD / 2
+        return bool(waits)
+
+    def lost(self) -> None:
+        """The ask out got no answer (the session ended)."""
+        self.asked_at = None
+
+
+def wants(args: list[str]) -> int:
+    """How many tokens an ask's arguments (`BudgetShare.ask`) asked for."""
+    return int(args[0])
+
+
+@dataclass(slots=True, eq=False)
+class Gates:
+    """Two gates on one secret (its cluster slots and its budget share), as one."""
+
+    first: Gate
+    second: Gate
+
+    def open(self, active: int, now: float) -> bool:
+        return self.first.open(active, now) and self.second.open(active, now)
+
+    def granted(self, active: int, now: float) -> None:
+        self.first.granted(active, now)
+        self.second.granted(active, now)
+
+    def refused(self, active: int, now: float) -> None:
+        self.first.refused(active, now)
+        self.second.refused(active, now)
+
+
+def gate_of(*gates: Gate | None) -> Gate | None:
+    """The `KeyState.gate` of a secret with these gates (None for none)."""
+    present = [g for g in gates if g is not None]
+    if not present:
+        return None
+    out = present[0]
+    for g in present[1:]:
+        out = Gates(out, g)
+    return out
