@@ -155,7 +155,7 @@ class Share(Protocol):
         """Grant number `grant` spends from the shared budget."""
         ...
 
-    def observed(self, grant: int | None, remaining: int, bucket: Bucket, now: float) -> None:
+    def observed(self, grant: int | None, limits: Limits, bucket: Bucket, now: float) -> None:
         """A provider reading of `grant`, just taken into the local `bucket`."""
         ...
 
@@ -295,9 +295,9 @@ class Budget:
         self._tell_shared(limits, grant, now)
 
     def _tell_shared(self, limits: Limits, grant: int | None, now: float) -> None:
-        remaining = limits.requests_remaining
-        if self.shared is not None and self.requests is not None and remaining is not None:
-            self.shared.observed(grant, remaining, self.requests, now)
+        if (self.shared is not None and self.requests is not None
+                and limits.requests_remaining is not None):
+            self.shared.observed(grant, limits, self.requests, now)
 
     def _observe_unified(self, limits: Limits, now: float) -> None:
         if limits.unified_status is not None:

@@ -25,8 +25,11 @@ valid goes back to the bucket.
 Readings keep the bucket true: a host sends the limit and refill rate its
 own prediction took from each provider reading (the latest wins), and
 `remaining` with the serial of the token its lease used: every token taken
-after it may not have been counted, so the level becomes at most
-`remaining - (serial now - serial)`. A Redis that restarted empty gets the
+after it may not have been counted, so the level becomes `remaining -
+(serial now - serial)`, plus the refill since the host took the reading
+(the provider counted before that), from the newest reading only (by serial), as a
+host's own prediction does (budget.py): a rate a little off, or tokens
+taken and never used, are corrected by the next reading. A Redis that restarted empty gets the
 bucket back from the next host's ask (its own prediction as the level).
 
 While Redis is unreachable, or an ask goes unanswered for `FALLBACK_AFTER`
@@ -41,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from argent_client.protocol import Limits
+
 from .budget import Bucket
 from .keystate import Gate
 
@@ -50,7 +55,7 @@ DEMAND_IDLE: Final = 0.5
 """Seconds after the last lease granted or refused here that the host still takes tokens."""
 TOKEN_IDLE: Final = 0.5
 """Seconds a valid token may go unused before it goes back to the bucket."""
-FALLBACK_AFTER: Final = 0.25
+FALLBACK_AFTER: Final = 0.5
 """Seconds an ask may go unanswered before the host's own prediction decides."""
 MAX_AHEAD: Final = 2.0
 """Seconds ahead Redis books a token; past that it books none (ask again later)."""
@@ -74,16 +79,25 @@ class BudgetShare:
     retry_at: float = float("-inf")
     """Redis booked no token (too far ahead): no ask before this."""
     last_demand: float = float("-inf")
-    grants: dict[int, int] = field(default_factory=dict)
-    """Grant number (Budget.grants) -> serial of the token it used, until its reading."""
-    reading: tuple[int, int] | None = None
-    """(serial, remaining) of the most telling reading not yet sent."""
+    grants: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """Grant number (Budget.grants) -> (serial of the token it used, when granted),
+    until its reading."""
+    reading: tuple[int, int, float] | None = None
+    """(serial, remaining, when taken here) of the newest reading not yet sent."""
     limit: float = 0.0
     rate: float | None = None
     level: float = 0.0
-    """The local prediction's bucket, as last seen (sent with each ask)."""
+    """The local prediction's bucket, as last seen (sent with each ask; Redis takes
+    its rate and level only to start a bucket it lacks)."""
+    sample: float | None = None
+    """The largest lower bound of the refill rate read since the last ask (see `observed`)."""
     give: int = 0
     """Tokens to give back with the next ask."""
+    shared_level: float | None = None
+    shared_rate: float | None = None
+    """The cluster bucket's level and refill rate, as Redis last answered."""
+    untokened: int = 0
+    """Leases granted while connected without a token (Redis slow, or a probe)."""
 
     # ------------------------------------------------------------ engine side (sync, pure reads)
 
@@ -107,20 +121,37 @@ class BudgetShare:
         self.last_demand = now
         if self.tokens and self.tokens[0][0] <= now:
             _, serial = self.tokens.popleft()
-            self.grants[grant] = serial
+            self.grants[grant] = (serial, now)
             if len(self.grants) > 4096:  # leases that never said a reading
                 del self.grants[next(iter(self.grants))]
+        elif self.connected:
+            self.untokened += 1
         if self.connected:
             self.poke(self.key)
 
-    def observed(self, grant: int | None, remaining: int, bucket: Bucket, now: float) -> None:
-        """A provider reading of lease `grant` was taken into `bucket` (Budget.observe)."""
-        self.limit, self.rate, self.level = bucket.limit, bucket.rate, bucket.at(now)
-        serial = self.grants.pop(grant, None) if grant is not None else None
-        # Of two readings the one that says less left is kept (est = remaining + serial - n).
-        if serial is not None and (self.reading is None
-                                   or remaining + serial < sum(self.reading)):
-            self.reading = (serial, remaining)
+    def observed(self, grant: int | None, limits: Limits, bucket: Bucket, now: float) -> None:
+        """A provider reading of lease `grant` was taken into `bucket` (Budget.observe).
+
+        The local bucket's rate (missing / time to reset, budget.py) runs high:
+        `remaining` is whole requests (up to one more is missing than it says)
+        and the reading is taken a while after the provider counted. The rate
+        sent is a lower bound instead: one request fewer, over the time from
+        the lease's grant (before the provider counted it) to the reset.
+        """
+        self.limit, self.level = bucket.limit, bucket.at(now)
+        if self.rate is None:
+            self.rate = bucket.rate
+        remaining = limits.requests_remaining
+        held = self.grants.pop(grant, None) if grant is not None else None
+        if held is None or remaining is None:
+            return
+        serial, granted_at = held
+        if self.reading is None or serial > self.reading[0]:
+            self.reading = (serial, remaining, now)  # the newest tells the most
+        reset, missing = limits.requests_reset, bucket.limit - remaining
+        if reset is not None and missing >= 2 and reset > granted_at:
+            low = (missing - 1) / (reset - granted_at)
+            self.sample = low if self.sample is None else max(self.sample, low)
         if self.connected:
             self.poke(self.key)
 
@@ -167,22 +198,30 @@ class BudgetShare:
         """The BUDGET script's arguments for the ask sent now (marks it out)."""
         assert self.rate is not None
         want = self._want(now)
-        serial, remaining = self.reading if self.reading is not None else ("", "")
+        serial: object = ""
+        remaining: object = ""
+        age = 0
+        if self.reading is not None:
+            serial, remaining, at = self.reading
+            age = max(0, int((now - at) * 1000))
         self.reading = None
         give, self.give = self.give, 0
+        sample, self.sample = self.sample, None
         self.asked_at = now
         return [str(want), str(give), repr(self.limit), repr(self.rate), repr(self.level),
-                str(serial), str(remaining), str(int(MAX_AHEAD * 1000))]
+                str(serial), str(remaining), str(int(MAX_AHEAD * 1000)),
+                "" if sample is None else repr(sample), str(age)]
 
     def took(self, reply: Any, want: int, now: float) -> bool:
-        """Record Redis' reply (`[last serial, level, wait_ms...]`) received at `now`;
+        """Record Redis' reply (`[last serial, level, rate, wait_ms...]`) received at `now`;
         True when it brought tokens (the engine should look at its waiters: serve
         them now, or wake them when a booked token becomes valid)."""
         self.asked_at = None
         if not self.connected:
             return False  # an answer of a session that has ended
         last = int(reply[0])
-        waits = [int(w) for w in reply[2:]]
+        self.shared_level, self.shared_rate = float(reply[1]), float(reply[2])
+        waits = [int(w) for w in reply[3:]]
         first = last - len(waits) + 1
         for i, wait in enumerate(waits):
             self.tokens.append((now + wait / 1000, first + i))
