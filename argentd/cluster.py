@@ -146,12 +146,11 @@ class Cluster:
             return
         share = self.shares.get(key)
         if share is None:
+            return
+        if share.rate is None:
             now = self.clock()
-            share = self.shares[key] = BudgetShare(key, self._poke_budget,
-                                                   connected=self.connected, last_demand=now,
-                                                   limit=bucket.limit, rate=bucket.rate,
-                                                   level=bucket.at(now))
-            self._set_gate(key, ks)
+            share.limit, share.rate, share.level = bucket.limit, bucket.rate, bucket.at(now)
+            share.last_demand = now
             self._poke_budget(key)
         budget.shared = share
 
@@ -191,6 +190,9 @@ class Cluster:
             ks = self._ks(key)
             if ks is None:
                 continue
+            if key not in self.shares:
+                self.shares[key] = BudgetShare(key, self._poke_budget, connected=self.connected)
+                self._share(key, ks)
             limits = [s.profile.max_concurrent for s in slots if s.profile.max_concurrent]
             if not limits:
                 self.gates.pop(key, None)
@@ -341,9 +343,14 @@ class Cluster:
             if self._slots_dirty:
                 self._wake.set()
             now = self.clock()
+            first = []
             for key, share in self.shares.items():
                 if share.due(now):
                     self._poke_budget(key)
+                if share.first_over(now):
+                    first.append(key)
+            if first:
+                self._deliver(first)
             actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:

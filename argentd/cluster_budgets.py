@@ -30,7 +30,10 @@ after it may not have been counted, so the level becomes `remaining -
 (the provider counted before that), from the newest reading only (by serial), as a
 host's own prediction does (budget.py): a rate a little off, or tokens
 taken and never used, are corrected by the next reading. A Redis that restarted empty gets the
-bucket back from the next host's ask (its own prediction as the level).
+bucket back from the next host's ask. A new bucket starts empty at most
+(its own prediction, if lower): a host's prediction does not count the
+other hosts' leases in flight, and the first reading taken with a token
+sets the level anyway.
 
 While Redis is unreachable, or an ask goes unanswered for `FALLBACK_AFTER`
 s (Redis slow), the share is not in charge: the host's own prediction
@@ -59,6 +62,9 @@ FALLBACK_AFTER: Final = 0.5
 """Seconds an ask may go unanswered before the host's own prediction decides."""
 MAX_AHEAD: Final = 2.0
 """Seconds ahead Redis books a token; past that it books none (ask again later)."""
+FIRST_WAIT: Final = 1.0
+"""Seconds a secret whose budget is not known yet admits one lease at a time here
+(unless one has ended before)."""
 NO_TOKEN_WAIT: Final = 1.0
 """Without a token nor an ask out: when readiness says to look again (the
 cluster task delivers the token as soon as it comes)."""
@@ -96,6 +102,12 @@ class BudgetShare:
     shared_level: float | None = None
     shared_rate: float | None = None
     """The cluster bucket's level and refill rate, as Redis last answered."""
+    first_grant: float | None = None
+    """When the first lease on the secret was granted here (while its budget is unknown)."""
+    granted_n: int = 0
+    """Leases granted here while its budget is unknown."""
+    held_first: bool = False
+    """A lease was refused while the first one was out (deliver when FIRST_WAIT is over)."""
     untokened: int = 0
     """Leases granted while connected without a token (Redis slow, or a probe)."""
 
@@ -158,13 +170,27 @@ class BudgetShare:
     # ------------------------------------------------------------ the gate (selection tells it)
 
     def open(self, active: int, now: float) -> bool:
-        return True  # the budget holds through Budget.ready_at (readiness reason `budget`)
+        """Shut only while nothing is known of the secret's budget, one lease is out
+        here, none has ended and it went out less than FIRST_WAIT ago: hosts
+        starting together do not all spend a key's burst before its first
+        reading. Once known, the budget holds through `Budget.ready_at`
+        (readiness reason `budget`)."""
+        if self.rate is not None or not self.connected or active == 0:
+            return True
+        first = self.first_grant
+        return first is None or self.granted_n > active or now - first >= FIRST_WAIT
 
     def granted(self, active: int, now: float) -> None:
         self.last_demand = now
+        if self.rate is None:
+            self.granted_n += 1
+            if self.first_grant is None:
+                self.first_grant = now
 
     def refused(self, active: int, now: float) -> None:
         self.last_demand = now
+        if self.rate is None and not self.open(active, now):
+            self.held_first = True
         if self.connected and not self.tokens and self.asked_at is None:
             self.poke(self.key)
 
@@ -179,6 +205,14 @@ class BudgetShare:
         self.retry_at = float("-inf")
         self.reading = None
         self.give = 0
+
+    def first_over(self, now: float) -> bool:
+        """Whether a lease held back by the first one may go now (once)."""
+        first = self.first_grant
+        if not self.held_first or first is None or now - first < FIRST_WAIT:
+            return False
+        self.held_first = False
+        return True
 
     def due(self, now: float) -> bool:
         """Whether an ask should go now (tokens idle, demand unmet, a reading to send)."""
@@ -208,7 +242,8 @@ class BudgetShare:
         give, self.give = self.give, 0
         sample, self.sample = self.sample, None
         self.asked_at = now
-        return [str(want), str(give), repr(self.limit), repr(self.rate), repr(self.level),
+        return [str(want), str(give), repr(self.limit), repr(self.rate),
+                repr(min(self.level, 0.0)),
                 str(serial), str(remaining), str(int(MAX_AHEAD * 1000)),
                 "" if sample is None else repr(sample), str(age)]
 
