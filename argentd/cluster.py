@@ -15,6 +15,9 @@ other hosts' (DESIGN, "Cluster"):
 - **Slots** (cluster_slots.py): a secret with `max_concurrent` gets a
   `SlotGate` in its KeyState; the planner keeps the slots this host holds
   in Redis right (cluster_scripts.SLOTS).
+- **Budgets** (cluster_budgets.py, cluster_shares.py): a secret's request
+  budget is one bucket in Redis (cluster_scripts.BUDGET); a host grants a
+  lease on it only with a token taken from it ahead (`BudgetShare`).
 - **Faults**: every call is bounded (cluster_link.OP_TIMEOUT) and a
   heartbeat every `RENEW_EVERY` s proves the link alive; a failure ends the
   session: the gates open (each host goes on alone), `status.cluster` says
@@ -41,10 +44,11 @@ from argent_client import protocol as P
 from . import cluster_books as B
 from . import cluster_scripts as S
 from .books import Slot
-from .cluster_budgets import BudgetShare, gate_of, wants
+from .cluster_budgets import gate_of
 from .cluster_inflight import InFlight
-from .cluster_link import Link, Session, SessionLost, display_url
-from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
+from .cluster_link import Link, Session, SessionLost, display_url, heartbeat
+from .cluster_shares import Shares
+from .cluster_slots import RENEW_EVERY, SlotGate, plan_all, took_all
 from .cluster_views import Histogram, metrics_text
 from .config import ClusterConfig
 from .engine import Engine
@@ -117,10 +121,8 @@ class Cluster:
         """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
         self.inflight = InFlight()
         self._budgeted: set[str] = set()
-        self.shares: dict[str, BudgetShare] = {}
-        """Secrets whose request budget is shared (cluster_budgets.py)."""
-        self._budgets_dirty: set[str] = set()
-        self._budget_wake = trio.Event()
+        self.budgets = Shares(clock, self._deliver, lambda key: self._key("budget", key))
+        """The shared rate budgets (cluster_shares.py)."""
         engine.on_book_change = self._book_changed
         self._reindex()
 
@@ -130,37 +132,15 @@ class Cluster:
         # Called inside the engine's call, right after a reading: lower it by the
         # other hosts' leases in flight before anything else is granted.
         ks = self._ks(key)
-        if ks is not None and self.connected and self.inflight.after_change(key, ks,
-                                                                             self.clock()):
-            self._budgeted.add(key)
         if ks is not None:
-            self._share(key, ks)
+            if self.connected and self.inflight.after_change(key, ks, self.clock()):
+                self._budgeted.add(key)
+            self.budgets.known(key, ks)
         self._dirty.add(key)
         self._wake.set()
 
-    def _share(self, key: str, ks: KeyState) -> None:
-        """Share `key`'s request budget once its refill rate is known (a reading)."""
-        budget = ks.budget
-        bucket = budget.requests if budget is not None else None
-        if budget is None or bucket is None or bucket.rate is None or key not in self._index:
-            return
-        share = self.shares.get(key)
-        if share is None:
-            return
-        if share.rate is None:
-            now = self.clock()
-            share.limit, share.rate, share.level = bucket.limit, bucket.rate, bucket.at(now)
-            share.last_demand = now
-            self._poke_budget(key)
-        budget.shared = share
-
     def _set_gate(self, key: str, ks: KeyState) -> None:
-        ks.gate = gate_of(self.gates.get(key), self.shares.get(key))
-        self.engine.set_gated(bool(self.gates or self.shares))
-
-    def _poke_budget(self, key: str) -> None:
-        self._budgets_dirty.add(key)
-        self._budget_wake.set()
+        ks.gate = gate_of(self.gates.get(key), self.budgets.by_key.get(key))
 
     def _poke_slots(self, key: str) -> None:
         self._slots_dirty.add(key)
@@ -184,15 +164,13 @@ class Cluster:
         for key in self._index.keys() - index.keys():
             self.books.pop(key, None)
             self.gates.pop(key, None)
-            self.shares.pop(key, None)
+            self.budgets.drop(key)
         self._index = index
         for key, slots in index.items():
             ks = self._ks(key)
             if ks is None:
                 continue
-            if key not in self.shares:
-                self.shares[key] = BudgetShare(key, self._poke_budget, connected=self.connected)
-                self._share(key, ks)
+            self.budgets.ensure(key, ks)
             limits = [s.profile.max_concurrent for s in slots if s.profile.max_concurrent]
             if not limits:
                 self.gates.pop(key, None)
@@ -206,7 +184,7 @@ class Cluster:
                 self._slots_dirty.add(key)
             gate.limit = min(limits)
             self._set_gate(key, ks)
-        self.engine.set_gated(bool(self.gates or self.shares))
+        self.engine.set_gated(bool(index))
         if self._force or self._slots_dirty:
             self._wake.set()
 
@@ -260,20 +238,14 @@ class Cluster:
         self.connected = connected
         for gate in self.gates.values():
             gate.connected = connected
-        for share in self.shares.values():
-            share.set_connected(connected)
-        if connected:
-            self._budgets_dirty |= self.shares.keys()
-            self._budget_wake.set()
+        self.budgets.set_connected(connected)
         if not connected and deliver:
             # Gates open, budgets local: waiters may be served alone.
-            self._deliver([*self.gates, *self.shares])
+            self._deliver([*self.gates, *self.budgets.by_key])
 
     async def _run_session(self, session: Session) -> None:
         client = session.client
-        for name, text in (("slots", S.SLOTS), ("book", S.BOOK), ("want", S.WANT),
-                           ("budget", S.BUDGET),
-                           ("heartbeat", S.HEARTBEAT), ("claim", S.CLAIM)):
+        for name, text in S.ALL.items():
             sha = await session.call(client.script_load, text)
             self._shas[name] = sha.decode() if isinstance(sha, bytes) else str(sha)
         async with client.pubsub(channels=[self.channel]) as pubsub, trio.open_nursery() as n:
@@ -298,7 +270,7 @@ class Cluster:
                      len(self.hosts))
             n.start_soon(self._renew_loop, session)
             n.start_soon(self._poll, session)
-            n.start_soon(self._budget_loop, session)
+            n.start_soon(self.budgets.run, session, self._scripts)
             await self._flush_loop(session)
 
     async def _flush_loop(self, session: Session) -> None:
@@ -312,14 +284,6 @@ class Cluster:
             if self._slots_dirty:
                 keys, self._slots_dirty = self._slots_dirty, set()
                 await self._plan_slots(session, [k for k in keys if k in self.gates])
-
-    async def _budget_loop(self, session: Session) -> None:
-        """Tokens of the shared budgets: their own loop, so no book flush delays them."""
-        while True:
-            await self._budget_wake.wait()
-            self._budget_wake = trio.Event()
-            keys, self._budgets_dirty = self._budgets_dirty, set()
-            await self._plan_budgets(session, keys)
 
     async def _renew_loop(self, session: Session) -> None:
         while True:
@@ -342,15 +306,7 @@ class Cluster:
                     self._slots_dirty.add(key)
             if self._slots_dirty:
                 self._wake.set()
-            now = self.clock()
-            first = []
-            for key, share in self.shares.items():
-                if share.due(now):
-                    self._poke_budget(key)
-                if share.first_over(now):
-                    first.append(key)
-            if first:
-                self._deliver(first)
+            self.budgets.poll(self.clock())
             actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:
@@ -379,15 +335,8 @@ class Cluster:
         return out
 
     async def _heartbeat(self, session: Session) -> None:
-        before = time.time()
-        hosts, secs, usecs = await session.call(
-            session.client.evalsha, self._shas["heartbeat"], keys=[f"{self.name}:hosts"],
-            args=[self.host, str(int(HOST_STALE * 1000))])
-        after = time.time()
-        self.latency = after - before
-        redis_now = int(secs) + int(usecs) / 1e6
-        self.skew = redis_now - (before + after) / 2
-        self.hosts = sorted(h.decode() if isinstance(h, bytes) else str(h) for h in hosts)
+        self.hosts, self.latency, self.skew = await heartbeat(
+            session, self._shas["heartbeat"], f"{self.name}:hosts", self.host, HOST_STALE)
 
     async def _flush_books(self, session: Session) -> None:
         forced = self._force
@@ -419,7 +368,7 @@ class Cluster:
         replies = await self._scripts(session, calls)
         changed = False
         for (key, sent), reply in zip(sent_ops, replies, strict=True):
-            changed |= self._take(key, _pairs(reply), sent)
+            changed |= self._take(key, B.pairs(reply), sent)
         if changed:
             self._deliver()
 
@@ -450,7 +399,7 @@ class Cluster:
             changed = True
         if B.apply_reading(ks, book, fields, self.host, now):
             changed = True
-            self._share(key, ks)
+            self.budgets.known(key, ks)
         book.synced = fields
         book.version = version
         return changed
@@ -459,49 +408,14 @@ class Cluster:
         if not keys:
             return
         now = self.clock()
-        wanted = set(keys)
-        expiries: dict[str, list[float]] = {k: [] for k in keys}
-        for lease in self.engine.leases():
-            if lease.key in wanted:
-                expiries[lease.key].append(lease.expires_at)
-        plans = [plan(self.gates[k], expiries[k], now) for k in keys]
+        plans = plan_all(self.gates, keys, self.engine.leases(), now)
         calls = [("slots", [self._key("slots", p.key)],
                   [self.channel, self.host, str(p.limit), str(p.keep),
                    *(str(t) for t in p.ttls_ms)]) for p in plans]
-        replies = await self._scripts(session, calls)
-        opened = []
-        wants = []
-        for p, reply in zip(plans, replies, strict=True):
-            gate = self.gates.get(p.key)
-            if gate is None:
-                continue
-            if took(gate, p, int(reply[0]), now):
-                opened.append(p.key)
-            if gate.wanted:
-                wants.append(p.key)
+        opened, wants = took_all(self.gates, plans, await self._scripts(session, calls), now)
         if wants:
             await self._scripts(session, [("want", [], [self.channel, self.host, k])
                                           for k in wants])
-        if opened:
-            self._deliver(opened)
-
-    async def _plan_budgets(self, session: Session, keys: Iterable[str]) -> None:
-        """Ask Redis for the tokens the shares want, give back idle ones, send readings."""
-        now = self.clock()
-        asks = [(k, share, share.ask(now)) for k in keys
-                if (share := self.shares.get(k)) is not None and share.due(now)]
-        if not asks:
-            return
-        try:
-            replies = await self._scripts(session, [("budget", [self._key("budget", k)], args)
-                                                    for k, _, args in asks])
-        except SessionLost:
-            for _, share, _ in asks:
-                share.lost()
-            raise
-        now = self.clock()
-        opened = [k for (k, share, args), reply in zip(asks, replies, strict=True)
-                  if share.took(reply, wants(args), now)]
         if opened:
             self._deliver(opened)
 
@@ -560,7 +474,7 @@ class Cluster:
             sent_at = msg.get("t")
             if isinstance(sent_at, int | float):
                 self.lag.observe(max(0.0, self.clock() - float(sent_at)))
-            if self._take(key, _pairs(msg["v"]), None):
+            if self._take(key, B.pairs(msg["v"]), None):
                 self._deliver()
             return
         gate = self.gates.get(key)
@@ -574,16 +488,10 @@ class Cluster:
 
     def status(self) -> P.ClusterStatus:
         """`status.cluster`: never the password."""
-        return P.ClusterStatus(
-            name=self.name,
-            host=self.host,
-            connected=self.connected,
-            hosts=list(self.hosts) if self.connected else [],
-            error=self.error,
-            url=self.url,
-            latency=self.latency,
-            skew=self.skew,
-        )
+        hosts = list(self.hosts) if self.connected else []
+        return P.ClusterStatus(name=self.name, host=self.host, connected=self.connected,
+                               hosts=hosts, error=self.error, url=self.url,
+                               latency=self.latency, skew=self.skew)
 
     def add_status(self, result: P.StatusResult) -> None:
         result.cluster = self.status()
@@ -592,14 +500,3 @@ class Cluster:
         """Prometheus lines: argentd_cluster_connected, hosts and the propagation lag."""
         return metrics_text(self.connected, len(self.hosts) if self.connected else 0, self.lag)
 
-
-def _pairs(value: Any) -> B.Fields:
-    """A hash as HGETALL (a flat list, RESP3 a map) or cjson (a list, or {} when empty) gives it."""
-    if isinstance(value, dict):
-        return {_s(k): _s(v) for k, v in value.items()}
-    items = [_s(x) for x in value]
-    return dict(zip(items[::2], items[1::2], strict=True))
-
-
-def _s(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -300,3 +300,15 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
         bucket.level = min(bucket.at(now), level)
         bucket.t = max(bucket.t, now)
     return taken
+
+
+def pairs(value: Any) -> Fields:
+    """A hash as HGETALL (a flat list, RESP3 a map) or cjson (a list, or {} when empty) gives it."""
+    if isinstance(value, dict):
+        return {_str(k): _str(v) for k, v in value.items()}
+    items = [_str(x) for x in value]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _str(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

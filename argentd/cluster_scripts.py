@@ -168,3 +168,7 @@ end
 if owner == ARGV[1] then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return owner
 """
+
+ALL: Final = {"slots": SLOTS, "book": BOOK, "want": WANT, "budget": BUDGET,
+              "heartbeat": HEARTBEAT, "claim": CLAIM}
+"""Every script by the name the cluster calls it."""
