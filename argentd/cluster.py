@@ -112,6 +112,7 @@ class Cluster:
         self._dirty: set[str] = set()
         self._force: set[str] = set()
         self._slots_dirty: set[str] = set()
+        self._later: set[str] = set()
         self._stale = True
         self._wake = trio.Event()
         self._session: Session | None = None
@@ -307,6 +308,10 @@ class Cluster:
             if self._slots_dirty:
                 self._wake.set()
             self.budgets.poll(self.clock())
+            if self._later:
+                self._dirty |= self._later
+                self._later = set()
+                self._wake.set()
             actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:
@@ -353,10 +358,13 @@ class Cluster:
             local = B.local_fields(ks, book, self._disabled(key), now)
             sent = B.ops(local, book.synced, now)
             signature = B.reading_signature(ks.budget)
-            if ks.budget is not None and signature != book.reading:
-                book.reading = signature
+            if ks.budget is not None and signature != book.reading and (
+                    key in forced or now - book.reading_at >= B.READING_EVERY):
+                book.reading, book.reading_at = signature, now
                 sent += [("max", f, v) for f, v in B.reading_fields(ks.budget, self.host,
                                                                     now).items()]
+            elif ks.budget is not None and signature != book.reading:
+                self._later.add(key)  # a reading too soon after the last: with the next
             if not sent and book.version and key not in forced:
                 continue  # nothing to say, and its remote state is known
             flat = [x for op in sent for x in op]

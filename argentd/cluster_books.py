@@ -51,6 +51,10 @@ Fields = dict[str, str]
 Op = tuple[str, str, str]
 """(`max` | `del`, field, value)."""
 
+READING_EVERY: Final = 0.1
+"""Seconds between two budget readings of one key published (a key leased
+hundreds of times a second would cost a script each; the request budget
+itself is shared through cluster_budgets.py)."""
 READINGS: Final = ("r", "t", "u")
 """Budget fields: merged by `apply_reading`, not three-way."""
 
@@ -77,6 +81,8 @@ class KeyBook:
     """(the local disable flag last seen, when it changed)."""
     reading: tuple[object, ...] = ()
     """Signature of the last budget reading published (see `reading_signature`)."""
+    reading_at: float = float("-inf")
+    """When it was published: the next waits READING_EVERY."""
     applied: dict[str, float] = field(default_factory=dict)
     """Reading field -> `at` of the newest remote reading taken into the budget."""
 

@@ -13,7 +13,8 @@ never grant more than the bucket holds.
 
 The hot path never waits on Redis: the host takes its tokens ahead. While
 it has demand (a lease granted or refused here in the last `DEMAND_IDLE`
-s) the cluster task keeps `HOLD` tokens per secret in hand. Redis answers
+s) the cluster task keeps `HOLD` tokens per secret in hand (more while the
+bucket is far from spent: a lease then never waits for an ask). Redis answers
 each ask with a token valid now, or *booked*: valid at the time its bucket
 will have refilled to it (at most `MAX_AHEAD` ahead), so hosts that all
 want a spent key queue for it in Redis instead of racing at each refill.
@@ -53,7 +54,11 @@ from .budget import Bucket
 from .keystate import Gate
 
 HOLD: Final = 1
-"""Tokens (valid or booked) a host keeps in hand per secret while it has demand."""
+"""Tokens (valid or booked) a host keeps in hand per secret while it has demand..."""
+HOLD_MAX: Final = 16
+"""... and up to this many while the bucket holds `HOLD_SHARE` times as many: a
+budget far from spent costs no round trip per lease."""
+HOLD_SHARE: Final = 4
 DEMAND_IDLE: Final = 0.5
 """Seconds after the last lease granted or refused here that the host still takes tokens."""
 TOKEN_IDLE: Final = 0.5
@@ -65,6 +70,8 @@ MAX_AHEAD: Final = 2.0
 FIRST_WAIT: Final = 1.0
 """Seconds a secret whose budget is not known yet admits one lease at a time here
 (unless one has ended before)."""
+READING_EVERY: Final = 0.02
+"""Seconds a reading may wait for an ask to go with (the cluster task looks every 10 ms)."""
 NO_TOKEN_WAIT: Final = 1.0
 """Without a token nor an ask out: when readiness says to look again (the
 cluster task delivers the token as soon as it comes)."""
@@ -80,6 +87,7 @@ class BudgetShare:
     connected: bool = False
     tokens: deque[tuple[float, int]] = field(default_factory=deque)
     """(valid from, local clock; serial) of the tokens in hand, oldest first."""
+    last_ask: float = float("-inf")
     asked_at: float | None = None
     """When the ask now out was sent (local clock), or None."""
     retry_at: float = float("-inf")
@@ -221,12 +229,21 @@ class BudgetShare:
         while self.tokens and self.tokens[0][0] + TOKEN_IDLE < now:
             self.tokens.popleft()
             self.give += 1
-        return bool(self.give or self.reading is not None or self._want(now))
+        if self.give or self._want(now):
+            return True
+        # A reading alone waits a little: a key leased hundreds of times a second
+        # would cost a script per lease (it goes with the next ask anyway).
+        return self.reading is not None and now - self.last_ask >= READING_EVERY
 
     def _want(self, now: float) -> int:
         if now - self.last_demand >= DEMAND_IDLE or now < self.retry_at:
             return 0
-        return max(0, HOLD - len(self.tokens))
+        hold = HOLD
+        if self.shared_level is not None:
+            hold = max(HOLD, min(HOLD_MAX, int(self.shared_level / HOLD_SHARE)))
+        if len(self.tokens) > hold // 2:
+            return 0  # enough in hand: one ask per half a hold, not per lease
+        return hold - len(self.tokens)
 
     def ask(self, now: float) -> list[str]:
         """The BUDGET script's arguments for the ask sent now (marks it out)."""
@@ -241,7 +258,7 @@ class BudgetShare:
         self.reading = None
         give, self.give = self.give, 0
         sample, self.sample = self.sample, None
-        self.asked_at = now
+        self.asked_at = self.last_ask = now
         return [str(want), str(give), repr(self.limit), repr(self.rate),
                 repr(min(self.level, 0.0)),
                 str(serial), str(remaining), str(int(MAX_AHEAD * 1000)),
