@@ -68,8 +68,7 @@ FALLBACK_AFTER: Final = 0.5
 MAX_AHEAD: Final = 2.0
 """Seconds ahead Redis books a token; past that it books none (ask again later)."""
 FIRST_WAIT: Final = 1.0
-"""Seconds a secret whose budget is not known yet admits one lease at a time here
-(unless one has ended before)."""
+"""Seconds a secret whose refill rate is not known yet admits one lease at a time here."""
 READING_EVERY: Final = 0.02
 """Seconds a reading may wait for an ask to go with (the cluster task looks every 10 ms)."""
 NO_TOKEN_WAIT: Final = 1.0
@@ -178,15 +177,16 @@ class BudgetShare:
     # ------------------------------------------------------------ the gate (selection tells it)
 
     def open(self, active: int, now: float) -> bool:
-        """Shut only while nothing is known of the secret's budget, one lease is out
-        here, none has ended and it went out less than FIRST_WAIT ago: hosts
-        starting together do not all spend a key's burst before its first
-        reading. Once known, the budget holds through `Budget.ready_at`
+        """Shut only while the secret's refill rate is not known, one lease is out
+        here and the first went out less than FIRST_WAIT ago: hosts starting
+        together do not all spend a key's burst before a reading tells it (a
+        first reading often does not: a bucket nearly full is full again
+        before its reading arrives). Once known, the budget holds through `Budget.ready_at`
         (readiness reason `budget`)."""
         if self.rate is not None or not self.connected or active == 0:
             return True
         first = self.first_grant
-        return first is None or self.granted_n > active or now - first >= FIRST_WAIT
+        return first is None or now - first >= FIRST_WAIT
 
     def granted(self, active: int, now: float) -> None:
         self.last_demand = now
