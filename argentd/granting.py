@@ -14,11 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from argent_client.protocol import (
-    Event,
-    LeaseParams,
-    LeaseResult,
-)
+from argent_client.protocol import Event, LeaseParams, LeaseResult
 
 from . import cooldown
 from .books import Slot
