@@ -48,7 +48,7 @@ from .cluster_budgets import gate_of
 from .cluster_inflight import InFlight
 from .cluster_link import Link, Session, SessionLost, display_url, heartbeat
 from .cluster_shares import Shares
-from .cluster_slots import RENEW_EVERY, SlotGate, plan_all, took_all
+from .cluster_slots import RENEW_EVERY, SlotGate, plan_all, took_all, update_gate
 from .cluster_views import Histogram, metrics_text
 from .config import ClusterConfig
 from .engine import Engine
@@ -173,17 +173,9 @@ class Cluster:
                 continue
             self.budgets.ensure(key, ks)
             limits = [s.profile.max_concurrent for s in slots if s.profile.max_concurrent]
-            if not limits:
-                self.gates.pop(key, None)
-                self._set_gate(key, ks)
-                continue
-            gate = self.gates.get(key)
-            if gate is None:
-                gate = self.gates[key] = SlotGate(key, min(limits), self._poke_slots,
-                                                  connected=self.connected,
-                                                  last_demand=self.clock())
+            if update_gate(self.gates, key, limits, self._poke_slots, self.connected,
+                           self.clock()):
                 self._slots_dirty.add(key)
-            gate.limit = min(limits)
             self._set_gate(key, ks)
         self.engine.set_gated(bool(index))
         if self._force or self._slots_dirty:
@@ -308,9 +300,8 @@ class Cluster:
             if self._slots_dirty:
                 self._wake.set()
             self.budgets.poll(self.clock())
-            if self._later:
-                self._dirty |= self._later
-                self._later = set()
+            if self._later:  # readings held back (READING_EVERY)
+                self._dirty, self._later = self._dirty | self._later, set()
                 self._wake.set()
             actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
             counts = self.inflight.to_send(actives, self.clock())

@@ -165,3 +165,18 @@ def took_all(gates: Mapping[str, SlotGate], plans: Iterable[Plan], replies: Iter
         if gate.wanted:
             wants.append(p.key)
     return opened, wants
+
+
+def update_gate(gates: dict[str, SlotGate], key: str, limits: list[int],
+                poke: Callable[[str], None], connected: bool, now: float) -> bool:
+    """Keep `gates[key]` in step with the `max_concurrent` of the profiles holding
+    `key` (`limits`; none: no gate). True when a gate was made (plan it)."""
+    if not limits:
+        gates.pop(key, None)
+        return False
+    gate = gates.get(key)
+    if gate is not None:
+        gate.limit = min(limits)
+        return False
+    gates[key] = SlotGate(key, min(limits), poke, connected=connected, last_demand=now)
+    return True
