@@ -22,6 +22,12 @@ bucket without a refill rate never blocks, a `reset` further than
 `MAX_HORIZON` ahead counts as `MAX_HORIZON`, and a report with impossible
 numbers is ignored.
 
+With a cluster, `shared` is this host's share of the key's request budget
+kept in Redis for every host (cluster_budgets.py): while it is in charge
+it alone says when the next grant fits (`ready_at`), each grant spends one
+of its tokens and each reading is told to it; the local request bucket is
+still kept, for when the host goes on alone.
+
 Subscription tokens also report their windows (`windows`: Anthropic's
 `5h` and `7d`, Codex's `primary` and `secondary`), each with a utilisation,
 a reset and a status. A rejected window is handled by the engine as a

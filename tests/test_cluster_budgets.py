@@ -149,3 +149,29 @@ async def test_cluster_budgets_a_stalled_redis_holds_a_lease_at_most_fallback_af
         # the next lease FALLBACK_AFTER at most (+ slack for a loaded machine).
         assert slowest < FALLBACK_AFTER + 0.3, slowest
         n.cancel_scope.cancel()
+
+
+def test_budget_share_rules_without_redis() -> None:
+    """The share's pure rules: tokens valid or booked, the fallback, the first lease."""
+    from argentd.cluster_budgets import FALLBACK_AFTER, FIRST_WAIT, BudgetShare
+
+    pokes: list[str] = []
+    share = BudgetShare("k", pokes.append, connected=True)
+    # Rate unknown: one lease at a time, for FIRST_WAIT at most.
+    assert share.open(0, 0.0) and share.ready_at(0.0) is None
+    share.granted(0, 0.0)
+    assert not share.open(1, 0.5) and share.open(1, FIRST_WAIT)
+    share.rate, share.limit, share.last_demand = RATE, BURST, 10.0
+    assert share.due(10.0)
+    args = share.ask(10.0)
+    assert args[0] == "1" and share.ready_at(10.1) == 10.0 + FALLBACK_AFTER
+    assert share.ready_at(10.0 + FALLBACK_AFTER) is None  # Redis slow: the local budget
+    # A token valid now and one booked 50 ms ahead.
+    assert share.took([7, "-1.0", "20.0", 0, 50], 1, 10.2)
+    assert share.ready_at(10.2) == 10.2
+    share.take(1, 10.2)
+    assert share.grants == {1: (6, 10.2)} and share.ready_at(10.2) == 10.25
+    share.take(2, 10.21)  # before the booked token is valid: granted without one
+    assert share.untokened == 1 and 2 not in share.grants
+    share.set_connected(False)
+    assert share.ready_at(10.3) is None and not share.tokens
