@@ -303,7 +303,8 @@ class Cluster:
             if self._later:  # readings held back (READING_EVERY)
                 self._dirty, self._later = self._dirty | self._later, set()
                 self._wake.set()
-            actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
+            actives = ((k, ks.active) for k in self._budgeted
+                       if (ks := self._ks(k)) and self.budgets.counts_in_flight(k, ks))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:
                 msg = msgspec.json.encode({"h": self.host, "a": counts})

@@ -145,8 +145,8 @@ class BudgetShare:
                 del self.grants[next(iter(self.grants))]
         elif self.connected:
             self.untokened += 1
-        if self.connected:
-            self.poke(self.key)
+        if self.connected and self._want(now):
+            self.poke(self.key)  # down to the low-water mark: fetch more
 
     def observed(self, grant: int | None, limits: Limits, bucket: Bucket, now: float) -> None:
         """A provider reading of lease `grant` was taken into `bucket` (Budget.observe).
@@ -167,12 +167,12 @@ class BudgetShare:
         serial, granted_at = held
         if self.reading is None or serial > self.reading[0]:
             self.reading = (serial, remaining, now)  # the newest tells the most
+            if self.connected and now - self.last_ask >= READING_EVERY:
+                self.poke(self.key)  # else the cluster task's next look sends it
         reset, missing = limits.requests_reset, bucket.limit - remaining
         if reset is not None and missing >= 2 and reset > granted_at:
             low = (missing - 1) / (reset - granted_at)
             self.sample = low if self.sample is None else max(self.sample, low)
-        if self.connected:
-            self.poke(self.key)
 
     # ------------------------------------------------------------ the gate (selection tells it)
 

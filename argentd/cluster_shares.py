@@ -67,6 +67,15 @@ class Shares:
             self.poke(key)
         budget.shared = share
 
+    def counts_in_flight(self, key: str, ks: KeyState) -> bool:
+        """Whether the other hosts need `key`'s count of leases in flight here
+        (cluster_inflight.py): for its token budget, or its request budget while
+        no shared bucket decides it."""
+        share = self.by_key.get(key)
+        budget = ks.budget
+        return budget is not None and (budget.tokens is not None or share is None
+                                       or share.rate is None or not share.connected)
+
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
         for share in self.by_key.values():
