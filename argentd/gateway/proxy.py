@@ -51,6 +51,11 @@ log = logging.getLogger("argentd.gateway")
 
 LEASE_TTL: Final = 3600.0
 """A gateway lease ends with its request; the TTL only bounds a bug."""
+WATCH_AFTER: Final = 0.05
+"""Seconds into a request before its client connection is watched for a hang-up:
+most answers are done by then, and the watch costs a read and two epoll calls."""
+
+
 class _Answer:
     """An upstream answer as `classify` reads it (status, headers, parsed body)."""
 
@@ -194,12 +199,14 @@ class Proxy:
     # ------------------------------------------------------------ attempts
 
     async def _serve_while_there(self, ctx: Context) -> None:
-        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up."""
+        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up
+        (noticed from `WATCH_AFTER` seconds in)."""
         gone = False
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
                 nonlocal gone
+                await trio.sleep(WATCH_AFTER)
                 await ctx.ex.until_gone()
                 if ctx.ex.finished:
                     return  # it had the whole answer: nothing left to cancel
@@ -392,10 +399,10 @@ class Proxy:
         ex, rec = ctx.ex, ctx.rec
         status = resp.status
         header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
-        now = self.server.now()
-        limits = parse_limits(header_map, now=now)
         back = [(k, v) for k, v in resp.headers if k.lower() not in KEEP_BACK]
+        now = self.server.now()
         if status >= 400:
+            limits = parse_limits(header_map, now=now)
             watch = D.BodyWatch()
             async for chunk in resp.aiter_stream():
                 watch.feed(chunk)
@@ -425,6 +432,8 @@ class Proxy:
                 whole.feed(chunk)
             await ex.send(chunk)
         await ex.end()
+        # Read after the answer went out (as of its head): the client does not wait for it.
+        limits = parse_limits(header_map, now=now)
         usage = sse.usage if sse is not None else D.usage_of(whole.json() if whole else None)
         if sse is not None and sse.error is not None:
             failure = classify(_Answer(200, header_map, {"error": sse.error}), now=now)
