@@ -322,13 +322,17 @@ class Proxy:
         sse = D.SseWatch() if "text/event-stream" in ctype else None
         ctx.sse = sse is not None
         whole = D.BodyWatch() if sse is None and "json" in ctype else None
+        last = b""
         async for chunk in resp.aiter_stream():
             if sse is not None:
                 sse.feed(chunk)
             elif whole is not None:
+                # A JSON answer is read whole: each part waits for the next, so the
+                # last one goes out with the end (chunked framing: one write, not two).
                 whole.feed(chunk)
+                chunk, last = last, chunk
             await ex.send(chunk)
-        await ex.end()
+        await ex.end(last)
         # Read after the answer went out (as of its head): the client does not wait for it.
         limits = parse_limits(header_map, now=now)
         usage = sse.usage if sse is not None else D.usage_of(whole.json() if whole else None)
