@@ -58,8 +58,9 @@ from .credentials import (
 from .engine import Engine
 from .model import Profile, ProfileSet, Secret
 from .oauth_chain import Chain, backoff, due_at, overlay, with_pair
+from .oauth_claims import ASK_POLL, RECHECK, Claims, Owners
 from .oauth_config import OAuthConfig
-from .oauth_profile import refresh_hash
+from .oauth_profile import login_key, refresh_hash
 from .token_endpoint import DEFAULT_LIFETIME, Answer, refresh_call
 
 log = logging.getLogger("argentd.oauth")
@@ -78,7 +79,9 @@ class Refresher:
         after_change: Callable[[], None],
         *,
         clock: Callable[[], float] = time.time,
+        cluster: Callable[[], Claims | None] = lambda: None,
     ) -> None:
+        """`cluster` gives the daemon's `[cluster]` task, if any (oauth_claims)."""
         self._engine = engine
         self.store = store
         self._config = config
@@ -95,6 +98,7 @@ class Refresher:
         self._dirty = False
         """self.logins holds what credentials.json does not yet."""
         self._http: httpx.AsyncClient | None = None
+        self.owners = Owners(cluster, engine, after_change, clock)
 
     def _load_store(self) -> None:
         try:
@@ -196,10 +200,29 @@ class Refresher:
                         nursery.start_soon(self._guarded, pid, key, config)
                     else:
                         soonest = min(soonest, when)
+                if self.owners.enabled():
+                    soonest = min(soonest, self._ask_owners(nursery, now))
                 if self._dirty and self.error is None:
                     await self._save_quietly()
                 with trio.move_on_after(max(0.0, soonest - now)):
                     await self._wake.wait()
+
+    def _ask_owners(self, nursery: trio.Nursery, now: float) -> float:
+        """Claim each chain not asked yet while the cluster link is up; when to look again."""
+        unasked = [(pid, chain) for pid, chain in self.chains.items() if not chain.asked]
+        if not unasked:
+            return math.inf
+        if not self.owners.connected():
+            return now + ASK_POLL
+        for pid, chain in unasked:
+            chain.asked = True
+            nursery.start_soon(self._ask_owner, pid, chain)
+        return math.inf
+
+    async def _ask_owner(self, pid: str, chain: Chain) -> None:
+        owner = await self.owners.other_owner(login_key(chain.origin))
+        if self.chains.get(pid) is chain:
+            self.owners.show(pid, chain, owner, self.clock())
 
     async def _save_quietly(self) -> None:
         self._dirty = False
@@ -260,6 +283,15 @@ class Refresher:
                                                     config.refresh_before)
         if due > now:
             return  # the adopted pair (or a sync only) left nothing to do yet
+        # The last step before the token leaves: the cluster's other hosts must not send it.
+        owner = await self.owners.other_owner(login_key(chain.origin))
+        self.owners.show(pid, chain, owner, now)
+        if owner is not None:
+            chain.next_try = now + RECHECK
+            return
+        p = self._engine().profile(pid)
+        login = p.oauth
+        assert login is not None and login.refresh is not None
         provider = config.provider(p.provider)
         assert provider is not None
         by_auth = chain.auth_pending

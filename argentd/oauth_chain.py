@@ -65,6 +65,8 @@ class Chain:
     """The tool's file was compared since the chain was loaded."""
     asked: bool = False
     """The cluster was asked which host refreshes it (oauth_claims)."""
+    owner: str | None = None
+    """The other host that refreshes it, as last heard (None: this host)."""
 
 
 def with_pair(p: Profile, login: OAuthLogin, access: str, refresh: str | None,
