@@ -147,7 +147,9 @@ def overlay(profiles: ProfileSet, logins: dict[str, StoredLogin], chains: dict[s
         chain = chains.get(p.id)
         if chain is None or chain.origin != p.oauth.origin:
             chain = Chain(p.oauth.origin)
-        chain.synced = False
+        # The profile comes new from the file: compare with the tool's file again, and
+        # ask the cluster again (the refusal note went with the old profile).
+        chain.synced, chain.asked, chain.owner = False, False, None
         kept[p.id] = chain
         out.append(p)
     return Overlaid(ProfileSet(out, profiles.order, profiles.errors), kept, dropped)

@@ -56,7 +56,7 @@ class OAuthHost:
                  refresh_before: float = 300.0) -> None:
         self.name = name
         folder = root / name
-        path = folder / "auth-profiles.json"
+        self.path = path = folder / "auth-profiles.json"
         write_json(path, {PID: {"provider": "anthropic", "type": "oauth", "access": access,
                                 "refresh": refresh, "expires": int(expires * 1000)}})
         self.config = parse_config(
@@ -94,6 +94,11 @@ class OAuthHost:
                     task_status.started()
 
         await nursery.start(run)
+
+    def reload(self) -> None:
+        self.engine.load(self.refresher.overlay(load_profiles(self.path, {})), self.config,
+                         now=time.time())
+        self.after_change()
 
     def kill(self) -> None:
         """Gone as by kill -9: no heartbeat, no release, nothing said to Redis."""
@@ -165,6 +170,11 @@ async def test_cluster_oauth_two_hosts_one_login_only_the_owner_refreshes(
         owned = [e for e in other.events if e.type == "refresh_error"]
         assert [(e.kind, e.profile) for e in owned] == [("owned", PID)]  # said once
         assert owner.shown().refresh_error is None
+        # A reload makes the profile anew: the note comes back, still without a send.
+        other.reload()
+        await wait_until(lambda: other.refresh_error() == refusal(owner.name),
+                         what="the note after a reload")
+        assert sent(endpoint) == [refresh_hash(r0)]
         # Only the chain's hashed key reached Redis, with the owner's name.
         key = login_key(refresh_hash(r0))
         dump = await redis_dump(redis_server.url)
