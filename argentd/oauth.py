@@ -25,6 +25,9 @@ no I/O (the starting pair, `due_at`, `backoff`) is in oauth_chain.py.
   read again (another daemon of this user may have refreshed the chain) and
   so is the tool's file (the tool may have refreshed on its own); a pair
   whose refresh token is not one this chain has spent is adopted.
+- **In a cluster** (oauth_claims.py): the last step before the refresh token
+  leaves is a claim of the chain; a chain another host owns is not refreshed
+  here, and its `error` names that host.
 - **Faults**: `revoked` (invalid_grant) marks the profile invalid with the
   fix and stops the chain; anything else backs off (10 s doubling to 10 min)
   while the old token serves; past its end the profile shows `expired`.
