@@ -214,8 +214,9 @@ async def test_cluster_oauth_owner_killed_other_takes_over_after_the_ttl(
                          what="b takes over")
         took = time.monotonic() - killed
         await wait_until(lambda: not b.holds(a0), what="b's new pair")
-        # Not before a's last renewal lapsed (at most 0.5 s before the kill), not long after.
-        assert ttl - 0.5 - 0.1 <= took <= ttl + 5, took
+        # Not before a's last renewal lapsed (every 0.5 s; 0.5 s more for a loaded
+        # machine), nor long after (b asks every 0.05 s).
+        assert ttl - 1.0 <= took <= ttl + 5, took
         assert sent(endpoint) == [refresh_hash(r0)] and endpoint.reuses == 0
         assert b.claims[-1] == "b" and b.refresh_error() is None
         live = endpoint.access_valid(b.token())
