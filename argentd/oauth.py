@@ -223,9 +223,12 @@ class Refresher:
         return math.inf
 
     async def _ask_owner(self, pid: str, chain: Chain) -> None:
-        owner = await self.owners.other_owner(login_key(chain.origin))
-        if self.chains.get(pid) is chain:
-            self.owners.show(pid, chain, owner, self.clock())
+        try:
+            owner = await self.owners.other_owner(login_key(chain.origin))
+            if self.chains.get(pid) is chain:
+                self.owners.show(pid, chain, owner, self.clock())
+        except Exception:  # a bug must not end the refresher; the refresh asks again
+            log.exception("asking the cluster who refreshes %s failed", pid)
 
     async def _save_quietly(self) -> None:
         self._dirty = False
