@@ -18,6 +18,8 @@ other hosts' (DESIGN, "Cluster"):
 - **Budgets** (cluster_budgets.py, cluster_shares.py): a secret's request
   budget is one bucket in Redis (cluster_scripts.BUDGET); a host grants a
   lease on it only with a token taken from it ahead (`BudgetShare`).
+- **OAuth** (cluster_claims.py): one host owns each login's refresh token
+  and marks which one is live (cluster_scripts.CLAIM).
 - **Faults**: every call is bounded (cluster_link.OP_TIMEOUT) and a
   heartbeat every `RENEW_EVERY` s proves the link alive; a failure ends the
   session: the gates open (each host goes on alone), `status.cluster` says
@@ -34,6 +36,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -45,6 +48,7 @@ from . import cluster_books as B
 from . import cluster_scripts as S
 from .books import Slot
 from .cluster_budgets import gate_of
+from .cluster_claims import Claim, Ownership
 from .cluster_inflight import InFlight
 from .cluster_link import Link, Session, SessionLost, display_url, heartbeat
 from .cluster_shares import Shares
@@ -117,7 +121,8 @@ class Cluster:
         self._wake = trio.Event()
         self._session: Session | None = None
         self._shas: dict[str, str] = {}
-        self._owned: set[str] = set()
+        self.claims = Ownership(self.host, self._key)
+        """The refresh-token claims this host holds (cluster_claims.py)."""
         self.lag = Histogram()
         """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
         self.inflight = InFlight()
@@ -254,7 +259,8 @@ class Cluster:
             self._force |= self._index.keys()
             await self._flush_books(session)
             await self._plan_slots(session, list(self.gates))
-            await self._claim_owned(session)  # an empty Redis must not let another host take it
+            # An empty Redis must not let another host take this host's logins.
+            await self.claims.renew(partial(self._scripts, session), OWNER_TTL)
             self._session = session
             self.error = None
             self._set_connected(True)
@@ -286,7 +292,7 @@ class Cluster:
                 self._reindex()
             self._slots_dirty |= self.gates.keys()
             self._wake.set()
-            await self._claim_owned(session)
+            await self.claims.renew(partial(self._scripts, session), OWNER_TTL)
 
     async def _poll(self, session: Session) -> None:
         """Ended leases: the engine does not say so, so look. A gated secret's slot
@@ -419,35 +425,24 @@ class Cluster:
         if opened:
             self._deliver(opened)
 
-    async def _claim(self, session: Session, key: str) -> str:
-        owner = await session.call(session.client.evalsha, self._shas["claim"],
-                                   keys=[self._key("owner", key)],
-                                   args=[self.host, str(OWNER_TTL)])
-        return owner.decode() if isinstance(owner, bytes) else str(owner)
-
-    async def _claim_owned(self, session: Session) -> None:
-        """Renew this host's refresh-token claims (one pipelined round trip)."""
-        keys = sorted(self._owned)
-        if keys:
-            await self._scripts(session, [("claim", [self._key("owner", k)],
-                                           [self.host, str(OWNER_TTL)]) for k in keys])
-
-    async def claim_refresh_token(self, key: str) -> str | None:
-        """The host that owns the refresh token whose `Secret.key` is `key`: this
-        host when it is the first to claim it (its heartbeat then keeps the
-        claim), another host's name when that one was first, or None while Redis
-        is unreachable (the caller decides; DESIGN keeps refreshing local then).
-        Raises nothing."""
+    async def claim_login(self, key: str, mark: str = "") -> Claim | None:
+        """Claim the OAuth login whose books key is `key` for this host's refresh
+        token of `live_mark` `mark` (cluster_claims.py): the owner, or the host
+        whose newer token made this one spent, or None while Redis is unreachable
+        (the caller decides; DESIGN keeps refreshing local then). Raises nothing."""
         session = self._session
         if session is None:
             return None
         try:
-            owner = await self._claim(session, key)
+            return await self.claims.claim(partial(self._scripts, session), key, mark, OWNER_TTL)
         except SessionLost:
             return None
-        if owner == self.host:
-            self._owned.add(key)
-        return owner
+
+    async def claim_refresh_token(self, key: str) -> str | None:
+        """The host that owns the refresh token of books key `key` (`claim_login`
+        without a mark; "" when a live mark says this host's token is spent)."""
+        claim = await self.claim_login(key)
+        return None if claim is None else claim.owner or ""
 
     # ------------------------------------------------------------ messages
 

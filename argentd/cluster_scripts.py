@@ -10,6 +10,8 @@ secret's `Secret.key`):
   `r` refill per second, `v` level at `t` (ms, Redis time), `n` tokens taken so far,
   `s` the serial of the newest reading taken, `rt` when the rate was last sampled
 - `{name}:owner:{key}`  string: the host that owns a refresh token
+- `{name}:live:{key}`   hash: the live refresh token's mark `m` and the host `h` that set it
+  (cluster_claims.py), expires 30 days after its owner's last claim
 - `{name}:hosts`        sorted set: host -> last heartbeat (ms, Redis time)
 - `{name}:bus`          the pub/sub channel of every change
 """
@@ -159,14 +161,26 @@ return {redis.call('ZRANGE', KEYS[1], 0, -1), t[1], t[2]}
 """
 
 CLAIM: Final = """
--- KEYS[1] owner; ARGV: host, ttl_s. The first host to claim owns it; its claims renew it.
+-- KEYS[1] owner, KEYS[2] live; ARGV: host, ttl_s, mark ('' unknown), fresh ('1': the
+-- host just got the token of mark from the endpoint), live_ttl_s (cluster_claims.py).
+-- With no owner, a host gets the login only if no live mark is set, its mark is the
+-- live one, or it is fresh; else its token is spent: {'', host that set the mark}.
+-- The owner renews its claim, sets the live mark if none is (any if fresh), keeps it.
 local owner = redis.call('GET', KEYS[1])
-if not owner then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-  return ARGV[1]
+local host, mark, fresh = ARGV[1], ARGV[3], ARGV[4] == '1'
+if owner and owner ~= host then return {owner, ''} end
+if not owner and not fresh and mark ~= '' then
+  local live = redis.call('HMGET', KEYS[2], 'm', 'h')
+  if live[1] and live[1] ~= mark then return {'', live[2] or ''} end
 end
-if owner == ARGV[1] then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
-return owner
+redis.call('SET', KEYS[1], host, 'EX', tonumber(ARGV[2]))
+if mark ~= '' then
+  if fresh or redis.call('HEXISTS', KEYS[2], 'm') == 0 then
+    redis.call('HSET', KEYS[2], 'm', mark, 'h', host)
+  end
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+end
+return {host, ''}
 """
 
 ALL: Final = {"slots": SLOTS, "book": BOOK, "want": WANT, "budget": BUDGET,

@@ -26,8 +26,8 @@ no I/O (the starting pair, `due_at`, `backoff`) is in oauth_chain.py.
   so is the tool's file (the tool may have refreshed on its own); a pair
   whose refresh token is not one this chain has spent is adopted.
 - **In a cluster** (oauth_claims.py): the last step before the refresh token
-  leaves is a claim of the chain; a chain another host owns is not refreshed
-  here, and its `error` names that host.
+  leaves is a claim of the chain; a chain another host owns, or whose refresh
+  token here another host spent, is not refreshed here; its `error` says why.
 - **Faults**: `revoked` (invalid_grant) marks the profile invalid with the
   fix and stops the chain; anything else backs off (10 s doubling to 10 min)
   while the old token serves; past its end the profile shows `expired`.
@@ -50,6 +50,7 @@ from argent_client.oauth_sources import SourceError, SourceLogin, fix_for, jwt_e
 from argent_client.protocol import UnknownProfile
 
 from . import log as logmod
+from .cluster_claims import live_mark
 from .credentials import (
     CredentialsError,
     CredentialsStore,
@@ -130,6 +131,7 @@ class Refresher:
             del self.logins[pid]
             self._save_later()
         self.chains = found.chains
+        self.owners.keep(login_key(c.origin) for c in self.chains.values())  # release the rest
         self._wake.set()
         return found.profiles
 
@@ -218,15 +220,16 @@ class Refresher:
         if not self.owners.connected():
             return now + ASK_POLL
         for pid, chain in unasked:
-            chain.asked = True
-            nursery.start_soon(self._ask_owner, pid, chain)
+            chain.asked = True  # not a chain this host cannot refresh (revoked: released)
+            if self._next_attempt(pid, chain, self._config()) is not None:
+                nursery.start_soon(self._ask_owner, pid, chain)
         return math.inf
 
     async def _ask_owner(self, pid: str, chain: Chain) -> None:
         try:
-            owner = await self.owners.other_owner(login_key(chain.origin))
+            refused = await self.owners.other_owner(login_key(chain.origin), self.owners.mark(pid))
             if self.chains.get(pid) is chain:
-                self.owners.show(pid, chain, owner, self.clock())
+                self.owners.show(pid, chain, refused, self.clock())
         except Exception:  # a bug must not end the refresher; the refresh asks again
             log.exception("asking the cluster who refreshes %s failed", pid)
 
@@ -290,9 +293,9 @@ class Refresher:
         if due > now:
             return  # the adopted pair (or a sync only) left nothing to do yet
         # The last step before the token leaves: the cluster's other hosts must not send it.
-        owner = await self.owners.other_owner(login_key(chain.origin))
-        self.owners.show(pid, chain, owner, now)
-        if owner is not None:
+        refused = await self.owners.other_owner(login_key(chain.origin), self.owners.mark(pid))
+        self.owners.show(pid, chain, refused, now)
+        if refused is not None:
             chain.next_try = now + RECHECK
             return
         p = self._engine().profile(pid)
@@ -415,6 +418,7 @@ class Refresher:
                 stored.retired if stored else []),
             refreshed_at=now)
         await self._store(pid, entry)  # before anyone sees the new token
+        self.owners.refreshed(login_key(chain.origin), live_mark(refresh))
         if login.source is not None:
             await self._write_back(pid, p, used, SourceLogin(
                 answer.access, refresh, expires, login.account_id, entry.id_token))
@@ -464,6 +468,7 @@ class Refresher:
         stored = self.logins.get(pid) or StoredLogin(origin=chain.origin)
         await self._store(pid, msgspec.structs.replace(
             stored, revoked=refresh_hash(login.refresh.reveal())))
+        self.owners.keep(login_key(c.origin) for c in self.chains.values() if c is not chain)
         engine = self._engine()
         engine.counters["oauth_refreshes:invalid"] = (
             engine.counters.get("oauth_refreshes:invalid", 0) + 1)

@@ -25,24 +25,31 @@ host that owns it in Redis (`Cluster.claim_refresh_token`):
   none seen, the host refreshes alone, as without a cluster. Only the first
   refresh after start waits (up to `FIRST_CONNECT`) for the link to come up.
 
-Limit: the claim says who refreshes, not which refresh token is the live
-one. A host taking over from a dead owner that had refreshed holds a spent
-token; the endpoint refuses it (`invalid_grant`: the profile is `invalid`,
-with the fix) and, for providers that revoke on reuse, the dead owner's
-newer pair too.
+- **Which token is live** (cluster_claims.py): a claim carries the mark
+  of the host's refresh token (`live_mark`); the owner sets the login's
+  live mark in Redis when it claims and after each refresh. A host taking
+  over from a dead owner gets the login only if its token is the live one;
+  else its token is spent (the dead owner refreshed since): it is never
+  sent (the endpoint would refuse it, and a provider that revokes on reuse
+  would revoke the live pair too) and the profile's `refresh_error` says
+  so, with the fix. The chains the refresher no longer holds (a removed
+  profile, a revoked login) are released: their claims are not renewed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import trio
 
+from argent_client.oauth_sources import fix_for
 from argent_client.protocol import UnknownProfile
 
+from .cluster_claims import Claim, Ownership, live_mark
 from .engine import Engine
 from .oauth_chain import Chain
 
@@ -62,8 +69,18 @@ class Claims(Protocol):
 
     host: str
     connected: bool
+    claims: Ownership
 
-    async def claim_refresh_token(self, key: str) -> str | None: ...
+    async def claim_login(self, key: str, mark: str = "") -> Claim | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why this host does not refresh a chain: `host` refreshes it, or (`spent`)
+    `host` refreshed it and this host's refresh token is spent."""
+
+    host: str
+    spent: bool = False
 
 
 class Owners:
@@ -84,6 +101,10 @@ class Owners:
         """Chain key -> (its owner, when Redis last said so)."""
         self._settled = False
         """The link came up, or the first refresh waited FIRST_CONNECT for it."""
+        self._spent: dict[str, str] = {}
+        """Live mark of a refresh token Redis said is spent -> the host that spent it."""
+        self._shown: dict[str, str] = {}
+        """Profile id -> the refusal note this put in its `refresh_error`."""
 
     def enabled(self) -> bool:
         return self._cluster() is not None
@@ -95,20 +116,29 @@ class Owners:
             return True
         return False
 
-    async def other_owner(self, key: str) -> str | None:
-        """The other host that refreshes chain `key`, or None when this host may
-        (it owns it, there is no cluster, or Redis is unreachable and no other
-        owner was seen within the claims' TTL). Raises nothing."""
+    async def other_owner(self, key: str, mark: str = "") -> Refused | None:
+        """Why this host may not refresh chain `key` with its refresh token of
+        `live_mark` `mark`, or None when it may (it owns it, there is no cluster,
+        or Redis is unreachable and no other owner was seen within the claims'
+        TTL). A token once found spent is never sent. Raises nothing."""
         cluster = self._cluster()
         if cluster is None:
             return None
+        if mark in self._spent:
+            return Refused(self._spent[mark], spent=True)
         if not self._settled:
             with trio.move_on_after(FIRST_CONNECT):
                 while not cluster.connected:
                     await trio.sleep(0.01)
             self._settled = True
         now = self._clock()
-        owner = await cluster.claim_refresh_token(key)
+        claim = await cluster.claim_login(key, mark)
+        if claim is not None and claim.owner is None:
+            by = claim.spent_by or "?"
+            if mark:
+                self._spent[mark] = by
+            return Refused(by, spent=True)
+        owner = claim.owner if claim is not None else None
         if owner is not None:
             self._seen[key] = (owner, now)
         else:
@@ -118,27 +148,52 @@ class Owners:
             if seen is None or now - seen[1] >= OWNER_TTL:
                 return None
             owner = seen[0]
-        return None if owner == cluster.host else owner
+        return None if owner == cluster.host else Refused(owner)
 
-    def show(self, pid: str, chain: Chain, owner: str | None, now: float) -> None:
-        """Say on profile `pid` (its `refresh_error`, an event, the log) which other
-        host refreshes its chain; None: this one does again."""
-        was, chain.owner = chain.owner, owner
-        if owner == was:
-            return
+    def mark(self, pid: str) -> str:
+        """The live mark of profile `pid`'s refresh token now ('' without one)."""
+        login = self._engine().profile(pid).oauth
+        return live_mark(login.refresh.reveal()) if login and login.refresh else ""
+
+    def refreshed(self, key: str, mark: str) -> None:
+        """This host got the refresh token of `mark` for chain `key`: the live one."""
+        cluster = self._cluster()
+        if cluster is not None:
+            cluster.claims.refreshed(key, mark)
+
+    def keep(self, keys: Iterable[str]) -> None:
+        """Release the claims of every chain not in `keys` (no longer renewed)."""
+        cluster = self._cluster()
+        if cluster is not None:
+            cluster.claims.keep(set(keys))
+
+    def show(self, pid: str, chain: Chain, refused: Refused | None, now: float) -> None:
+        """Say on profile `pid` (its `refresh_error`, an event, the log) why this
+        host does not refresh its chain; None: this one does again."""
+        was, chain.owner = chain.owner, refused.host if refused is not None else None
         engine = self._engine()
         try:
             p = engine.profile(pid)
         except UnknownProfile:
             return
         login = p.oauth
-        if login is None or (owner is None and (was is None or login.error != refusal(was))):
-            return  # a fault of its own refresh is not ours to clear
-        note = refusal(owner) if owner is not None else None
+        if login is None:
+            return
+        note = None
+        if refused is not None:
+            note = (spent(refused.host, fix_for(login.source.format) if login.source else None)
+                    if refused.spent else refusal(refused.host))
+        if note == login.error or (note is None and login.error != self._shown.get(pid)):
+            return  # said already; a fault of its own refresh is not ours to clear
+        if note is None:
+            self._shown.pop(pid, None)
+        else:
+            self._shown[pid] = note
         engine.replace_profile(dataclasses.replace(
             p, oauth=dataclasses.replace(login, error=note)), now=now)
         if note is not None:
-            engine.emit("refresh_error", now, profile=pid, kind="owned", message=note)
+            kind = "spent" if refused is not None and refused.spent else "owned"
+            engine.emit("refresh_error", now, profile=pid, kind=kind, message=note)
             log.warning("%s: not refreshed here: %s", pid, note)
         else:
             log.info("%s: refreshed here again (host %r no longer owns its refresh token)",
@@ -151,3 +206,14 @@ def refusal(owner: str) -> str:
     return (f"refresh token owned by host {owner!r} of the cluster, which alone refreshes "
             "it: this host uses the access token it has until it expires; for a login of "
             "its own, log in with the tool here and run `argentctl profiles import …`")
+
+
+def spent(by: str, fix: str | None) -> str:
+    """The `refresh_error` of a login whose refresh token here another host spent."""
+    who = "another host" if by == "?" else f"host {by!r}"
+    return (f"this host's refresh token for the login was spent by {who} of the cluster, "
+            "which refreshed it: it is not sent from here (the token endpoint would refuse "
+            "it, and may revoke the live login too); this host uses the access token it has "
+            "until it expires. Fix: "
+            + (fix or "log in again with the provider's tool here, then run "
+               "`argentctl profiles import …`"))
