@@ -131,7 +131,6 @@ class Refresher:
             del self.logins[pid]
             self._save_later()
         self.chains = found.chains
-        self.owners.keep(login_key(c.origin) for c in self.chains.values())  # release the rest
         self._wake.set()
         return found.profiles
 
@@ -205,7 +204,8 @@ class Refresher:
                         nursery.start_soon(self._guarded, pid, key, config)
                     else:
                         soonest = min(soonest, when)
-                if self.owners.enabled():
+                if self.owners.enabled():  # release the claims of chains gone (a reload)
+                    self.owners.keep(login_key(c.origin) for c in self.chains.values())
                     soonest = min(soonest, self._ask_owners(nursery, now))
                 if self._dirty and self.error is None:
                     await self._save_quietly()

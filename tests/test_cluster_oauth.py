@@ -22,11 +22,12 @@ from argent_client.protocol import ConfigStatus, Event
 from argentd import cluster as cluster_mod
 from argentd import oauth as oauth_mod
 from argentd.cluster import Cluster
+from argentd.cluster_claims import Claim, Ownership
 from argentd.config import ClusterConfig, parse_config
 from argentd.credentials import CredentialsStore
 from argentd.engine import Engine
 from argentd.oauth import Refresher
-from argentd.oauth_claims import Owners, refusal
+from argentd.oauth_claims import Owners, Refused, refusal
 from argentd.oauth_profile import login_key, refresh_hash
 from argentd.profiles import load_profiles
 from argentd.views import status
@@ -71,15 +72,15 @@ class OAuthHost:
         self.cluster = Cluster(ClusterConfig(url=url, host=name), self.engine,
                                                after_change=self.after_change)
         self.claims: list[str | None] = []
-        """What each claim this host made returned."""
-        claim = self.cluster.claim_refresh_token
+        """What each claim this host made returned ("spent": its token is spent)."""
+        claim = self.cluster.claim_login
 
-        async def counted(key: str) -> str | None:
-            owner = await claim(key)
-            self.claims.append(owner)
-            return owner
+        async def counted(key: str, mark: str = "") -> Claim | None:
+            got = await claim(key, mark)
+            self.claims.append(None if got is None else got.owner or "spent")
+            return got
 
-        self.cluster.claim_refresh_token = counted  # type: ignore[method-assign]
+        self.cluster.claim_login = counted  # type: ignore[method-assign]
         self.scope = trio.CancelScope()
 
     def after_change(self) -> None:
@@ -283,15 +284,16 @@ async def test_cluster_oauth_redis_down_at_start_refreshes_alone(
 
 
 class FakeClaims:
-    """A cluster that answers claims from a dict (None: Redis unreachable)."""
+    """A cluster that answers every claim with `owner` (None: Redis unreachable)."""
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.connected = True
         self.owner: str | None = host
+        self.claims = Ownership(host, lambda kind, key: f"t:{kind}:{key}")
 
-    async def claim_refresh_token(self, key: str) -> str | None:
-        return self.owner
+    async def claim_login(self, key: str, mark: str = "") -> Claim | None:
+        return None if self.owner is None else Claim(self.owner)
 
 
 def no_engine() -> Engine:
@@ -310,10 +312,10 @@ async def test_owners_other_owner_without_cluster_own_claim_and_memory() -> None
     o = owners(fake, lambda: now[0])
     assert await o.other_owner("k") is None  # b's own claim
     fake.owner = "a"
-    assert await o.other_owner("k") == "a"
+    assert await o.other_owner("k") == Refused("a")
     fake.owner = None  # Redis unreachable: a, as seen, holds for OWNER_TTL
     now[0] += cluster_mod.OWNER_TTL - 1
-    assert await o.other_owner("k") == "a"
+    assert await o.other_owner("k") == Refused("a")
     assert await o.other_owner("other-key") is None  # never seen: refresh alone
     now[0] += 1
     assert await o.other_owner("k") is None
