@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from argentd.cluster import OWNER_TTL
+from argentd.cluster_claims import live_mark
 from argentd.oauth_claims import refusal
 from argentd.oauth_profile import login_key, refresh_hash
 
@@ -95,7 +96,13 @@ def test_cluster_oauth_daemons_one_login_two_hosts_one_refresher(
     left = owner_ttl(redis_server.url, key)
     assert 0 < left <= OWNER_TTL
     assert profile(b)["refresh_error"] == refusal("a")
-    texts = [x.decode(errors="replace") for x in trio.run(redis_dump, redis_server.url)]
+    dump = trio.run(redis_dump, redis_server.url)
+    # The live mark: the hash of a's new refresh token (not b's spent one), set by a.
+    mark = dump[dump.index(f"argentd:live:{key}".encode()) + 1:][:4]
+    fields = dict(zip(mark[::2], mark[1::2], strict=True))
+    assert fields[b"h"] == b"a" and fields[b"m"] != live_mark(r0).encode()
+    assert len(fields[b"m"]) == 24 and fields[b"m"].isalnum()
+    texts = [x.decode(errors="replace") for x in dump]
     texts.append(doctor)
     for secret in SECRETS:
         leaked = any(secret in t or secret[-16:] in t for t in texts)

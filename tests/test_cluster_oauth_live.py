@@ -187,3 +187,52 @@ async def test_cluster_oauth_live_a_removed_profile_stops_renewing_its_claim(
         await wait_until(lambda: len(endpoint.calls) == 1, what="b refreshes")
         assert b.claims[-1] == "b" and endpoint.reuses == 0
         n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_cluster_oauth_live_claim_script_marks_spent_fresh_and_unmarked(
+    redis_server: RedisServer,
+) -> None:
+    import coredis
+
+    from argentd.cluster_claims import Claim
+
+    from .cluster_hosts import Host
+
+    url = redis_server.url
+    a, b = Host("a", url, []), Host("b", url, [])
+
+    async def lapse(key: str) -> None:  # as the TTL would, sooner
+        async with coredis.Redis(unix_socket_path=url.removeprefix("unix://")) as r:
+            await r.delete([f"argentd:owner:{key}"])
+
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await b.start(n)
+        assert await a.cluster.claim_login("k", "m0") == Claim("a")
+        assert (await live(url, "k"))[0] == {b"m": b"m0", b"h": b"a"}
+        assert await b.cluster.claim_login("k", "m9") == Claim("a")  # owned: not judged
+        a.cluster.claims.refreshed("k", "m1")
+        assert await a.cluster.claim_login("k", "m1") == Claim("a")
+        assert (await live(url, "k"))[0] == {b"m": b"m1", b"h": b"a"}
+        assert a.cluster.claims.owned == {"k": ("m1", False)}
+        a.cluster.claims.keep(set())
+        await lapse("k")
+        # No owner: only the live token gets it; a spent one is told who spent it.
+        assert await b.cluster.claim_login("k", "m0") == Claim(None, "a")
+        assert await owner_of(url, "k") is None and "k" not in b.cluster.claims.owned
+        assert await b.cluster.claim_login("k", "m1") == Claim("b")
+        # A host that refreshed alone (Redis unreachable, no owner known) sends its
+        # fresh mark with its next renewal: it is the live one now.
+        assert await b.cluster.claim_login("k2", "n0") == Claim("b")
+        b.cluster.claims.keep({"k"})
+        await lapse("k2")
+        a.cluster.claims.refreshed("k2", "n1")
+        await wait_until(lambda: a.cluster.claims.owned.get("k2") == ("n1", False),
+                         what="a's renewal")
+        assert await owner_of(url, "k2") == b"a"
+        assert (await live(url, "k2"))[0] == {b"m": b"n1", b"h": b"a"}
+        # Without a mark (a caller that does not know its token): no live mark is set.
+        assert await a.cluster.claim_refresh_token("k3") == "a"
+        assert (await live(url, "k3"))[0] == {}
+        n.cancel_scope.cancel()
