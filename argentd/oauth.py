@@ -362,6 +362,7 @@ class Refresher:
             id_token=found.id_token, replaced=current,
             retired=retire(self.logins.get(pid), current), refreshed_at=now)
         await self._store(pid, entry)
+        self.owners.refreshed(login_key(chain.origin), live_mark(found.refresh))  # the newest
         p = with_pair(p, login, found.access, found.refresh, found.expires,
                        account_id=entry.account_id, refreshed_at=now, error=None,
                        id_token=Secret(found.id_token) if found.id_token else login.id_token)
