@@ -20,6 +20,12 @@ One host refreshes each OAuth login (`{name}:owner:{key}` = its host name,
   one; else its token is spent (`Claim.spent_by` names the host that set the
   mark) and it must not send it: the endpoint would refuse it, and a
   provider that revokes on reuse would revoke the live pair too.
+- **A spent owner**: a host that got a pair without refreshing (its tool
+  refreshed, the pair was adopted: oauth.py) sends it `fresh` too, even
+  while another host owns the login. The owner's claim right before its
+  refresh is judged like any other: its token spent, it does not send it
+  and frees the login for the host holding the live one. Renewals are not
+  judged (one could cross a `fresh` claim of the same host).
 - **Release**: renewals go only to the logins the refresher still holds
   (`keep`); a removed profile's claim lapses after `OWNER_TTL`.
 
@@ -50,7 +56,7 @@ class Claim:
     """What Redis answered a claim."""
 
     owner: str | None
-    """The host that refreshes the login (None: nobody, this host's token is spent)."""
+    """The host that refreshes the login (None: this host's token is spent)."""
     spent_by: str | None = None
     """With no owner: the host that set the live mark, which the asking token is not."""
 
@@ -68,10 +74,10 @@ class Ownership:
         self._redis_key = redis_key
         self.owned: dict[str, tuple[str, bool]] = {}
 
-    def call(self, key: str, mark: str, fresh: bool, ttl: int) -> tuple[str, list[str], list[str]]:
+    def call(self, key: str, mark: str, mode: str, ttl: int) -> tuple[str, list[str], list[str]]:
         """The CLAIM script call for login `key` with token mark `mark` ('' unknown)."""
         return ("claim", [self._redis_key("owner", key), self._redis_key("live", key)],
-                [self.host, str(ttl), mark, "1" if fresh else "0", str(LIVE_TTL)])
+                [self.host, str(ttl), mark, mode, str(LIVE_TTL)])
 
     def answer(self, key: str, mark: str, fresh: bool, reply: Any, *,
                renewal: bool = False) -> Claim:
@@ -89,7 +95,7 @@ class Ownership:
     async def claim(self, run: Scripts, key: str, mark: str, ttl: int) -> Claim:
         """Claim login `key` for this host's token of mark `mark`; raises the link's errors."""
         fresh = self.owned.get(key) == (mark, True)
-        (reply,) = await run([self.call(key, mark, fresh, ttl)])
+        (reply,) = await run([self.call(key, mark, "fresh" if fresh else "claim", ttl)])
         return self.answer(key, mark, fresh, reply)
 
     async def renew(self, run: Scripts, ttl: int) -> None:
@@ -97,7 +103,8 @@ class Ownership:
         items = sorted(self.owned.items())
         if not items:
             return
-        calls = [self.call(key, mark, fresh, ttl) for key, (mark, fresh) in items]
+        calls = [self.call(key, mark, "fresh" if fresh else "renew", ttl)
+                 for key, (mark, fresh) in items]
         for (key, (mark, fresh)), reply in zip(items, await run(calls), strict=True):
             self.answer(key, mark, fresh, reply, renewal=True)
 

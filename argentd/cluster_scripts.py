@@ -161,21 +161,28 @@ return {redis.call('ZRANGE', KEYS[1], 0, -1), t[1], t[2]}
 """
 
 CLAIM: Final = """
--- KEYS[1] owner, KEYS[2] live; ARGV: host, ttl_s, mark ('' unknown), fresh ('1': the
--- host just got the token of mark from the endpoint), live_ttl_s (cluster_claims.py).
--- With no owner, a host gets the login only if no live mark is set, its mark is the
--- live one, or it is fresh; else its token is spent: {'', host that set the mark}.
--- The owner renews its claim, sets the live mark if none is (any if fresh), keeps it.
+-- KEYS[1] owner, KEYS[2] live; ARGV: host, ttl_s, mark ('' unknown), mode, live_ttl_s
+-- (cluster_claims.py). mode 'fresh': the host just got the token of mark from the
+-- endpoint, which makes it the live one; 'claim': before a refresh; 'renew': heartbeat.
+-- A token whose mark is not the live one is spent: {'', host that set the mark}; a
+-- spent owner (asked before a refresh) frees the login. Else {owner, ''}.
 local owner = redis.call('GET', KEYS[1])
-local host, mark, fresh = ARGV[1], ARGV[3], ARGV[4] == '1'
+local host, mark, mode = ARGV[1], ARGV[3], ARGV[4]
+if mode == 'fresh' and mark ~= '' then
+  redis.call('HSET', KEYS[2], 'm', mark, 'h', host)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+end
 if owner and owner ~= host then return {owner, ''} end
-if not owner and not fresh and mark ~= '' then
+if mode ~= 'fresh' and mark ~= '' and (not owner or mode == 'claim') then
   local live = redis.call('HMGET', KEYS[2], 'm', 'h')
-  if live[1] and live[1] ~= mark then return {'', live[2] or ''} end
+  if live[1] and live[1] ~= mark then
+    if owner then redis.call('DEL', KEYS[1]) end
+    return {'', live[2] or ''}
+  end
 end
 redis.call('SET', KEYS[1], host, 'EX', tonumber(ARGV[2]))
 if mark ~= '' then
-  if fresh or redis.call('HEXISTS', KEYS[2], 'm') == 0 then
+  if redis.call('HEXISTS', KEYS[2], 'm') == 0 then
     redis.call('HSET', KEYS[2], 'm', mark, 'h', host)
   end
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))

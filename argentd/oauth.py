@@ -330,6 +330,7 @@ class Refresher:
         if (stored is not None and stored.origin == chain.origin and stored.access
                 and stored.refresh and current in stored.retired):
             log.info("%s: adopting the pair another argentd stored", pid)
+            self.owners.refreshed(login_key(chain.origin), live_mark(stored.refresh))
             logmod.register_secrets([v for v in (stored.access, stored.refresh) if v])
             p = with_pair(p, login, stored.access, stored.refresh, stored.expires,
                            refreshed_at=stored.refreshed_at, error=None)

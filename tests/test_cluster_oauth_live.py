@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,17 @@ async def test_cluster_oauth_live_claim_script_marks_spent_fresh_and_unmarked(
                          what="a's renewal")
         assert await owner_of(url, "k2") == b"a"
         assert (await live(url, "k2"))[0] == {b"m": b"n1", b"h": b"a"}
+        # A fresh mark is set even while another host owns the login; that owner,
+        # asked before a refresh with its token, finds it spent and frees the login.
+        assert await a.cluster.claim_login("k4", "p0") == Claim("a")
+        b.cluster.claims.refreshed("k4", "p1")
+        assert await b.cluster.claim_login("k4", "p1") == Claim("a")
+        assert (await live(url, "k4"))[0] == {b"m": b"p1", b"h": b"b"}
+        await a.cluster.claims.renew(partial(a.cluster._scripts, a.cluster._session), 9)
+        assert a.cluster.claims.owned["k4"] == ("p0", False)  # a renewal is not judged
+        assert await a.cluster.claim_login("k4", "p0") == Claim(None, "b")
+        assert await owner_of(url, "k4") is None and "k4" not in a.cluster.claims.owned
+        assert await b.cluster.claim_login("k4", "p1") == Claim("b")
         # Without a mark (a caller that does not know its token): no live mark is set.
         assert await a.cluster.claim_refresh_token("k3") == "a"
         assert (await live(url, "k3"))[0] == {}
