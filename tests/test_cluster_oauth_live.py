@@ -248,3 +248,57 @@ async def test_cluster_oauth_live_claim_script_marks_spent_fresh_and_unmarked(
         assert await a.cluster.claim_refresh_token("k3") == "a"
         assert (await live(url, "k3"))[0] == {}
         n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_cluster_oauth_live_a_tool_refresh_elsewhere_spends_the_owners_token(
+    tmp_path: Path, endpoint: FakeTokenEndpoint, redis_server: RedisServer,
+    short_recheck: None,
+) -> None:
+    import json
+
+    from argentd.config import parse_config
+
+    a0, r0 = endpoint.login()
+    later = time.time() + HOUR
+    a = OAuthHost("a", redis_server.url, tmp_path, endpoint, a0, r0, later)
+    b = OAuthHost("b", redis_server.url, tmp_path, endpoint, a0, r0, later,
+                  refresh_before=2 * HOUR)
+    tool = tmp_path / "b" / "claude.json"  # the file Claude Code keeps on b
+
+    def write_tool(access: str, refresh: str, expires: float) -> None:
+        tool.write_text(json.dumps({"claudeAiOauth": {
+            "accessToken": access, "refreshToken": refresh, "expiresAt": int(expires * 1000)}}))
+        tool.chmod(0o600)
+
+    write_tool(a0, r0, later)
+    write_json(b.path, {PID: {"provider": "anthropic", "type": "oauth", "access": a0,
+                              "refresh": r0, "expires": int(later * 1000),
+                              "source": {"format": "claude-code", "path": str(tool)}}})
+    b.reload()
+    key = login_key(refresh_hash(r0))
+    async with trio.open_nursery() as n:
+        await a.start(n)
+        await wait_until(lambda: a.claims == ["a"], what="a claims at connect")
+        await b.start(n)
+        await wait_until(lambda: b.refresh_error() == refusal("a"), what="b refused")
+        # Claude Code on b refreshes by itself; b adopts the pair (the newest): live.
+        got = endpoint.refresh_as_tool(r0)
+        r2 = got["refresh_token"]
+        write_tool(got["access_token"], r2, time.time() + 8 * HOUR)
+        await wait_until(lambda: b.holds(got["access_token"]), what="b adopts the tool's pair")
+        await wait_until(lambda: b.cluster.claims.owned.get(key) is None and b.claims[-1] == "a",
+                         what="b claimed again")
+        assert (await live(redis_server.url, key))[0] == {b"m": live_mark(r2).encode(),
+                                                            b"h": b"b"}
+        # a comes due: its r0 is spent; it is not sent (that reuse would revoke r2).
+        a.config = parse_config(
+            f'[oauth]\nrefresh_before = {2 * HOUR}\n'
+            f'[oauth.anthropic]\ntoken_url = "{endpoint.url}"\nclient_id = "c"\n'.encode())
+        a.reload()
+        await wait_until(lambda: a.refresh_error() == spent("b", None), what="a finds r0 spent")
+        assert [c.client_id for c in endpoint.calls] == ["the-tool"] and endpoint.reuses == 0
+        assert await owner_of(redis_server.url, key) is None  # freed for b
+        valid = endpoint.access_valid(got["access_token"])
+        assert valid, "b's pair lives"
+        n.cancel_scope.cancel()
