@@ -6,10 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import trio
 
+from argent_client.exiting import exit_now
 from argent_client.paths import default_config_path, default_profiles_path, default_socket_path
 
 from . import __version__
@@ -133,5 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> NoReturn:
+    """The `argentd` command: `main()`, then `exit_now`. The state is on disk by then;
+    skipping the interpreter's teardown lets a stopping daemon exit at once."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
