@@ -11,7 +11,7 @@ from typing import NoReturn
 import msgspec
 import trio
 
-from argent_client.exiting import exit_now
+from argent_client.exiting import exit_after
 from argent_client.paths import default_config_path, default_profiles_path, default_socket_path
 
 from . import __version__
@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The `argentd` command: `main()`, then `exit_now`. The state is on disk by then;
-    skipping the interpreter's teardown lets a stopping daemon exit at once."""
-    exit_now(main())
+    """The `argentd` command: `main()` without the interpreter's teardown at exit
+    (see `argent_client.exiting`). The state is on disk by then: a stopping daemon
+    exits at once rather than after freeing every module."""
+    exit_after(main)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
 
 def test_exiting_loads_nothing_but_the_standard_library() -> None:
     names = _imports(ROOT / "client" / "argent_client" / "exiting.py")
-    assert names <= {"__future__", "contextlib", "logging", "os", "sys", "typing"}, names
+    assert names <= {"__future__", "collections.abc", "contextlib", "logging", "os", "sys",
+                     "typing"}, names
 
 
 def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:

@@ -34,7 +34,7 @@ from .commands import (
     env_fix,
     stuck_fix,
 )
-from .exiting import exit_now
+from .exiting import exit_after
 from .profile_commands import cmd_profiles_add, cmd_profiles_list, cmd_profiles_remove
 from .protocol import FAILURE_KINDS, PROTOCOL_VERSION, ArgentError
 
@@ -486,9 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The `argentctl` command: `main()`, then `exit_now` (no interpreter teardown,
-    which would cost tens of milliseconds of CPU per command; see `exiting`)."""
-    exit_now(main())
+    """The `argentctl` command: `main()` without the interpreter's teardown at exit,
+    which would cost tens of milliseconds of CPU per command (see `exiting`)."""
+    exit_after(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

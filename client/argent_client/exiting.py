@@ -15,7 +15,20 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
+
+
+def exit_after(main: Callable[[], int]) -> NoReturn:
+    """`exit_now(main())`; a `SystemExit` from `main` (argparse's --help, --version and
+    usage errors) ends the same way, with the code and message `sys.exit` would give."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            sys.stderr.write(exc.code + "\n")
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    exit_now(code)
 
 
 def exit_now(code: int) -> NoReturn:
