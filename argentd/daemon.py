@@ -202,6 +202,7 @@ class Daemon:
             lambda: self.loaded.config.oauth,
             lambda: self.server.after_change(),
             clock=self.clock.now,
+            cluster=lambda: self.cluster,  # one host refreshes each login (oauth_claims)
         )
         self.engine = Engine(self.oauth.overlay(self.loaded.profiles), self.loaded.config,
                              now=now)

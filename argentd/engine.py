@@ -22,6 +22,13 @@ Decisions, each in its module: whether a profile may be leased and why not
 which one a request gets (selection.py, under the lease's policy.py rules);
 what a failure report or a provider reading does to a secret (cooldown.py,
 applied by reports.py).
+
+Two parts of the class itself live in modules of their own, as functions
+of the engine that the class binds as its methods: the grant path
+(granting.py: a request's targets in order, the grant, the probe and the
+paid-fallback notice) and the calls that change a profile's verdict from
+outside a lease's plain end (verdicts.py: failure reports and failover,
+OAuth token swaps and revoked logins, `reset`, `disable`, `enable`).
 """
 
 from __future__ import annotations
@@ -29,31 +36,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-import msgspec
-
 from argent_client.protocol import (
-    PROFILE_FAULTS,
     ArgentError,
     Event,
-    FailureKind,
     InvalidParams,
     LeaseParams,
     LeaseResult,
     Limits,
     ProfileState,
-    ReportParams,
-    ReportResult,
     UnknownProfile,
     Usage,
 )
 
-from . import cooldown
+from . import granting, verdicts
 from .books import Books, Slot
 from .config import DEFAULT_CONFIG, Config
 from .keystate import KeyState
-from .leases import Lease, LeaseBook, Outbox, Waiter, lease_result, new_lease_id
+from .leases import Lease, LeaseBook, Outbox, Waiter, new_lease_id
 from .model import Profile, ProfileSet
-from .policy import PAID_TYPES, Switches
+from .policy import Switches
 from .readiness import Readiness, profile_state
 from .reports import Reports
 from .selection import Selector
@@ -175,88 +176,13 @@ class Engine:
         self._waiters.mark_all()
         self._serve_waiters(now)
 
-    def _try_lease(
-        self,
-        params: LeaseParams,
-        conn: int | None,
-        now: float,
-        *,
-        start: int = 0,
-        exclude: str | None = None,
-    ) -> LeaseResult | None:
-        route, targets = self._sel.targets(params)
-        rules = self._sel.rules(params.client)
-        for i in range(start, len(targets)):
-            provider, model = targets[i]
-            slot = self._sel.pick(provider, model, now, session=params.session, exclude=exclude,
-                                  rules=rules, only=params.profile)
-            if slot is not None:
-                return self._grant(slot, params, conn, now, route=route, target=i, model=model,
-                                   notify=rules.paid_fallback == "notify")
-            exclude = None  # only the failed profile's own provider excludes it
-        return None
+    # ------------------------------------------------------------ granting (granting.py)
 
-    def _grant(
-        self,
-        slot: Slot,
-        params: LeaseParams,
-        conn: int | None,
-        now: float,
-        *,
-        route: str | None,
-        target: int,
-        model: str | None,
-        notify: bool = False,
-    ) -> LeaseResult:
-        p = slot.profile
-        ttl = params.ttl if params.ttl is not None else self.config.lease.ttl
-        ttl = min(ttl, self.config.lease.max_ttl)
-        lease = Lease(
-            id=self._new_id(), profile_id=p.id, conn=None if params.detached else conn,
-            client=params.client, expires_at=now + ttl, detached=params.detached,
-            model=model, session=params.session, route=route, target=target,
-            params=params, key=p.secret.key,
-        )
-        self._leases.add(lease)
-        self._pushed(lease.expires_at)
-        slot.active += 1
-        self._sel.granted(slot, params.session, now)
-        ks = self._keys[p.secret.key]
-        lease.grant = ks.granted(now)
-        self._count(f"leases_granted:{p.provider}")
-        # Usage counters alone do not call for a save: they go with the next
-        # change that does, the adapter's periodic save, or the one at shutdown.
-        self._emit("lease", now, profile=p.id, lease_id=lease.id, provider=p.provider,
-                   model=model, client=params.client)
-        until = ks.cooldown_until
-        if until is not None and until > now:  # only its early-reset probe leases a cooling key
-            lease.probe = True
-            cooldown.probed(ks, now, self.config.policy.recheck)
-            self._outbox.changed = True
-            self._emit("probe", now, profile=p.id, lease_id=lease.id, provider=p.provider)
-        if notify and params.profile is None:  # a pinned key was chosen, not fallen to
-            self._note_paid(p, params.client, model, now)
-        return lease_result(lease, p)
-
-    def _note_paid(self, p: Profile, client: str | None, model: str | None, now: float) -> None:
-        """`paid_fallback = "notify"`: one `paid_fallback` event per switch from a
-        provider's subscriptions to its API keys (always queued: the adapter logs it).
-        A key leased while a subscription is ready (`order` or `priority` put it
-        first) is no fallback."""
-        if not self._sel.subscribed(p):
-            return
-        paid = p.type in PAID_TYPES
-        if paid:
-            rules = self._sel.rules(client)
-            for slot in self._slots.values():
-                q = slot.profile
-                if (q.provider == p.provider and q.type not in PAID_TYPES
-                        and self._sel.reason(slot, model, now, rules).reason == "ready"):
-                    return
-        if self._paid.switched(p.provider, client, paid):
-            self._outbox.events.append(Event(
-                type="paid_fallback", at=now, profile=p.id, provider=p.provider,
-                client=client, message="no subscription of the provider is ready"))
+    # The grant path is in granting.py, as functions of the engine; bound here
+    # as class attributes, they are its methods.
+    _try_lease = granting.try_lease
+    _grant = granting.grant
+    _note_paid = granting.note_paid
 
     # ------------------------------------------------------------ leases
 
@@ -383,124 +309,16 @@ class Engine:
                        message="connection closed")
         self._serve_waiters(now)
 
-    # ------------------------------------------------------------ failures
+    # ------------------------------------------------------------ verdicts (verdicts.py)
 
-    def report(self, params: ReportParams, *, conn: int | None, now: float) -> ReportResult:
-        """Record a failure; with `failover`, answer with the next lease.
-
-        Raises `LeaseNotFound`, `UnknownProfile` or `InvalidParams`.
-        """
-        self._tick(now)
-        lease: Lease | None = None
-        if params.lease_id is not None:
-            lease = self._leases.get(params.lease_id)
-            profile_id = lease.profile_id
-        elif params.profile is not None:
-            profile_id = params.profile
-            self.profile(profile_id)
-        else:
-            raise InvalidParams("invalid params: report_failure needs `lease_id` or `profile`")
-        slot = self._slots[profile_id]
-        # A lease's failure is about the secret it handed out, which a reload may
-        # have replaced since: the new secret must not pay for it.
-        key = lease.key if lease else slot.profile.secret.key
-        # The cooldown is model-scoped only when the report names the model: a
-        # lease's model says what was asked, not that the limit hit was per model
-        # (a subscription's 5-hour cap is account-wide), and route leases always
-        # carry one. Names are bounded (cooldown.scope).
-        model = cooldown.scope(self._keys[key], params.model, now)
-        if params.limits is not None:
-            self._reports.observe(slot.profile, key, params.limits,
-                                  lease.grant if lease else None, now)
-        self._reports.failure(slot.profile, key, params, model, now)
-        result = ReportResult(
-            profile_state=self.state_of(profile_id, now),
-            cooldown_until=self._keys[slot.profile.secret.key].cooling(now, model),
-        )
-        if lease is not None:
-            self._end_lease(lease, now)
-        if params.failover:
-            result.next = self._failover(slot.profile, lease, params.kind, conn, now)
-        self._serve_waiters(now)
-        return result
-
-    def _failover(
-        self, failed: Profile, lease: Lease | None, kind: FailureKind, conn: int | None,
-        now: float,
-    ) -> LeaseResult | None:
-        if lease is not None:
-            params = msgspec.structs.replace(lease.params, wait=0.0)
-            conn = lease.conn if not lease.detached else conn
-            target = lease.target
-        else:
-            params = LeaseParams(provider=failed.provider)
-            target = 0
-        try:
-            if kind in PROFILE_FAULTS:
-                return self._try_lease(params, conn, now, start=target, exclude=failed.id)
-            if params.route is None:
-                return None
-            return self._try_lease(params, conn, now, start=target + 1)
-        except ArgentError:
-            return None  # the route or provider vanished in a reload
-
-    # ------------------------------------------------------------ oauth
-
-    def replace_profile(self, profile: Profile, *, now: float) -> None:
-        """Swap in `profile` for the loaded profile of its id, whose books key it keeps.
-
-        An OAuth refresh: a new access token of the same login. Its books
-        (cooldowns, counts, budget), leases and place in the order stay; only
-        the verdict of `auth` failures, which were about the old token, ends.
-        Raises `UnknownProfile`, or `ValueError` when the key differs.
-        """
-        self._tick(now)
-        slot = self._slots.get(profile.id)
-        if slot is None or slot.removed:
-            raise UnknownProfile(f"no profile {profile.id!r}", profile=profile.id)
-        if slot.profile.secret.key != profile.secret.key:
-            raise ValueError("replace_profile keeps the books key; use load for a new secret")
-        old = slot.profile.secret
-        slot.profile = profile
-        ks = self._keys[profile.secret.key]
-        if old != profile.secret and (ks.invalid or "auth" in ks.streak):
-            ks.invalid = False
-            ks.streak.pop("auth", None)
-        self._touched(profile.secret.key)
-        self._serve_waiters(now)
-
-    def mark_invalid(self, profile_id: str, message: str, *, now: float) -> None:
-        """Make a profile `invalid` with `message` (its login was revoked): until its
-        secret changes or `reset`."""
-        self._tick(now)
-        ks = self.key_state(profile_id)
-        ks.invalid = True
-        ks.last_error = message
-        self._touched(self.profile(profile_id).secret.key)
-
-    # ------------------------------------------------------------ admin
-
-    def reset(self, profile_id: str, *, now: float) -> ProfileState:
-        """Clear cooldowns, error counts and the invalid mark of a profile."""
-        self._tick(now)
-        p = self.profile(profile_id)
-        cooldown.clear(self._keys[p.secret.key])
-        self._outbox.changed = True
-        self._mark_key(p.secret.key)
-        self._book(p.secret.key)
-        self._serve_waiters(now)
-        return self.state_of(profile_id, now)
-
-    def set_disabled(self, profile_id: str, disabled: bool, *, now: float) -> ProfileState:
-        """Disable or enable a profile until the next change of its secret."""
-        self._tick(now)
-        p = self.profile(profile_id)
-        self._slots[profile_id].user_disabled = disabled
-        self._outbox.changed = True
-        self._waiters.mark(p.provider)
-        self._book(p.secret.key)
-        self._serve_waiters(now)
-        return self.state_of(profile_id, now)
+    # Failure reports, failover, OAuth swaps, reset and disable are in
+    # verdicts.py, as functions of the engine; bound here, they are its methods.
+    report = verdicts.report
+    _failover = verdicts.failover
+    replace_profile = verdicts.replace_profile
+    mark_invalid = verdicts.mark_invalid
+    reset = verdicts.reset
+    set_disabled = verdicts.set_disabled
 
     # ------------------------------------------------------------ time
 

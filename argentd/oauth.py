@@ -5,14 +5,14 @@ Theory of operation
 Each oauth profile with a refresh token is a *chain*: the login's pairs
 over time, one books key for all of them (`oauth_profile.login_key`). The
 engine always holds the chain's current pair as the profile's secret; this
-module decides when to get the next one and swaps it in with
-`Engine.replace_profile`, so cooldowns, counts and leases stay.
+module gets the next one when it is due and swaps it in with
+`Engine.replace_profile`, so cooldowns, counts and leases stay. What needs
+no I/O (the starting pair, `due_at`, `backoff`) is in oauth_chain.py.
 
-- **When** (`due_at`, pure): `refresh_before` seconds before the access token
-  ends (never sooner than half its life after the last refresh, so a token
-  shorter than `refresh_before` is not refreshed in a loop), or at once
-  after an `auth` report against it (once per token: a token that came from
-  such a refresh is not refreshed again for its own `auth` report).
+- **When**: `due_at` (`refresh_before` seconds before the access token
+  ends), or at once after an `auth` report against it (once per token: a
+  token that came from such a refresh is not refreshed again for its own
+  `auth` report).
 - **One at a time**: a refresh token is in flight at most once (`_busy`),
   whatever the number of leases asking; leases keep the current access token
   while it is valid, else wait in the engine's queue (within their `wait`)
@@ -25,6 +25,9 @@ module decides when to get the next one and swaps it in with
   read again (another daemon of this user may have refreshed the chain) and
   so is the tool's file (the tool may have refreshed on its own); a pair
   whose refresh token is not one this chain has spent is adopted.
+- **In a cluster** (oauth_claims.py): the last step before the refresh token
+  leaves is a claim of the chain; a chain another host owns is not refreshed
+  here, and its `error` names that host.
 - **Faults**: `revoked` (invalid_grant) marks the profile invalid with the
   fix and stops the chain; anything else backs off (10 s doubling to 10 min)
   while the old token serves; past its end the profile shows `expired`.
@@ -37,8 +40,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -58,55 +60,15 @@ from .credentials import (
 )
 from .engine import Engine
 from .model import Profile, ProfileSet, Secret
+from .oauth_chain import Chain, backoff, due_at, overlay, with_pair
+from .oauth_claims import ASK_POLL, RECHECK, Claims, Owners
 from .oauth_config import OAuthConfig
-from .oauth_profile import OAuthLogin, login_key, refresh_hash
+from .oauth_profile import login_key, refresh_hash
 from .token_endpoint import DEFAULT_LIFETIME, Answer, refresh_call
 
 log = logging.getLogger("argentd.oauth")
 
-BACKOFF_BASE: Final = 10.0
-BACKOFF_CAP: Final = 600.0
 _T = TypeVar("_T")
-
-
-def due_at(expires: float | None, refreshed_at: float | None, refresh_before: float) -> float:
-    """When a token ending at `expires` (Unix s) is refreshed; inf when it never ends."""
-    if expires is None:
-        return math.inf
-    due = expires - refresh_before
-    if refreshed_at is not None and refreshed_at < expires:
-        due = max(due, refreshed_at + min(refresh_before, (expires - refreshed_at) / 2))
-    return due
-
-
-def backoff(failures: int) -> float:
-    """Seconds before the next try after `failures` faults in a row (>= 1)."""
-    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(max(0, failures - 1), 16)))
-
-
-@dataclass(slots=True)
-class Chain:
-    """What the refresher keeps per oauth profile id, besides the engine's profile."""
-
-    origin: str
-    seen_failures: int = -1
-    """The engine's failure count last seen (-1: not yet looked)."""
-    failures: int = 0
-    next_try: float = 0.0
-    auth_pending: bool = False
-    auth_used: bool = False
-    synced: bool = False
-    """The tool's file was compared since the chain was loaded."""
-
-
-def _with_pair(p: Profile, login: OAuthLogin, access: str, refresh: str | None,
-               expires: float | None, **changes: Any) -> Profile:
-    """`p` holding a new pair of its chain (same books key)."""
-    assert login.origin is not None
-    new_login = dataclasses.replace(
-        login, refresh=Secret(refresh) if refresh else login.refresh, **changes)
-    return dataclasses.replace(
-        p, secret=Secret(access, key=login_key(login.origin)), expires=expires, oauth=new_login)
 
 
 class Refresher:
@@ -120,7 +82,9 @@ class Refresher:
         after_change: Callable[[], None],
         *,
         clock: Callable[[], float] = time.time,
+        cluster: Callable[[], Claims | None] = lambda: None,
     ) -> None:
+        """`cluster` gives the daemon's `[cluster]` task, if any (oauth_claims)."""
         self._engine = engine
         self.store = store
         self._config = config
@@ -137,6 +101,7 @@ class Refresher:
         self._dirty = False
         """self.logins holds what credentials.json does not yet."""
         self._http: httpx.AsyncClient | None = None
+        self.owners = Owners(cluster, engine, after_change, clock)
 
     def _load_store(self) -> None:
         try:
@@ -155,70 +120,18 @@ class Refresher:
     # ------------------------------------------------------------ loading
 
     def overlay(self, profiles: ProfileSet) -> ProfileSet:
-        """`profiles` with each oauth login's newer stored pair in place of the file's.
-
-        While the file's entry is unchanged (its refresh token is the chain's
-        origin, current or a spent one) the stored pair wins; a new login in
-        the file wins over the stored pair, which is then forgotten.
-        """
+        """`profiles` with each oauth login's newer stored pair in place of the file's
+        (oauth_chain.overlay); the chains follow."""
         if self.error is not None:
             self._load_store()
-        out: list[Profile] = []
-        chains: dict[str, Chain] = {}
-        owners: dict[str, str] = {}
-        config = self._config()
-        for p in profiles.profiles:
-            login = p.oauth
-            problem = None
-            if login is not None and login.refresh is None:
-                problem = ("no refresh token: this login ends with its access token; import "
-                           "it again from the tool (`argentctl profiles import …`)")
-            elif login is not None and config.provider(p.provider) is None:
-                problem = (f"no token endpoint for provider {p.provider!r}: add "
-                           f"[oauth.{p.provider}] token_url and client_id to argentd.toml")
-            elif login is not None and login.origin in owners:
-                # Refreshing one token twice revokes the login: one profile owns it.
-                problem = (f"holds the same refresh token as {owners[login.origin]}, "
-                           "which alone refreshes it")
-            if login is None or problem is not None:
-                if login is not None:
-                    p = dataclasses.replace(p, oauth=dataclasses.replace(
-                        login, refresh=None, error=problem))
-                out.append(p)
-                continue
-            assert login.origin is not None and login.refresh is not None
-            owners[login.origin] = p.id
-            logmod.register_secrets([login.refresh.reveal()])
-            stored = self.logins.get(p.id)
-            known = set()
-            if stored is not None:
-                known = {stored.origin, *stored.retired}
-                if stored.refresh:
-                    known.add(refresh_hash(stored.refresh))
-            if stored is not None and login.origin in known:
-                if not stored.access:  # only a revoked mark: the file's pair stands
-                    out.append(p)
-                    chains[p.id] = self.chains.get(p.id) or Chain(login.origin)
-                    continue
-                login = dataclasses.replace(login, origin=stored.origin)
-                p = _with_pair(p, login, stored.access, stored.refresh, stored.expires,
-                               account_id=stored.account_id or login.account_id,
-                               id_token=Secret(stored.id_token) if stored.id_token else None,
-                               refreshed_at=stored.refreshed_at)
-            elif stored is not None and self.error is None:
-                log.info("%s: a new login in the profiles file replaces the stored one", p.id)
-                del self.logins[p.id]
-                self._save_later()
-            assert p.oauth is not None and p.oauth.origin is not None
-            chain = self.chains.get(p.id)
-            if chain is None or chain.origin != p.oauth.origin:
-                chain = Chain(p.oauth.origin)
-            chain.synced = False
-            chains[p.id] = chain
-            out.append(p)
-        self.chains = chains
+        found = overlay(profiles, self.logins, self.chains, self._config(),
+                        store_readable=self.error is None)
+        for pid in found.dropped:
+            del self.logins[pid]
+            self._save_later()
+        self.chains = found.chains
         self._wake.set()
-        return ProfileSet(out, profiles.order, profiles.errors)
+        return found.profiles
 
     def _save_later(self) -> None:
         self._dirty = True
@@ -290,10 +203,32 @@ class Refresher:
                         nursery.start_soon(self._guarded, pid, key, config)
                     else:
                         soonest = min(soonest, when)
+                if self.owners.enabled():
+                    soonest = min(soonest, self._ask_owners(nursery, now))
                 if self._dirty and self.error is None:
                     await self._save_quietly()
                 with trio.move_on_after(max(0.0, soonest - now)):
                     await self._wake.wait()
+
+    def _ask_owners(self, nursery: trio.Nursery, now: float) -> float:
+        """Claim each chain not asked yet while the cluster link is up; when to look again."""
+        unasked = [(pid, chain) for pid, chain in self.chains.items() if not chain.asked]
+        if not unasked:
+            return math.inf
+        if not self.owners.connected():
+            return now + ASK_POLL
+        for pid, chain in unasked:
+            chain.asked = True
+            nursery.start_soon(self._ask_owner, pid, chain)
+        return math.inf
+
+    async def _ask_owner(self, pid: str, chain: Chain) -> None:
+        try:
+            owner = await self.owners.other_owner(login_key(chain.origin))
+            if self.chains.get(pid) is chain:
+                self.owners.show(pid, chain, owner, self.clock())
+        except Exception:  # a bug must not end the refresher; the refresh asks again
+            log.exception("asking the cluster who refreshes %s failed", pid)
 
     async def _save_quietly(self) -> None:
         self._dirty = False
@@ -354,6 +289,15 @@ class Refresher:
                                                     config.refresh_before)
         if due > now:
             return  # the adopted pair (or a sync only) left nothing to do yet
+        # The last step before the token leaves: the cluster's other hosts must not send it.
+        owner = await self.owners.other_owner(login_key(chain.origin))
+        self.owners.show(pid, chain, owner, now)
+        if owner is not None:
+            chain.next_try = now + RECHECK
+            return
+        p = self._engine().profile(pid)
+        login = p.oauth
+        assert login is not None and login.refresh is not None
         provider = config.provider(p.provider)
         assert provider is not None
         by_auth = chain.auth_pending
@@ -384,7 +328,7 @@ class Refresher:
                 and stored.refresh and current in stored.retired):
             log.info("%s: adopting the pair another argentd stored", pid)
             logmod.register_secrets([v for v in (stored.access, stored.refresh) if v])
-            p = _with_pair(p, login, stored.access, stored.refresh, stored.expires,
+            p = with_pair(p, login, stored.access, stored.refresh, stored.expires,
                            refreshed_at=stored.refreshed_at, error=None)
             self._engine().replace_profile(p, now=self.clock())
             self._after_change()
@@ -415,7 +359,7 @@ class Refresher:
             id_token=found.id_token, replaced=current,
             retired=retire(self.logins.get(pid), current), refreshed_at=now)
         await self._store(pid, entry)
-        p = _with_pair(p, login, found.access, found.refresh, found.expires,
+        p = with_pair(p, login, found.access, found.refresh, found.expires,
                        account_id=entry.account_id, refreshed_at=now, error=None,
                        id_token=Secret(found.id_token) if found.id_token else login.id_token)
         chain.failures, chain.next_try = 0, 0.0
@@ -474,7 +418,7 @@ class Refresher:
         if login.source is not None:
             await self._write_back(pid, p, used, SourceLogin(
                 answer.access, refresh, expires, login.account_id, entry.id_token))
-        new = _with_pair(p, login, answer.access, refresh, expires, refreshed_at=now,
+        new = with_pair(p, login, answer.access, refresh, expires, refreshed_at=now,
                          error=None,
                          id_token=Secret(entry.id_token) if entry.id_token else None)
         chain.failures, chain.next_try, chain.auth_used = 0, 0.0, by_auth

@@ -1,11 +1,11 @@
 """An `oauth` profile's login: its refresh token, account and source file.
 
-`profiles.py` calls `oauth_login` for each `type: "oauth"` entry of either
+`profile_entry.py` calls `oauth_login` for each `type: "oauth"` entry of either
 file shape; the fields are
 
     access      the access token (the flat map also takes `token`)
     refresh     the refresh token (without it the profile lives until `expires`)
-    expires     Unix ms (a value below 10^11 is seconds), parsed by profiles.py
+    expires     Unix ms (a value below 10^11 is seconds), parsed by profile_entry.py
     account_id  Codex's ChatGPT account (`accountId` too); read from the JWT if absent
     source      {"format": "claude-code"|"codex"|"gemini", "path": "~/…"}: the
                 tool's own login file, kept in step both ways

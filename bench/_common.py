@@ -14,7 +14,9 @@ Nothing here is measured code: it only sets the stage.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
+import queue as queue_mod
 import resource
 import shutil
 import signal
@@ -22,8 +24,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +308,68 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+@dataclass
+class AgentRun:
+    """What `run_agents` saw: each agent's outcome, the provider's counts, CPU used."""
+
+    outcomes: list[Any]
+    stats: dict[str, Any]
+    start_wall: float
+    cpu: dict[str, float]
+
+
+def run_agents(target: Callable[..., None], specs: Sequence[Any], provider: Any, *,
+               watch: dict[str, Sequence[int]], seconds: float, label: str,
+               timeout: float = 60.0) -> AgentRun:
+    """Run `target(spec, barrier, results)` in one forked process per spec.
+
+    The agents meet at a barrier once ready; then the provider's counts are
+    reset, the CPU of each group of pids in `watch` is read, and the agents
+    are let go together. Each puts one outcome (with an `error` field) on
+    `results`. Agents still alive on an error or Ctrl-C are killed; an
+    agent's error is raised as a RuntimeError naming `label`.
+    """
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(len(specs) + 1)
+    results = ctx.Queue()
+    workers = [ctx.Process(target=target, args=(s, barrier, results), daemon=True)
+               for s in specs]
+    for w in workers:
+        w.start()
+    outcomes: list[Any] = []
+
+    def cpu_now() -> dict[str, float]:
+        return {name: sum(sum(cpu_seconds(pid)) for pid in pids) for name, pids in watch.items()}
+
+    try:
+        barrier.wait(timeout=timeout)
+        cpu0 = cpu_now()
+        start_wall = time.time()
+        provider.reset()
+        barrier.wait(timeout=timeout)
+        for _ in workers:
+            outcomes.append(results.get(timeout=seconds + timeout))
+        stats = provider.stats()
+        cpu = {name: used - cpu0[name] for name, used in cpu_now().items()}
+    except (queue_mod.Empty, threading.BrokenBarrierError) as exc:
+        while True:
+            try:
+                outcomes.append(results.get_nowait())
+            except queue_mod.Empty:
+                break
+        errors = [o.error for o in outcomes if o.error]
+        raise RuntimeError(f"{label}: agents failed: {errors[:1] or exc!r}") from None
+    finally:
+        # All reported: they are exiting. Otherwise (an error, Ctrl-C) stop them now.
+        done = len(outcomes) == len(workers)
+        for w in workers:
+            w.join(5 if done else 0)
+            if w.is_alive():
+                w.kill()
+                w.join()
+    errors = [o.error for o in outcomes if o.error]
+    if errors:
+        raise RuntimeError(f"{label}: {errors[0]}")
+    return AgentRun(outcomes, stats, start_wall, cpu)

@@ -62,15 +62,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import urllib.request
@@ -84,10 +81,10 @@ import goodput_windows as gw
 from _common import (
     REPO,
     Proc,
-    cpu_seconds,
     machine,
     percentile,
     report,
+    run_agents,
     table,
     write_json_atomic,
 )
@@ -359,54 +356,20 @@ def run_mode(mode: str, provider: Provider, seconds: float, agents: int,
     try:
         keys = tuple((k.key, "setup-token" if k.shape.subscription else "api-key")
                      for k in provider.keys)
-        ctx = mp.get_context("fork")
-        barrier = ctx.Barrier(agents + 1)
-        results = ctx.Queue()
         specs = [AgentSpec(mode=mode, index=i, url=provider.url, seconds=seconds,
                            socket=str(daemon.socket) if daemon else None,
                            keys=keys if mode == "baseline" else ())
                  for i in range(agents)]
-        workers = [ctx.Process(target=_agent, args=(s, barrier, results), daemon=True)
-                   for s in specs]
-        for w in workers:
-            w.start()
-        outcomes: list[AgentOutcome] = []
-        try:
-            barrier.wait(timeout=60)
-            daemon_cpu0 = sum(cpu_seconds(daemon.pid)) if daemon else 0.0
-            provider_cpu0 = sum(cpu_seconds(provider.proc.pid))
-            start_wall = time.time()
-            provider.reset()
-            barrier.wait(timeout=60)
-            for _ in workers:
-                outcomes.append(results.get(timeout=seconds + 60))
-            stats = provider.stats()
-            daemon_cpu = sum(cpu_seconds(daemon.pid)) - daemon_cpu0 if daemon else None
-            provider_cpu = sum(cpu_seconds(provider.proc.pid)) - provider_cpu0
-        except (queue_mod.Empty, threading.BrokenBarrierError) as exc:
-            while True:
-                try:
-                    outcomes.append(results.get_nowait())
-                except queue_mod.Empty:
-                    break
-            errors = [o.error for o in outcomes if o.error]
-            raise RuntimeError(f"{mode}: agents failed: {errors[:1] or exc!r}") from None
-        finally:
-            # All reported: they are exiting. Otherwise (an error, Ctrl-C) stop them now.
-            done = len(outcomes) == len(workers)
-            for w in workers:
-                w.join(5 if done else 0)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
-        errors = [o.error for o in outcomes if o.error]
-        if errors:
-            raise RuntimeError(f"{mode}: {errors[0]}")
+        watch = {"provider": [provider.proc.pid]}
+        if daemon is not None:
+            watch["daemon"] = [daemon.pid]
+        run = run_agents(_agent, specs, provider, watch=watch, seconds=seconds, label=mode)
     finally:
         if daemon is not None:
             daemon.stop()
-    window = max(o.end_wall for o in outcomes) - start_wall
-    return summarise(provider.keys, stats, outcomes, window, daemon_cpu, provider_cpu)
+    window = max(o.end_wall for o in run.outcomes) - run.start_wall
+    return summarise(provider.keys, run.stats, run.outcomes, window,
+                     run.cpu.get("daemon"), run.cpu["provider"])
 
 
 def summarise(keys: list[fp.KeySpec], stats: dict[str, Any], outcomes: list[AgentOutcome],

@@ -40,13 +40,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import queue as queue_mod
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -55,7 +52,7 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_provider as fp
-from _common import REPO, Proc, cpu_seconds, report, table, write_json_atomic
+from _common import REPO, Proc, report, run_agents, table, write_json_atomic
 
 SHAPE: Final = "windows"
 PROVIDER: Final = "anthropic"
@@ -190,50 +187,16 @@ def run_mix(provider: Any, seconds: float, *, policy: bool, src: str | None = No
     """Reset `provider` (a `goodput.Provider`), run the mix for `seconds`; returns the figures."""
     daemon = start_daemon(provider.keys, src, policy)
     try:
-        ctx = mp.get_context("fork")
         specs = [MixSpec("background", i, provider.url, str(daemon.socket), seconds,
                          background_interval) for i in range(background)]
         specs += [MixSpec("interactive", i, provider.url, str(daemon.socket), seconds,
                           interactive_interval) for i in range(interactive)]
-        barrier = ctx.Barrier(len(specs) + 1)
-        results = ctx.Queue()
-        workers = [ctx.Process(target=_mix_agent, args=(s, barrier, results), daemon=True)
-                   for s in specs]
-        for w in workers:
-            w.start()
-        outcomes: list[MixOutcome] = []
-        try:
-            barrier.wait(timeout=60)
-            daemon_cpu0 = sum(cpu_seconds(daemon.pid))
-            start_wall = time.time()
-            provider.reset()
-            barrier.wait(timeout=60)
-            for _ in workers:
-                outcomes.append(results.get(timeout=seconds + 60))
-            stats = provider.stats()
-            daemon_cpu = sum(cpu_seconds(daemon.pid)) - daemon_cpu0
-        except (queue_mod.Empty, threading.BrokenBarrierError) as exc:
-            while True:
-                try:
-                    outcomes.append(results.get_nowait())
-                except queue_mod.Empty:
-                    break
-            errors = [o.error for o in outcomes if o.error]
-            raise RuntimeError(f"mix: agents failed: {errors[:1] or exc!r}") from None
-        finally:
-            done = len(outcomes) == len(workers)
-            for w in workers:
-                w.join(5 if done else 0)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
-        errors = [o.error for o in outcomes if o.error]
-        if errors:
-            raise RuntimeError(f"mix: {errors[0]}")
+        run = run_agents(_mix_agent, specs, provider, watch={"daemon": [daemon.pid]},
+                         seconds=seconds, label="mix")
     finally:
         daemon.stop()
-    window = max(o.end_wall for o in outcomes) - start_wall
-    return summarise(outcomes, stats, window, daemon_cpu)
+    window = max(o.end_wall for o in run.outcomes) - run.start_wall
+    return summarise(run.outcomes, run.stats, window, run.cpu["daemon"])
 
 
 def summarise(outcomes: list[MixOutcome], stats: dict[str, Any], window: float,

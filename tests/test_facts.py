@@ -66,7 +66,9 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
     assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers",
                                       "argent_client.gateway"} == {
         "argent_client", "argent_client.exiting", "argent_client.facts",
-        "argent_client.oauth_sources", "argent_client.paths", "argent_client.protocol"
+        "argent_client.oauth_sources", "argent_client.paths", "argent_client.protocol",
+        # protocol's two parts (re-exported by it; nothing imports them directly)
+        "argent_client.protocol_errors", "argent_client.protocol_status",
     }
 
 

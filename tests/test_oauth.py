@@ -27,7 +27,7 @@ from argentd.credentials import (
 )
 from argentd.engine import Engine
 from argentd.model import ProfileSet, auth_headers
-from argentd.oauth import backoff, due_at
+from argentd.oauth_chain import backoff, due_at
 from argentd.oauth_profile import OAuthSource, refresh_hash
 from argentd.profiles import load_profiles
 from argentd.token_endpoint import classify

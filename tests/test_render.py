@@ -130,6 +130,17 @@ def test_status_tables_masks_an_id_that_may_be_a_secret() -> None:
     assert " #2 " in text
 
 
+def test_status_tables_say_why_a_login_does_not_refresh() -> None:
+    owned = ("refresh token owned by host 'a' of the cluster, which alone refreshes it:"
+             " this host uses the access token it has until it expires")
+    status = StatusResult(profiles=[profile(), profile(id="anthropic:two", refresh_error=owned)],
+                          leases=[], config=ConfigStatus(profiles_path="/p", loaded_at=NOW),
+                          routes={})
+    lines = render_status(status).splitlines()
+    assert f"anthropic:two: refresh failed: {owned}" in lines
+    assert not any("anthropic:one: refresh" in line for line in lines)
+
+
 def many(n: int, provider: str, **kw: object) -> list[ProfileStatus]:
     return [profile(id=f"{provider}:p{i}", provider=provider, **kw) for i in range(n)]
 

@@ -1,7 +1,8 @@
 """The argentd wire protocol: JSON-RPC 2.0, one JSON object per line.
 
 Every request, result, event and error of DESIGN's wire-protocol table is
-defined here once; the daemon and the client both import this module. It
+defined once, here or in one of the two parts below; the daemon and the
+client both import this module. It
 imports no I/O library, so an agent that only leases loads nothing heavy.
 
 Theory of operation: the daemon decodes a well-formed request line in one
@@ -16,13 +17,49 @@ or a notification, its result still raw) and then `decode_result` /
 `decode_event`. Application errors are `ArgentError` subclasses, each with a
 JSON-RPC code in -32000..-32099 and a stable `data.code` string; the client
 raises the same class again from that string (`error_from_wire`).
+
+Two parts live in their own modules and are re-exported here, so every
+name is still `protocol.X`: the errors (`protocol_errors.py`) and the types
+that describe profiles, their limits and the `status` reply
+(`protocol_status.py`). Import them from here.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, Literal, TypeAlias, Union, get_args
+from typing import Any, Final, Literal, TypeAlias, Union, get_args
 
 import msgspec
+
+# Parts of this module, re-exported: `protocol.X` is the one name of each.
+from .protocol_errors import ERRORS as ERRORS
+from .protocol_errors import ArgentError as ArgentError
+from .protocol_errors import DaemonUnavailable as DaemonUnavailable
+from .protocol_errors import ErrorObject as ErrorObject
+from .protocol_errors import InternalError as InternalError
+from .protocol_errors import InvalidParams as InvalidParams
+from .protocol_errors import InvalidRequest as InvalidRequest
+from .protocol_errors import LeaseNotFound as LeaseNotFound
+from .protocol_errors import LimitExceeded as LimitExceeded
+from .protocol_errors import MethodNotFound as MethodNotFound
+from .protocol_errors import NoProfileAvailable as NoProfileAvailable
+from .protocol_errors import ParseError as ParseError
+from .protocol_errors import PermissionDenied as PermissionDenied
+from .protocol_errors import UnknownProfile as UnknownProfile
+from .protocol_errors import UnknownProvider as UnknownProvider
+from .protocol_errors import UnknownRoute as UnknownRoute
+from .protocol_errors import error_from_wire as error_from_wire
+from .protocol_status import Budget as Budget
+from .protocol_status import ClusterStatus as ClusterStatus
+from .protocol_status import ConfigStatus as ConfigStatus
+from .protocol_status import GatewayStatus as GatewayStatus
+from .protocol_status import LeaseStatus as LeaseStatus
+from .protocol_status import Limits as Limits
+from .protocol_status import ProfileState as ProfileState
+from .protocol_status import ProfileStatus as ProfileStatus
+from .protocol_status import ProfileType as ProfileType
+from .protocol_status import Source as Source
+from .protocol_status import StatusResult as StatusResult
+from .protocol_status import WindowStatus as WindowStatus
 
 PROTOCOL_VERSION: Final = 1
 MAX_LINE: Final = 1024 * 1024
@@ -36,9 +73,6 @@ PROFILE_FAULTS: Final = frozenset({"rate_limit", "quota", "auth"})
 """Kinds that blame the profile: failover stays with the same provider (the
 other kinds blame the provider: failover moves to the next route target)."""
 
-ProfileType: TypeAlias = Literal["setup-token", "api-key", "oauth"]
-ProfileState: TypeAlias = Literal["ready", "cooldown", "disabled", "invalid", "expired"]
-Source: TypeAlias = Literal["profile", "env"]
 EventType: TypeAlias = Literal[
     "lease",
     "release",
@@ -67,12 +101,6 @@ class Request(msgspec.Struct, kw_only=True):
     method: str
     params: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     id: RequestId | msgspec.UnsetType = msgspec.UNSET
-
-
-class ErrorObject(msgspec.Struct, omit_defaults=True):
-    code: int
-    message: str
-    data: dict[str, Any] | None = None
 
 
 class Response(msgspec.Struct, kw_only=True):
@@ -111,38 +139,6 @@ class Usage(msgspec.Struct, omit_defaults=True):
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
-
-
-class Limits(msgspec.Struct, omit_defaults=True):
-    """What the provider's last response said about a profile's budget.
-
-    Resets are Unix seconds; utilisations are fractions (0.0-1.0).
-    """
-
-    requests_limit: int | None = None
-    requests_remaining: int | None = None
-    requests_reset: float | None = None
-    tokens_limit: int | None = None
-    tokens_remaining: int | None = None
-    tokens_reset: float | None = None
-    unified_status: str | None = None
-    unified_5h_utilization: float | None = None
-    unified_7d_utilization: float | None = None
-    unified_reset: float | None = None
-    # Each subscription window on its own (DESIGN "Subscription windows and policy"):
-    # anthropic-ratelimit-unified-{5h,7d}-{status,reset,utilization} and the rest.
-    unified_5h_status: str | None = None
-    unified_5h_reset: float | None = None
-    unified_7d_status: str | None = None
-    unified_7d_reset: float | None = None
-    unified_representative_claim: str | None = None
-    unified_fallback: str | None = None
-    unified_overage_status: str | None = None
-    # x-codex-{primary,secondary}-used-percent (0-100) and -reset-at (Unix seconds).
-    codex_primary_used_percent: float | None = None
-    codex_primary_reset: float | None = None
-    codex_secondary_used_percent: float | None = None
-    codex_secondary_reset: float | None = None
 
 
 # ---------------------------------------------------------------- params
@@ -197,6 +193,7 @@ class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 # ---------------------------------------------------------------- results
+# (`status` has its own: StatusResult and its parts are in protocol_status.py.)
 
 
 class HelloResult(msgspec.Struct):
@@ -242,114 +239,6 @@ class ReportResult(msgspec.Struct):
     profile_state: ProfileState
     cooldown_until: float | None = None
     next: LeaseResult | None = None
-
-
-class Budget(msgspec.Struct, omit_defaults=True):
-    """A profile's predicted request/token budget (rate budgets)."""
-
-    requests: float | None = None
-    requests_limit: int | None = None
-    tokens: float | None = None
-    tokens_limit: int | None = None
-    refill_at: float | None = None
-    unified_status: str | None = None
-
-
-class WindowStatus(msgspec.Struct, omit_defaults=True):
-    """One subscription window of a profile (`5h`, `7d`, `primary`, `secondary`)."""
-
-    utilization: float | None = None
-    """Fraction used, 0.0-1.0 (a provider may report a little over 1)."""
-    reset: float | None = None
-    status: str | None = None
-
-
-class ProfileStatus(msgspec.Struct):
-    id: str
-    provider: str
-    type: ProfileType
-    label: str
-    state: ProfileState
-    cooldown_until: float | None
-    error_count: int
-    active_leases: int
-    fingerprint: str
-    source: Source
-    last_used: float | None = None
-    last_error: str | None = None
-    priority: int = 0
-    max_concurrent: int | None = None
-    model_cooldowns: dict[str, float] = {}
-    budget: Budget | None = None
-    removed: bool = False
-    reason: str = "ready"
-    """Why a lease (for no model in particular) would not get it now: `ready`,
-    `cooldown`, `busy`, `budget`, `disabled`, ... (docs/policy.md)."""
-    until: float | None = None
-    """When `reason` ends by itself, if time alone ends it."""
-    expires_at: float | None = None
-    """When the secret ends (an OAuth access token, a token with `expires`)."""
-    refreshed_at: float | None = None
-    """OAuth: when argentd last got a new access token for this login."""
-    refresh_error: str | None = None
-    """OAuth: why the last refresh failed (None once one works)."""
-    windows: dict[str, WindowStatus] = {}
-    """Subscription windows as last reported (those not yet reset)."""
-
-
-class LeaseStatus(msgspec.Struct):
-    lease_id: str
-    profile: str
-    client: str | None
-    expires_at: float
-    detached: bool = False
-    model: str | None = None
-
-
-class ConfigStatus(msgspec.Struct):
-    profiles_path: str
-    loaded_at: float | None
-    error: str | None = None
-    config_path: str | None = None
-    state_path: str | None = None
-    """The state file this daemon keeps (one per socket)."""
-
-
-class GatewayStatus(msgspec.Struct):
-    """`status.gateway`: where the HTTP gateway listens (`url` None when off) and why not."""
-
-    url: str | None = None
-    error: str | None = None
-
-
-class ClusterStatus(msgspec.Struct):
-    """`status.cluster`: the daemon's link to the other hosts (never a password)."""
-
-    name: str
-    host: str
-    connected: bool
-    hosts: list[str]
-    """Hosts with a recent heartbeat, this one included (empty while disconnected)."""
-    error: str | None = None
-    url: str | None = None
-    latency: float | None = None
-    """Seconds of the last heartbeat's round trip."""
-    skew: float | None = None
-    """Redis' TIME minus this host's clock, in seconds."""
-
-
-class StatusResult(msgspec.Struct, omit_defaults=True):
-    profiles: list[ProfileStatus]
-    leases: list[LeaseStatus]
-    config: ConfigStatus
-    routes: dict[str, list[str]]
-    gateway: GatewayStatus | None = None
-    cluster: ClusterStatus | None = None
-    """Left out without `[cluster]`."""
-    window_cap: float | None = None
-    """`[policy] window_cap` when it is not the default 1.0 (left out on the wire then)."""
-    client_window_caps: dict[str, float] = {}
-    """`[policy.clients.NAME] window_cap` of the clients that set one."""
 
 
 class ProfileStateResult(msgspec.Struct):
@@ -402,131 +291,6 @@ METHODS: Final[dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct]]]] = {
     "metrics": (NoParams, MetricsResult),
 }
 """Method name -> (params Struct, result Struct)."""
-
-
-# ---------------------------------------------------------------- errors
-
-
-class ArgentError(Exception):
-    """Base of every error the protocol carries.
-
-    `code` is the stable string sent as `data.code`; `rpc_code` the JSON-RPC
-    error code. `data` holds extra machine-readable fields (never a secret).
-    """
-
-    code: ClassVar[str] = "internal_error"
-    rpc_code: ClassVar[int] = -32603
-
-    def __init__(self, message: str, **data: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.data = data
-
-    def to_wire(self) -> ErrorObject:
-        return ErrorObject(self.rpc_code, self.message, {"code": self.code, **self.data})
-
-
-class ParseError(ArgentError):
-    code = "parse_error"
-    rpc_code = -32700
-
-
-class InvalidRequest(ArgentError):
-    code = "invalid_request"
-    rpc_code = -32600
-
-
-class MethodNotFound(ArgentError):
-    code = "method_not_found"
-    rpc_code = -32601
-
-
-class InvalidParams(ArgentError):
-    code = "invalid_params"
-    rpc_code = -32602
-
-
-class InternalError(ArgentError):
-    code = "internal_error"
-    rpc_code = -32603
-
-
-class NoProfileAvailable(ArgentError):
-    """Profiles exist but none is ready; `data.retry_after` says when one may be."""
-
-    code = "no_profile_available"
-    rpc_code = -32001
-
-
-class UnknownProvider(ArgentError):
-    code = "unknown_provider"
-    rpc_code = -32002
-
-
-class UnknownRoute(ArgentError):
-    code = "unknown_route"
-    rpc_code = -32003
-
-
-class LeaseNotFound(ArgentError):
-    code = "lease_not_found"
-    rpc_code = -32004
-
-
-class UnknownProfile(ArgentError):
-    code = "unknown_profile"
-    rpc_code = -32005
-
-
-class PermissionDenied(ArgentError):
-    code = "permission_denied"
-    rpc_code = -32006
-
-
-class LimitExceeded(ArgentError):
-    """One connection asked for more than the daemon holds for it at once (waiting
-    leases, reloads); `data.limit` is the bound."""
-
-    code = "limit_exceeded"
-    rpc_code = -32010
-
-
-class DaemonUnavailable(ArgentError):
-    """Client side only: the socket could not be reached."""
-
-    code = "daemon_unavailable"
-    rpc_code = -32099
-
-
-ERRORS: Final[dict[str, type[ArgentError]]] = {
-    cls.code: cls
-    for cls in (
-        ParseError,
-        InvalidRequest,
-        MethodNotFound,
-        InvalidParams,
-        InternalError,
-        NoProfileAvailable,
-        UnknownProvider,
-        UnknownRoute,
-        LeaseNotFound,
-        UnknownProfile,
-        PermissionDenied,
-        LimitExceeded,
-        DaemonUnavailable,
-    )
-}
-_BY_RPC_CODE: Final = {cls.rpc_code: cls for cls in ERRORS.values()}
-
-
-def error_from_wire(error: ErrorObject) -> ArgentError:
-    """Rebuild the `ArgentError` subclass a daemon sent."""
-    data = dict(error.data or {})
-    code = data.pop("code", None)
-    cls = ERRORS.get(code) if isinstance(code, str) else None
-    if cls is None:
-        cls = _BY_RPC_CODE.get(error.code, ArgentError)
-    return cls(error.message, **data)
 
 
 # ---------------------------------------------------------------- framing

@@ -226,6 +226,10 @@ def status_tables(
             )
         if profiles:
             table.print(console)
+            for index, p in enumerate(profiles):
+                if p.refresh_error:
+                    console.print(Text(f"{shown_id(p.id, index)}: refresh failed:"
+                                       f" {p.refresh_error}", style="yellow"), soft_wrap=True)
             cap = 1.0 if status.window_cap is None else status.window_cap
             windows = windows_table(profiles, now, cap, status.client_window_caps)
             if windows is not None:
