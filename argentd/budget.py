@@ -22,6 +22,12 @@ bucket without a refill rate never blocks, a `reset` further than
 `MAX_HORIZON` ahead counts as `MAX_HORIZON`, and a report with impossible
 numbers is ignored.
 
+With a cluster, `shared` is this host's share of the key's request budget
+kept in Redis for every host (cluster_budgets.py): while it is in charge
+it alone says when the next grant fits (`ready_at`), each grant spends one
+of its tokens and each reading is told to it; the local request bucket is
+still kept, for when the host goes on alone.
+
 Subscription tokens also report their windows (`windows`: Anthropic's
 `5h` and `7d`, Codex's `primary` and `secondary`), each with a utilisation,
 a reset and a status. A rejected window is handled by the engine as a
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from argent_client.protocol import Budget as BudgetView
 from argent_client.protocol import Limits, WindowStatus
@@ -143,6 +149,23 @@ def _bucket(limit: int | None, remaining: int | None) -> Bucket | None:
     return Bucket(limit=cap, level=float(remaining), rate=None, t=0.0)
 
 
+class Share(Protocol):
+    """This host's share of a cluster-wide request budget (cluster_budgets.BudgetShare)."""
+
+    def ready_at(self, now: float) -> float | None:
+        """When the next grant fits the shared budget, or None when the share is
+        not in charge (the local prediction decides)."""
+        ...
+
+    def take(self, grant: int, now: float) -> None:
+        """Grant number `grant` spends from the shared budget."""
+        ...
+
+    def observed(self, grant: int | None, limits: Limits, bucket: Bucket, now: float) -> None:
+        """A provider reading of `grant`, just taken into the local `bucket`."""
+        ...
+
+
 @dataclass(slots=True)
 class Budget:
     """Everything the provider told us about one key's budget."""
@@ -160,6 +183,9 @@ class Budget:
     unified_status: str | None = None
     unified_reset: float | None = None
     windows: dict[str, Window] = field(default_factory=dict)
+    shared: Share | None = None
+    """With a cluster: the request budget shared by every host (it decides while in
+    charge; the local request bucket is still kept, to go on alone)."""
 
     # ------------------------------------------------------------ decisions
 
@@ -169,7 +195,10 @@ class Budget:
         A bucket whose refill is unknown never holds a grant back.
         """
         when = now
-        if self.requests is not None:
+        shared = self.shared.ready_at(now) if self.shared is not None else None
+        if shared is not None:
+            when = shared
+        elif self.requests is not None:
             t = self.requests.ready_at(1.0, now)
             if t is not None:
                 when = max(when, t)
@@ -218,6 +247,8 @@ class Budget:
     def grant(self, now: float) -> int:
         """Charge one request (and the mean tokens) to the budget; returns its number."""
         self.grants += 1
+        if self.shared is not None:
+            self.shared.take(self.grants, now)
         if self.requests is not None:
             self.requests.take(1.0, now)
         if self.tokens is not None and self.token_cost:
@@ -249,6 +280,7 @@ class Budget:
         if grant is not None:
             if grant < self.reported_grant:
                 self._observe_unified(limits, now)
+                self._tell_shared(limits, grant, now)  # still telling, with its token's serial
                 return
             self.reported_grant = grant
         since = max(0, in_flight)
@@ -266,6 +298,12 @@ class Budget:
                 self.tokens.observe(limits.tokens_limit, limits.tokens_remaining,
                                     limits.tokens_reset, pending, now)
         self._observe_unified(limits, now)
+        self._tell_shared(limits, grant, now)
+
+    def _tell_shared(self, limits: Limits, grant: int | None, now: float) -> None:
+        if (self.shared is not None and self.requests is not None
+                and limits.requests_remaining is not None):
+            self.shared.observed(grant, limits, self.requests, now)
 
     def _observe_unified(self, limits: Limits, now: float) -> None:
         if limits.unified_status is not None:

@@ -15,6 +15,9 @@ other hosts' (DESIGN, "Cluster"):
 - **Slots** (cluster_slots.py): a secret with `max_concurrent` gets a
   `SlotGate` in its KeyState; the planner keeps the slots this host holds
   in Redis right (cluster_scripts.SLOTS).
+- **Budgets** (cluster_budgets.py, cluster_shares.py): a secret's request
+  budget is one bucket in Redis (cluster_scripts.BUDGET); a host grants a
+  lease on it only with a token taken from it ahead (`BudgetShare`).
 - **Faults**: every call is bounded (cluster_link.OP_TIMEOUT) and a
   heartbeat every `RENEW_EVERY` s proves the link alive; a failure ends the
   session: the gates open (each host goes on alone), `status.cluster` says
@@ -41,9 +44,11 @@ from argent_client import protocol as P
 from . import cluster_books as B
 from . import cluster_scripts as S
 from .books import Slot
+from .cluster_budgets import gate_of
 from .cluster_inflight import InFlight
-from .cluster_link import Link, Session, SessionLost, display_url
-from .cluster_slots import RENEW_EVERY, SlotGate, plan, took
+from .cluster_link import Link, Session, SessionLost, display_url, heartbeat
+from .cluster_shares import Shares
+from .cluster_slots import RENEW_EVERY, SlotGate, plan_all, took_all, update_gate
 from .cluster_views import Histogram, metrics_text
 from .config import ClusterConfig
 from .engine import Engine
@@ -107,6 +112,7 @@ class Cluster:
         self._dirty: set[str] = set()
         self._force: set[str] = set()
         self._slots_dirty: set[str] = set()
+        self._later: set[str] = set()
         self._stale = True
         self._wake = trio.Event()
         self._session: Session | None = None
@@ -116,6 +122,8 @@ class Cluster:
         """Propagation lag of other hosts' changes (argentd_cluster_propagation_seconds)."""
         self.inflight = InFlight()
         self._budgeted: set[str] = set()
+        self.budgets = Shares(clock, self._deliver, lambda key: self._key("budget", key))
+        """The shared rate budgets (cluster_shares.py)."""
         engine.on_book_change = self._book_changed
         self._reindex()
 
@@ -125,11 +133,15 @@ class Cluster:
         # Called inside the engine's call, right after a reading: lower it by the
         # other hosts' leases in flight before anything else is granted.
         ks = self._ks(key)
-        if ks is not None and self.connected and self.inflight.after_change(key, ks,
-                                                                             self.clock()):
-            self._budgeted.add(key)
+        if ks is not None:
+            if self.connected and self.inflight.after_change(key, ks, self.clock()):
+                self._budgeted.add(key)
+            self.budgets.known(key, ks)
         self._dirty.add(key)
         self._wake.set()
+
+    def _set_gate(self, key: str, ks: KeyState) -> None:
+        ks.gate = gate_of(self.gates.get(key), self.budgets.by_key.get(key))
 
     def _poke_slots(self, key: str) -> None:
         self._slots_dirty.add(key)
@@ -153,25 +165,19 @@ class Cluster:
         for key in self._index.keys() - index.keys():
             self.books.pop(key, None)
             self.gates.pop(key, None)
+            self.budgets.drop(key)
         self._index = index
         for key, slots in index.items():
             ks = self._ks(key)
             if ks is None:
                 continue
+            self.budgets.ensure(key, ks)
             limits = [s.profile.max_concurrent for s in slots if s.profile.max_concurrent]
-            if not limits:
-                ks.gate = None
-                self.gates.pop(key, None)
-                continue
-            gate = self.gates.get(key)
-            if gate is None:
-                gate = self.gates[key] = SlotGate(key, min(limits), self._poke_slots,
-                                                  connected=self.connected,
-                                                  last_demand=self.clock())
+            if update_gate(self.gates, key, limits, self._poke_slots, self.connected,
+                           self.clock()):
                 self._slots_dirty.add(key)
-            gate.limit = min(limits)
-            ks.gate = gate
-        self.engine.set_gated(bool(self.gates))
+            self._set_gate(key, ks)
+        self.engine.set_gated(bool(index))
         if self._force or self._slots_dirty:
             self._wake.set()
 
@@ -225,13 +231,14 @@ class Cluster:
         self.connected = connected
         for gate in self.gates.values():
             gate.connected = connected
+        self.budgets.set_connected(connected)
         if not connected and deliver:
-            self._deliver(list(self.gates))  # open gates: waiters may be served alone
+            # Gates open, budgets local: waiters may be served alone.
+            self._deliver([*self.gates, *self.budgets.by_key])
 
     async def _run_session(self, session: Session) -> None:
         client = session.client
-        for name, text in (("slots", S.SLOTS), ("book", S.BOOK), ("want", S.WANT),
-                           ("heartbeat", S.HEARTBEAT), ("claim", S.CLAIM)):
+        for name, text in S.ALL.items():
             sha = await session.call(client.script_load, text)
             self._shas[name] = sha.decode() if isinstance(sha, bytes) else str(sha)
         async with client.pubsub(channels=[self.channel]) as pubsub, trio.open_nursery() as n:
@@ -256,6 +263,7 @@ class Cluster:
                      len(self.hosts))
             n.start_soon(self._renew_loop, session)
             n.start_soon(self._poll, session)
+            n.start_soon(self.budgets.run, session, self._scripts)
             await self._flush_loop(session)
 
     async def _flush_loop(self, session: Session) -> None:
@@ -291,7 +299,12 @@ class Cluster:
                     self._slots_dirty.add(key)
             if self._slots_dirty:
                 self._wake.set()
-            actives = ((k, ks.active) for k in self._budgeted if (ks := self._ks(k)))
+            self.budgets.poll(self.clock())
+            if self._later:  # readings held back (READING_EVERY)
+                self._dirty, self._later = self._dirty | self._later, set()
+                self._wake.set()
+            actives = ((k, ks.active) for k in self._budgeted
+                       if (ks := self._ks(k)) and self.budgets.counts_in_flight(k, ks))
             counts = self.inflight.to_send(actives, self.clock())
             if counts:
                 msg = msgspec.json.encode({"h": self.host, "a": counts})
@@ -319,15 +332,8 @@ class Cluster:
         return out
 
     async def _heartbeat(self, session: Session) -> None:
-        before = time.time()
-        hosts, secs, usecs = await session.call(
-            session.client.evalsha, self._shas["heartbeat"], keys=[f"{self.name}:hosts"],
-            args=[self.host, str(int(HOST_STALE * 1000))])
-        after = time.time()
-        self.latency = after - before
-        redis_now = int(secs) + int(usecs) / 1e6
-        self.skew = redis_now - (before + after) / 2
-        self.hosts = sorted(h.decode() if isinstance(h, bytes) else str(h) for h in hosts)
+        self.hosts, self.latency, self.skew = await heartbeat(
+            session, self._shas["heartbeat"], f"{self.name}:hosts", self.host, HOST_STALE)
 
     async def _flush_books(self, session: Session) -> None:
         forced = self._force
@@ -344,10 +350,13 @@ class Cluster:
             local = B.local_fields(ks, book, self._disabled(key), now)
             sent = B.ops(local, book.synced, now)
             signature = B.reading_signature(ks.budget)
-            if ks.budget is not None and signature != book.reading:
-                book.reading = signature
+            if ks.budget is not None and signature != book.reading and (
+                    key in forced or now - book.reading_at >= B.READING_EVERY):
+                book.reading, book.reading_at = signature, now
                 sent += [("max", f, v) for f, v in B.reading_fields(ks.budget, self.host,
                                                                     now).items()]
+            elif ks.budget is not None and signature != book.reading:
+                self._later.add(key)  # a reading too soon after the last: with the next
             if not sent and book.version and key not in forced:
                 continue  # nothing to say, and its remote state is known
             flat = [x for op in sent for x in op]
@@ -359,7 +368,7 @@ class Cluster:
         replies = await self._scripts(session, calls)
         changed = False
         for (key, sent), reply in zip(sent_ops, replies, strict=True):
-            changed |= self._take(key, _pairs(reply), sent)
+            changed |= self._take(key, B.pairs(reply), sent)
         if changed:
             self._deliver()
 
@@ -388,7 +397,9 @@ class Cluster:
             snap = B.to_snapshot(ks, new, now)
             self.engine.restore(Snapshot(keys={key: snap}, profiles=profiles), now=now)
             changed = True
-        changed |= B.apply_reading(ks, book, fields, self.host, now)
+        if B.apply_reading(ks, book, fields, self.host, now):
+            changed = True
+            self.budgets.known(key, ks)
         book.synced = fields
         book.version = version
         return changed
@@ -397,26 +408,11 @@ class Cluster:
         if not keys:
             return
         now = self.clock()
-        wanted = set(keys)
-        expiries: dict[str, list[float]] = {k: [] for k in keys}
-        for lease in self.engine.leases():
-            if lease.key in wanted:
-                expiries[lease.key].append(lease.expires_at)
-        plans = [plan(self.gates[k], expiries[k], now) for k in keys]
+        plans = plan_all(self.gates, keys, self.engine.leases(), now)
         calls = [("slots", [self._key("slots", p.key)],
                   [self.channel, self.host, str(p.limit), str(p.keep),
                    *(str(t) for t in p.ttls_ms)]) for p in plans]
-        replies = await self._scripts(session, calls)
-        opened = []
-        wants = []
-        for p, reply in zip(plans, replies, strict=True):
-            gate = self.gates.get(p.key)
-            if gate is None:
-                continue
-            if took(gate, p, int(reply[0]), now):
-                opened.append(p.key)
-            if gate.wanted:
-                wants.append(p.key)
+        opened, wants = took_all(self.gates, plans, await self._scripts(session, calls), now)
         if wants:
             await self._scripts(session, [("want", [], [self.channel, self.host, k])
                                           for k in wants])
@@ -478,7 +474,7 @@ class Cluster:
             sent_at = msg.get("t")
             if isinstance(sent_at, int | float):
                 self.lag.observe(max(0.0, self.clock() - float(sent_at)))
-            if self._take(key, _pairs(msg["v"]), None):
+            if self._take(key, B.pairs(msg["v"]), None):
                 self._deliver()
             return
         gate = self.gates.get(key)
@@ -492,16 +488,10 @@ class Cluster:
 
     def status(self) -> P.ClusterStatus:
         """`status.cluster`: never the password."""
-        return P.ClusterStatus(
-            name=self.name,
-            host=self.host,
-            connected=self.connected,
-            hosts=list(self.hosts) if self.connected else [],
-            error=self.error,
-            url=self.url,
-            latency=self.latency,
-            skew=self.skew,
-        )
+        hosts = list(self.hosts) if self.connected else []
+        return P.ClusterStatus(name=self.name, host=self.host, connected=self.connected,
+                               hosts=hosts, error=self.error, url=self.url,
+                               latency=self.latency, skew=self.skew)
 
     def add_status(self, result: P.StatusResult) -> None:
         result.cluster = self.status()
@@ -510,14 +500,3 @@ class Cluster:
         """Prometheus lines: argentd_cluster_connected, hosts and the propagation lag."""
         return metrics_text(self.connected, len(self.hosts) if self.connected else 0, self.lag)
 
-
-def _pairs(value: Any) -> B.Fields:
-    """A hash as HGETALL (a flat list, RESP3 a map) or cjson (a list, or {} when empty) gives it."""
-    if isinstance(value, dict):
-        return {_s(k): _s(v) for k, v in value.items()}
-    items = [_s(x) for x in value]
-    return dict(zip(items[::2], items[1::2], strict=True))
-
-
-def _s(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)

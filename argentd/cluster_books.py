@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -51,6 +51,10 @@ Fields = dict[str, str]
 Op = tuple[str, str, str]
 """(`max` | `del`, field, value)."""
 
+READING_EVERY: Final = 0.1
+"""Seconds between two budget readings of one key published (a key leased
+hundreds of times a second would cost a script each; the request budget
+itself is shared through cluster_budgets.py)."""
 READINGS: Final = ("r", "t", "u")
 """Budget fields: merged by `apply_reading`, not three-way."""
 
@@ -77,6 +81,8 @@ class KeyBook:
     """(the local disable flag last seen, when it changed)."""
     reading: tuple[object, ...] = ()
     """Signature of the last budget reading published (see `reading_signature`)."""
+    reading_at: float = float("-inf")
+    """When it was published: the next waits READING_EVERY."""
     applied: dict[str, float] = field(default_factory=dict)
     """Reading field -> `at` of the newest remote reading taken into the budget."""
 
@@ -300,3 +306,15 @@ def apply_reading(ks: KeyState, book: KeyBook, fields: Mapping[str, str], host: 
         bucket.level = min(bucket.at(now), level)
         bucket.t = max(bucket.t, now)
     return taken
+
+
+def pairs(value: Any) -> Fields:
+    """A hash as HGETALL (a flat list, RESP3 a map) or cjson (a list, or {} when empty) gives it."""
+    if isinstance(value, dict):
+        return {_str(k): _str(v) for k, v in value.items()}
+    items = [_str(x) for x in value]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _str(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

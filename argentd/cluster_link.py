@@ -151,3 +151,16 @@ class Link:
                 delay = BACKOFF_MIN  # it had been up a while: a fresh fault, retry soon
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
+
+
+async def heartbeat(session: Session, sha: str, hosts_key: str, host: str,
+                    stale: float) -> tuple[list[str], float, float]:
+    """Run the HEARTBEAT script: (the live hosts, the round trip, Redis' TIME minus
+    this host's clock at the middle of the round trip), all seconds."""
+    before = time.time()
+    hosts, secs, usecs = await session.call(session.client.evalsha, sha, keys=[hosts_key],
+                                            args=[host, str(int(stale * 1000))])
+    after = time.time()
+    redis_now = int(secs) + int(usecs) / 1e6
+    names = sorted(h.decode() if isinstance(h, bytes) else str(h) for h in hosts)
+    return names, after - before, redis_now - (before + after) / 2

@@ -27,9 +27,9 @@ says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, Protocol
 
 SPARE_TTL: Final = 3.0
 """Seconds a spare slot lives in Redis unless renewed: a host that dies frees
@@ -135,3 +135,48 @@ def took(gate: SlotGate, p: Plan, allowed: int, sent_at: float) -> bool:
     still_short = allowed < len(p.ttls_ms) and gate.wanted
     gate.wanted = still_short
     return allowed > before
+
+
+class _Lease(Protocol):
+    key: str
+    expires_at: float
+
+
+def plan_all(gates: Mapping[str, SlotGate], keys: Iterable[str], leases: Iterable[_Lease],
+             now: float) -> list[Plan]:
+    """The plans of `keys` (each has a gate) given every lease out here."""
+    expiries: dict[str, list[float]] = {k: [] for k in keys}
+    for lease in leases:
+        if lease.key in expiries:
+            expiries[lease.key].append(lease.expires_at)
+    return [plan(gates[k], e, now) for k, e in expiries.items()]
+
+
+def took_all(gates: Mapping[str, SlotGate], plans: Iterable[Plan], replies: Iterable[Any],
+             sent_at: float) -> tuple[list[str], list[str]]:
+    """Record the SLOTS replies: (keys whose gate opened wider, keys still wanting a slot)."""
+    opened, wants = [], []
+    for p, reply in zip(plans, replies, strict=True):
+        gate = gates.get(p.key)
+        if gate is None:
+            continue
+        if took(gate, p, int(reply[0]), sent_at):
+            opened.append(p.key)
+        if gate.wanted:
+            wants.append(p.key)
+    return opened, wants
+
+
+def update_gate(gates: dict[str, SlotGate], key: str, limits: list[int],
+                poke: Callable[[str], None], connected: bool, now: float) -> bool:
+    """Keep `gates[key]` in step with the `max_concurrent` of the profiles holding
+    `key` (`limits`; none: no gate). True when a gate was made (plan it)."""
+    if not limits:
+        gates.pop(key, None)
+        return False
+    gate = gates.get(key)
+    if gate is not None:
+        gate.limit = min(limits)
+        return False
+    gates[key] = SlotGate(key, min(limits), poke, connected=connected, last_demand=now)
+    return True

@@ -46,6 +46,9 @@ from _common import Proc, latency_summary, machine, report, rss_mb, table
 
 from argent_client.client import Client
 
+WARM_UP = 20
+"""Requests each latency run sends first, not measured."""
+
 
 def start_fake(hold: float) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.fake_upstream", "--slow-delay",
@@ -90,7 +93,7 @@ async def round_trips(base_url: str, key: str, clients: int, total: int) -> list
                                       messages=[{"role": "user", "content": "hi"}])
             samples.append(time.perf_counter_ns() - t)
 
-    for _ in range(20):  # warm the connections up
+    for _ in range(WARM_UP):  # warm the connections up
         await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[])
     await asyncio.gather(*(worker() for _ in range(clients)))
     await sdk.close()
@@ -273,6 +276,12 @@ litellm_settings:
         proxy.wait(20)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time `pid` has used so far, from /proc (Linux only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def us(ns: float) -> float:
     return round(ns / 1000, 1)
 
@@ -283,12 +292,17 @@ async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespa
     out: dict[str, Any] = {}
     for clients in (1, 32):
         direct = latency_summary(await round_trips(fake_url, key, clients, args.requests))
-        via = latency_summary(await round_trips(gw_url + "/anthropic", token, clients,
-                                                args.requests))
+        cpu = cpu_seconds(pid)
+        samples = await round_trips(gw_url + "/anthropic", token, clients, args.requests)
+        cpu = cpu_seconds(pid) - cpu
+        via = latency_summary(samples)
         out[f"c{clients}"] = {
             "direct": direct, "gateway": via,
             "added_p50_us": round(via["p50_us"] - direct["p50_us"], 1),
             "added_p99_us": round(via["p99_us"] - direct["p99_us"], 1),
+            # the daemon's CPU per request (warm-up ones included): what the gateway
+            # costs, less swayed by what else runs than the latencies are
+            "daemon_cpu_us": round(cpu / (len(samples) + WARM_UP) * 1e6, 1),
         }
     d = latency_summary(await first_chunks(fake_url, key, args.requests // 4))
     g = latency_summary(await first_chunks(gw_url + "/anthropic", token, args.requests // 4))
@@ -343,6 +357,8 @@ def main() -> None:
                  round(fc["gateway"]["p99_us"] - fc["direct"]["p99_us"], 1)))
     human = table(("µs", "direct p50", "gateway p50", "added p50", "direct p99",
                    "gateway p99", "added p99"), rows)
+    human += (f"\ndaemon CPU per request (user+system, µs): {result['c1']['daemon_cpu_us']}"
+              f" at 1 client, {result['c32']['daemon_cpu_us']} at 32")
     s = result["streams"]
     human += (f"\n{s['streams']} streams open at once: daemon RSS {s['rss_before_mb']} MB"
               f" before, {s['rss_peak_mb']} MB at the peak")

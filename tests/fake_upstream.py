@@ -22,6 +22,7 @@ Modes:
 - `slow` — a stream whose first event leaves at once and the rest
   `slow_delay` seconds later;
 - `stream_error` — a 200 stream with an `error` event (overloaded_error) in it;
+- `chunked` — a JSON answer in chunked framing, its two halves sent apart;
 - `big` — a stream with 64 MiB of SSE comments after its first event.
 
 Every request is recorded (`seen`: path, lower-cased headers, body) so a
@@ -186,6 +187,9 @@ class Handler:
             await self._json(404, _openai_error("invalid_request_error", "not_found",
                                                 "no such path"), openai=True)
             return True
+        if events is None and mode == "chunked":
+            await self._json_chunked(answer, openai=openai)
+            return True
         if events is None:
             await self._json(200, answer, openai=openai)
             return True
@@ -209,6 +213,15 @@ class Handler:
                    ("request-id", "req_fake"), *self._limits(openai), *extra]
         await self._send(h11.Response(status_code=status, headers=headers),
                          h11.Data(data=data), h11.EndOfMessage())
+
+    async def _json_chunked(self, obj: Any, *, openai: bool) -> None:
+        """A 200 JSON answer in chunked framing, sent in two writes."""
+        data = json.dumps(obj).encode()
+        headers = [("content-type", "application/json"), *self._limits(openai)]
+        half = len(data) // 2
+        await self._send(h11.Response(status_code=200, headers=headers), h11.Data(data=data[:half]))
+        await trio.sleep(0.01)
+        await self._send(h11.Data(data=data[half:]), h11.EndOfMessage())
 
     async def _error(self, mode: str, openai: bool) -> None:
         extra: tuple[tuple[str, str], ...] = ()

@@ -205,7 +205,7 @@ async def test_cluster_nothing_secret_in_redis(redis_server: RedisServer) -> Non
         dump = await redis_dump(redis_server.url)
         n.cancel_scope.cancel()
     names = {x.decode().split(":")[1] for x in dump if x.startswith(b"argentd:")}
-    assert names == {"book", "slots", "owner", "hosts"}, names  # every kind was scanned
+    assert names == {"book", "budget", "slots", "owner", "hosts"}, names  # every kind scanned
     assert heard
     texts = [x.decode(errors="replace") for x in dump + heard]
     for secret in SECRETS:

@@ -171,13 +171,13 @@ async def test_cluster_slots_reload_gates_a_new_max_concurrent(redis_server: Red
     async with trio.open_nursery() as n:
         await a.start(n)
         await b.start(n)
-        assert a.engine.key_state("openai:main").gate is None
+        assert not a.cluster.gates  # no slot gate yet (its budget share is a gate too)
         for h in (a, b):  # both files now say max_concurrent = 1: a reload
             h.engine.load(ProfileSet([prof("openai:main", secret, max_concurrent=1)]),
                           Config(), now=time.time())
             h.cluster.changed()
-        await wait_until(lambda: all(h.engine.key_state("openai:main").gate is not None
-                                     for h in (a, b)), what="gates after the reload")
+        await wait_until(lambda: all(h.cluster.gates for h in (a, b)),
+                         what="gates after the reload")
         got = await lease_within(a, 10.0)
         assert got is not None
         assert await lease_within(b, 0.3) is None  # one slot, cluster-wide

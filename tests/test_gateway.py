@@ -43,6 +43,14 @@ def test_gateway_anthropic_sdk_gets_the_real_key_upstream(gw: GW) -> None:
     gw.wait_log("POST /anthropic/v1/messages profile=anthropic:one status=200 attempts=1")
 
 
+def test_gateway_passes_a_chunked_json_answer_whole(gw: GW) -> None:
+    # its last part goes out with the end of the answer (one write)
+    msg = _msg(gw.anthropic(), extra_headers={"x-fake-mode": "chunked"})
+    assert msg.content[0].text == "Hello from the fake."
+    assert msg.usage.output_tokens > 0
+    gw.wait_log("POST /anthropic/v1/messages profile=anthropic:one status=200 attempts=1")
+
+
 def test_gateway_openai_sdk_chat_and_responses(gw: GW) -> None:
     client = gw.openai()
     chat = client.chat.completions.create(model="gpt-fake",

@@ -134,10 +134,12 @@ class Exchange:
                 out, self._head = self._head + out, b""
             await self._conn.write(out)
 
-    async def end(self) -> None:
-        """Finish the answer."""
+    async def end(self, data: bytes = b"") -> None:
+        """Finish the answer, after its last part `data` (one write for both)."""
         self.finished = True
-        out = self._conn.h11.send(h11.EndOfMessage()) or b""
+        h = self._conn.h11
+        out = (h.send(h11.Data(data=data)) or b"") if data else b""
+        out += h.send(h11.EndOfMessage()) or b""
         if self._head:
             out, self._head = self._head + out, b""
         await self._conn.write(out)

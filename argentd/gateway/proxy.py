@@ -5,7 +5,7 @@ the local token, plans where the request goes (`upstreams.Plan`), reads the
 body (bounded) and then loops over upstream attempts, at most
 `[gateway] attempts`:
 
-- a lease for the current target (`_acquire`: now, else waiting for any
+- a lease for the current target (`Leases.acquire`: now, else waiting for any
   target of the plan until `[gateway] wait` is spent → 429 in the dialect's
   shape, with `retry-after`);
 - one upstream try (`_attempt`). Its outcome, decided before any byte
@@ -16,21 +16,20 @@ body (bounded) and then loops over upstream attempts, at most
   fault (529/503, a timeout, a refused or broken connection: reported; a
   route moves to its next target at once, a provider URL answers).
 
-Every lease is held under its own negative connection id, so whatever a
-request still holds when it ends (a client gone mid-stream, a cancelled
-daemon) is ended without claiming success by `engine.disconnect(id)`.
+Every lease is held under its own negative connection id (`leasing`), so
+whatever a request still holds when it ends (a client gone mid-stream, a
+cancelled daemon) is ended without claiming success by `engine.disconnect(id)`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 import httpcore
 import msgspec
@@ -42,6 +41,7 @@ from argent_client.classify import Failure, classify, parse_limits
 from ..server import Server
 from . import dialects as D
 from .http import BodyTooLarge, ClientGone, Exchange
+from .leasing import Buffered, Fault, Held, Leases
 from .pool import ShardedPool
 from .stats import Record, Stats
 from .swap import KEEP_BACK, forward_headers, guess_dialect, strip_key, without_length
@@ -51,6 +51,11 @@ log = logging.getLogger("argentd.gateway")
 
 LEASE_TTL: Final = 3600.0
 """A gateway lease ends with its request; the TTL only bounds a bug."""
+WATCH_AFTER: Final = 0.05
+"""Seconds into a request before its client connection is watched for a hang-up:
+most answers are done by then, and the watch costs a read and two epoll calls."""
+
+
 class _Answer:
     """An upstream answer as `classify` reads it (status, headers, parsed body)."""
 
@@ -61,34 +66,6 @@ class _Answer:
 
     def json(self) -> object:
         return self._body
-
-
-@dataclass
-class Buffered:
-    """A whole upstream answer kept to pass back if no other attempt succeeds."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-
-@dataclass
-class Fault:
-    """An attempt that failed before any byte reached the client."""
-
-    kind: Literal["profile", "provider"]
-    failure: Failure
-    limits: P.Limits | None
-    answer: Buffered | None
-    """What upstream said (None: no answer at all, a timeout or broken connection)."""
-
-
-@dataclass
-class Held:
-    lease: P.LeaseResult
-    index: int
-    """Which target of the plan it is for."""
-    conn: int
 
 
 @dataclass
@@ -115,7 +92,7 @@ class Proxy:
         self.pool = pool
         self.stats = stats
         self._token_ok = token_ok
-        self._ids: Iterator[int] = itertools.count(-1, -1)
+        self.leases = Leases(server)
         self._upstreams: Upstreams | None = None
 
     def upstreams(self) -> Upstreams:
@@ -148,7 +125,7 @@ class Proxy:
                     await self._error(ex, dialect, 500, "upstream", "internal error in argentd")
         finally:
             if ctx is not None:
-                self._let_go(ctx)
+                self.leases.let_go(ctx.open)
             self.stats.done(rec)
 
     async def _prepare(self, ex: Exchange, path: str, query: str, rec: Record) -> Context | None:
@@ -194,12 +171,14 @@ class Proxy:
     # ------------------------------------------------------------ attempts
 
     async def _serve_while_there(self, ctx: Context) -> None:
-        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up."""
+        """`_serve`, cancelled (waiting, upstream and all) when the client hangs up
+        (noticed from `WATCH_AFTER` seconds in)."""
         gone = False
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
                 nonlocal gone
+                await trio.sleep(WATCH_AFTER)
                 await ctx.ex.until_gone()
                 if ctx.ex.finished:
                     return  # it had the whole answer: nothing left to cancel
@@ -227,7 +206,8 @@ class Proxy:
         while rec.attempts < config.attempts:
             if held is None:
                 try:
-                    held = await self._acquire(ctx, index, wait_until)
+                    held = await self.leases.acquire(ctx.open, ctx.params, plan.targets,
+                                                     index, wait_until)
                 except P.NoProfileAvailable as exc:
                     await self._nothing_ready(ctx, exc)
                     return
@@ -256,12 +236,12 @@ class Proxy:
             here = held.index
             more = plan.route is not None and here + 1 < len(plan.targets)
             if fault.kind == "profile":
-                result = self._report(ctx, held, fault, failover=True)
+                result = self.leases.report(ctx.open, held, fault, failover=True)
                 self.stats.count("rotations", target.provider)
                 held = None if result.next is None else Held(result.next, here, held.conn)
                 index = here + 1 if held is None and more else here
                 continue
-            self._report(ctx, held, fault, failover=False)
+            self.leases.report(ctx.open, held, fault, failover=False)
             held = None
             if not more:
                 break
@@ -269,83 +249,6 @@ class Proxy:
             self.stats.count("rotations", target.provider)
         assert last is not None
         await self._pass_back(ctx, last)
-
-    async def _acquire(self, ctx: Context, start: int, wait_until: float) -> Held:
-        """A lease for the first target from `start` with a ready profile, else the
-        first one any target of the plan can give before `wait_until`.
-
-        Raises `NoProfileAvailable` (with the soonest `retry_after`) or
-        `UnknownProvider` when no target has any profile.
-        """
-        targets = ctx.plan.targets
-        now = self.server.now()
-        busy: list[tuple[int, P.NoProfileAvailable]] = []
-        unknown: P.ArgentError | None = None
-        for i in range(start, len(targets)):
-            conn = self._conn(ctx)
-            try:
-                lease = self.engine.lease(self._params(ctx, targets[i]), conn=conn, now=now)
-            except P.NoProfileAvailable as exc:
-                ctx.open.discard(conn)
-                busy.append((i, exc))
-                continue
-            except (P.UnknownProvider, P.UnknownRoute) as exc:
-                ctx.open.discard(conn)
-                unknown = unknown or exc
-                continue
-            finally:
-                self.server.after_change()
-            return Held(lease, i, conn)
-        if not busy:
-            if unknown is not None:
-                raise unknown
-            raise P.NoProfileAvailable("no profile is ready")
-        left = wait_until - now
-        if left <= 0:
-            raise _soonest(busy)
-        return await self._wait_any(ctx, [i for i, _ in busy], left, busy)
-
-    async def _wait_any(self, ctx: Context, indexes: list[int], left: float,
-                        busy: list[tuple[int, P.NoProfileAvailable]]) -> Held:
-        targets = ctx.plan.targets
-        won: list[Held] = []
-        waited: list[tuple[int, P.NoProfileAvailable]] = []
-
-        async def one(i: int, conn: int, scope: trio.CancelScope) -> None:
-            params = msgspec.structs.replace(self._params(ctx, targets[i]), wait=left)
-            try:
-                lease = await self.server.lease_for(params, conn=conn)
-            except P.NoProfileAvailable as exc:
-                waited.append((i, exc))
-                return
-            except P.ArgentError:
-                return
-            won.append(Held(lease, i, conn))
-            scope.cancel()
-
-        conns = {i: self._conn(ctx) for i in indexes}
-        async with trio.open_nursery() as nursery:
-            for i in indexes:
-                nursery.start_soon(one, i, conns[i], nursery.cancel_scope)
-        if not won:
-            raise _soonest(waited or busy)
-        winner = min(won, key=lambda h: h.index)
-        now = self.server.now()
-        for conn in conns.values():
-            if conn != winner.conn:
-                self.engine.disconnect(conn, now=now)  # a second grant, or a waiter left
-                ctx.open.discard(conn)
-        self.server.after_change()
-        return winner
-
-    def _params(self, ctx: Context, target: Target) -> P.LeaseParams:
-        return msgspec.structs.replace(ctx.params, provider=target.provider,
-                                       model=target.model or ctx.params.model)
-
-    def _conn(self, ctx: Context) -> int:
-        conn = next(self._ids)
-        ctx.open.add(conn)
-        return conn
 
     def _body_for(self, ctx: Context, held: Held, target: Target) -> bytes:
         if target.model is None or ctx.plan.route is None or not D.needs_json(ctx.plan.rest):
@@ -375,7 +278,7 @@ class Proxy:
                 httpcore.UnsupportedProtocol) as exc:
             if ex.started:
                 # Mid-stream: bytes went out, the answer cannot go again.
-                self._report(ctx, held, Fault("provider", Failure(
+                self.leases.report(ctx.open, held, Fault("provider", Failure(
                     kind="timeout" if isinstance(exc, httpcore.TimeoutException)
                     else "server_error", message=f"upstream broke mid-answer: "
                     f"{type(exc).__name__}"), None, None), failover=False)
@@ -392,10 +295,10 @@ class Proxy:
         ex, rec = ctx.ex, ctx.rec
         status = resp.status
         header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
-        now = self.server.now()
-        limits = parse_limits(header_map, now=now)
         back = [(k, v) for k, v in resp.headers if k.lower() not in KEEP_BACK]
+        now = self.server.now()
         if status >= 400:
+            limits = parse_limits(header_map, now=now)
             watch = D.BodyWatch()
             async for chunk in resp.aiter_stream():
                 watch.feed(chunk)
@@ -407,9 +310,10 @@ class Proxy:
                 return Fault("provider", failure, limits, answer)
             rec.status = status
             if failure is not None:  # 5xx: counted against the profile, no cooldown
-                self._report(ctx, held, Fault("provider", failure, limits, answer), failover=False)
+                self.leases.report(ctx.open, held, Fault("provider", failure, limits, answer),
+                                   failover=False)
             else:  # a 4xx about the request itself: the credential worked
-                self._release(ctx, held, None, limits)
+                self.leases.release(ctx.open, held, None, limits)
             await ex.answer(status, without_length(back), answer.body)
             return None
         rec.status = status
@@ -418,22 +322,29 @@ class Proxy:
         sse = D.SseWatch() if "text/event-stream" in ctype else None
         ctx.sse = sse is not None
         whole = D.BodyWatch() if sse is None and "json" in ctype else None
+        last = b""
         async for chunk in resp.aiter_stream():
             if sse is not None:
                 sse.feed(chunk)
             elif whole is not None:
+                # A JSON answer is read whole: each part waits for the next, so the
+                # last one goes out with the end (chunked framing: one write, not two).
                 whole.feed(chunk)
+                chunk, last = last, chunk
             await ex.send(chunk)
-        await ex.end()
+        await ex.end(last)
+        # Read after the answer went out (as of its head): the client does not wait for it.
+        limits = parse_limits(header_map, now=now)
         usage = sse.usage if sse is not None else D.usage_of(whole.json() if whole else None)
         if sse is not None and sse.error is not None:
             failure = classify(_Answer(200, header_map, {"error": sse.error}), now=now)
             if failure is not None:
                 failure = msgspec.structs.replace(failure, status=None)  # the 200 says nothing
                 rec.note = f"stream error {failure.kind}"
-                self._report(ctx, held, Fault("provider", failure, limits, None), failover=False)
+                self.leases.report(ctx.open, held, Fault("provider", failure, limits, None),
+                                   failover=False)
                 return None
-        self._release(ctx, held, usage, limits)
+        self.leases.release(ctx.open, held, usage, limits)
         return None
 
     async def _break_off(self, ctx: Context) -> None:
@@ -446,54 +357,6 @@ class Proxy:
                 await ex.end()
         except ClientGone:
             pass
-
-    # ------------------------------------------------------------ engine calls
-
-    def _report(self, ctx: Context, held: Held, fault: Fault, *,
-                failover: bool) -> P.ReportResult:
-        f = fault.failure
-        params = P.ReportParams(
-            kind=f.kind, lease_id=held.lease.lease_id, retry_after=f.retry_after,
-            status=f.status, message=f.message, limits=fault.limits, failover=failover,
-            model=None,
-        )
-        now = self.server.now()
-        try:
-            result = self.engine.report(params, conn=held.conn, now=now)
-            if result.next is None:
-                ctx.open.discard(held.conn)
-            return result
-        except P.LeaseNotFound:
-            ctx.open.discard(held.conn)  # expired meanwhile: the profile still pays
-            params = msgspec.structs.replace(params, lease_id=None,
-                                             profile=held.lease.profile, failover=False)
-            try:
-                return self.engine.report(params, conn=held.conn, now=now)
-            except P.ArgentError:
-                return P.ReportResult(profile_state="ready")
-        finally:
-            self.server.after_change()
-
-    def _release(self, ctx: Context, held: Held, usage: P.Usage | None,
-                 limits: P.Limits | None) -> None:
-        ctx.open.discard(held.conn)
-        try:
-            self.engine.release(held.lease.lease_id, now=self.server.now(), usage=usage,
-                                limits=limits)
-        except P.LeaseNotFound:
-            pass
-        finally:
-            self.server.after_change()
-
-    def _let_go(self, ctx: Context) -> None:
-        """End without success whatever the request still holds."""
-        if not ctx.open:
-            return
-        now = self.server.now()
-        for conn in ctx.open:
-            self.engine.disconnect(conn, now=now)
-        ctx.open.clear()
-        self.server.after_change()
 
     # ------------------------------------------------------------ answers
 
@@ -528,10 +391,3 @@ class Proxy:
             headers.append((b"x-should-retry", b"false" if status < 500 else b"true"))
         await ex.answer(status, headers, body)
 
-
-def _soonest(busy: list[tuple[int, P.NoProfileAvailable]]) -> P.NoProfileAvailable:
-    def when(item: tuple[int, P.NoProfileAvailable]) -> float:
-        r = item[1].data.get("retry_after")
-        return float(r) if isinstance(r, int | float) else math.inf
-
-    return min(busy, key=when)[1]

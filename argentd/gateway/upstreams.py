@@ -102,6 +102,8 @@ class Upstreams:
         self.table = table
         self.routes = config.routes
         self.config = config
+        self._bases: dict[str, list[tuple[str, str]]] = {}
+        """provider -> (path, origin) of each base URL, split once."""
 
     def base(self, provider: str, dialect: Dialect) -> str | None:
         up = self.table.get(provider)
@@ -116,18 +118,21 @@ class Upstreams:
         The base URL whose path `rest` starts with (the longest) wins; else
         the first of the provider's base URLs.
         """
-        up = self.table.get(provider)
-        if up is None:
+        bases = self._bases.get(provider)
+        if bases is None:
+            up = self.table.get(provider)
+            if up is None:
+                return None
+            urls = [getattr(up, d) for d in DIALECTS if getattr(up, d)]
+            bases = self._bases[provider] = [
+                (urlsplit(url).path.rstrip("/"), _origin(url)) for url in urls]
+        if not bases:
             return None
-        urls = [getattr(up, d) for d in DIALECTS if getattr(up, d)]
-        if not urls:
-            return None
-        best, best_len = urls[0], -1
-        for url in urls:
-            path = urlsplit(url).path.rstrip("/")
+        best, best_len = bases[0][1], -1
+        for path, origin in bases:
             if (not path or rest == path or rest.startswith(path + "/")) and len(path) > best_len:
-                best, best_len = url, len(path)
-        return _origin(best)
+                best, best_len = origin, len(path)
+        return best
 
     def provider_dialect(self, provider: str, rest: str) -> Dialect:
         """The error shape a provider URL answers in."""
