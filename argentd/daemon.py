@@ -36,7 +36,6 @@ from .clock import Clock
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from .credentials import CredentialsStore
 from .engine import Engine
-from .gateway import Gateway
 from .model import ProfileSet
 from .oauth import Refresher
 from .profiles import ProfilesError, env_profiles, load_profiles, profiles_file_exists
@@ -55,6 +54,7 @@ from .state import Saver, StateStore
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .gateway import Gateway
 
 log = logging.getLogger("argentd")
 
@@ -226,17 +226,31 @@ class Daemon:
             on_change=self._changed,
             clock=self.clock,
             peer_uid=peer_uid,
-            gateway_status=lambda: self.gateway.status(),
-            extra_metrics=lambda: self.gateway.metrics(),
+            gateway_status=self._gateway_status,
+            extra_metrics=lambda: self.gateway.metrics() if self.gateway else "",
         )
-        # Its listen address is read once, at start; the rest of [gateway] follows reloads.
-        # $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).
-        listen = os.environ.get("ARGENT_GATEWAY_LISTEN", self.loaded.config.gateway.listen)
-        self.gateway = Gateway(self.server, listen=listen,
-                               token_path=token_path())
+        self.gateway = self._make_gateway()
         self._reload_lock = trio.Lock()
         self._status_dirty = trio.Event()
         self.cluster = self._make_cluster()
+
+    def _make_gateway(self) -> Gateway | None:
+        """The HTTP gateway, or None when it is off (`listen = ""`): then neither it nor
+        httpcore is imported, which saves a good part of the daemon's start-up.
+
+        Its listen address is read once, at start; the rest of [gateway] follows reloads.
+        $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).
+        """
+        listen = os.environ.get("ARGENT_GATEWAY_LISTEN", self.loaded.config.gateway.listen)
+        if not listen:
+            return None
+        from .gateway import Gateway
+
+        return Gateway(self.server, listen=listen, token_path=token_path())
+
+    def _gateway_status(self) -> P.GatewayStatus:
+        # What an idle gateway reports, for one that is off.
+        return self.gateway.status() if self.gateway else P.GatewayStatus(url=None, error=None)
 
     def _make_cluster(self) -> Cluster | None:
         """The `[cluster]` task, or None without one (coredis is then never imported)."""
@@ -379,7 +393,8 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.server.serve, listener)
-                await nursery.start(self.gateway.run)
+                if self.gateway is not None:
+                    await nursery.start(self.gateway.run)
                 await nursery.start(self.saver.run)
                 await nursery.start(self.oauth.run)
                 if self.cluster is not None:

@@ -6,10 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 import trio
 
+from argent_client.exiting import exit_after
 from argent_client.paths import default_config_path, default_profiles_path, default_socket_path
 
 from . import __version__
@@ -133,5 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> NoReturn:
+    """The `argentd` command: `main()` without the interpreter's teardown at exit
+    (see `argent_client.exiting`). The state is on disk by then: a stopping daemon
+    exits at once rather than after freeing every module."""
+    exit_after(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

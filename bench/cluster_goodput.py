@@ -23,10 +23,7 @@ Prints a table on stderr and one JSON object, last, on stdout. Not a test.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import queue as queue_mod
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_provider as fp
 import goodput as gp
-from _common import Proc, cpu_seconds, machine, report, table
+from _common import Proc, machine, report, run_agents, table
 
 MODES = ("per-host", "cluster")
 
@@ -63,46 +60,18 @@ def run_mode(mode: str, provider: gp.Provider, seconds: float, hosts: int, agent
              redis_url: str) -> dict[str, Any]:
     daemons = start_hosts(provider.keys, hosts, redis_url if mode == "cluster" else None)
     try:
-        ctx = mp.get_context("fork")
         n = hosts * agents
-        barrier = ctx.Barrier(n + 1)
-        results = ctx.Queue()
         specs = [gp.AgentSpec(mode="argentd", index=i, url=provider.url, seconds=seconds,
                               socket=str(daemons[i % hosts].socket)) for i in range(n)]
-        workers = [ctx.Process(target=gp._agent, args=(s, barrier, results), daemon=True)
-                   for s in specs]
-        for w in workers:
-            w.start()
-        outcomes: list[gp.AgentOutcome] = []
-        try:
-            barrier.wait(timeout=120)
-            cpu0 = sum(sum(cpu_seconds(d.pid)) for d in daemons)
-            pcpu0 = sum(cpu_seconds(provider.proc.pid))
-            start_wall = time.time()
-            provider.reset()
-            barrier.wait(timeout=120)
-            for _ in workers:
-                outcomes.append(results.get(timeout=seconds + 120))
-            stats = provider.stats()
-            daemon_cpu = sum(sum(cpu_seconds(d.pid)) for d in daemons) - cpu0
-            provider_cpu = sum(cpu_seconds(provider.proc.pid)) - pcpu0
-        except (queue_mod.Empty, threading.BrokenBarrierError) as exc:
-            errors = [o.error for o in outcomes if o.error]
-            raise RuntimeError(f"{mode}: agents failed: {errors[:1] or exc!r}") from None
-        finally:
-            for w in workers:
-                w.join(5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
-        errors = [o.error for o in outcomes if o.error]
-        if errors:
-            raise RuntimeError(f"{mode}: {errors[0]}")
+        run = run_agents(gp._agent, specs, provider, seconds=seconds, label=mode, timeout=120,
+                         watch={"daemons": [d.pid for d in daemons],
+                                "provider": [provider.proc.pid]})
     finally:
         for d in daemons:
             d.stop()
-    window = max(o.end_wall for o in outcomes) - start_wall
-    return gp.summarise(provider.keys, stats, outcomes, window, daemon_cpu, provider_cpu)
+    window = max(o.end_wall for o in run.outcomes) - run.start_wall
+    return gp.summarise(provider.keys, run.stats, run.outcomes, window, run.cpu["daemons"],
+                        run.cpu["provider"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -502,3 +502,22 @@ def test_daemon_paths_are_absolute_whatever_the_working_folder(
     assert got == tmp_path / "auth.json" and got.is_absolute()
     monkeypatch.setenv("ARGENT_PROFILES", "sub/auth.json")
     assert profiles_path(Options(), DEFAULT_CONFIG) == tmp_path / "sub" / "auth.json"
+
+
+def test_daemon_gateway_off_is_never_imported(daemon_factory: Any) -> None:
+    d: Daemon = daemon_factory()
+    d.write_profiles({"anthropic:k": {"provider": "anthropic", "type": "api-key",
+                                      "token": make_secret("sk-ant-api03-")}})
+    d.config.parent.mkdir(parents=True, exist_ok=True)
+    d.config.write_text('[gateway]\nlisten = ""\n')
+    env = {k: v for k, v in d.env.items() if k != "ARGENT_GATEWAY_LISTEN"}
+    code = ("import sys, argentd.daemon as d; d.Daemon(d.Options()); "
+            "print('argentd.gateway' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.split() == ["False"]
+    d.env = env
+    d.start()
+    assert d.call("status")["gateway"] == {"url": None, "error": None}
+    assert "argentd_gateway" not in d.call("metrics")["text"]
+    assert d.call("lease", {"provider": "anthropic"})["profile"] == "anthropic:k"

@@ -45,7 +45,9 @@ def test_daemon_imports_only_protocol_facts_and_paths_of_the_client() -> None:
                # classification of provider answers (stdlib + protocol only)
                "argent_client.gateway", "argent_client.classify",
                # The tools' login file formats (OAuth imports and the daemon's sync).
-               "argent_client.oauth_sources"}
+               "argent_client.oauth_sources",
+               # Leaving the process without teardown (stdlib only, see below).
+               "argent_client.exiting"}
     # `from argent_client import protocol as P` imports the package and a module of it.
     extra = set(used) - allowed - {"argent_client"}
     assert not extra, {name: used[name] for name in extra}
@@ -63,11 +65,17 @@ def test_daemon_loads_only_protocol_facts_and_paths_at_run_time() -> None:
     # never the clients, anyio or argentctl.
     assert set(out.stdout.split()) - {"argent_client.classify", "argent_client.headers",
                                       "argent_client.gateway"} == {
-        "argent_client", "argent_client.facts", "argent_client.oauth_sources",
-        "argent_client.paths", "argent_client.protocol",
+        "argent_client", "argent_client.exiting", "argent_client.facts",
+        "argent_client.oauth_sources", "argent_client.paths", "argent_client.protocol",
         # protocol's two parts (re-exported by it; nothing imports them directly)
         "argent_client.protocol_errors", "argent_client.protocol_status",
     }
+
+
+def test_exiting_loads_nothing_but_the_standard_library() -> None:
+    names = _imports(ROOT / "client" / "argent_client" / "exiting.py")
+    assert names <= {"__future__", "collections.abc", "contextlib", "logging", "os", "sys",
+                     "typing"}, names
 
 
 def test_oauth_sources_loads_nothing_but_the_standard_library() -> None:
