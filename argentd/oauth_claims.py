@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 A refresh token works once: two hosts refreshing the same login revoke each
 other. With `[cluster]` on, a chain (oauth_chain) is refreshed only by the
-host that owns it in Redis (`Cluster.claim_refresh_token`):
+host that owns it in Redis (`Cluster.claim_login`):
 
 - **The key** is the chain's books key, `login_key(origin)`: a salted hash of
   the hash of the refresh token the chain started from. Every host whose
@@ -24,7 +24,6 @@ host that owns it in Redis (`Cluster.claim_refresh_token`):
   holds (its claim would, and it may be refreshing alone meanwhile); with
   none seen, the host refreshes alone, as without a cluster. Only the first
   refresh after start waits (up to `FIRST_CONNECT`) for the link to come up.
-
 - **Which token is live** (cluster_claims.py): a claim carries the mark
   of the host's refresh token (`live_mark`); the owner sets the login's
   live mark in Redis when it claims and after each refresh. A host taking
@@ -32,8 +31,11 @@ host that owns it in Redis (`Cluster.claim_refresh_token`):
   else its token is spent (the dead owner refreshed since): it is never
   sent (the endpoint would refuse it, and a provider that revokes on reuse
   would revoke the live pair too) and the profile's `refresh_error` says
-  so, with the fix. The chains the refresher no longer holds (a removed
-  profile, a revoked login) are released: their claims are not renewed.
+  so, with the fix; a token found spent is never offered again. A pair
+  adopted from elsewhere is marked live too (`refreshed`), so an owner whose
+  token it spent does not send it either. The chains the refresher no
+  longer holds (a removed profile, a revoked login) are released (`keep`):
+  their claims are not renewed.
 """
 
 from __future__ import annotations
