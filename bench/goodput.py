@@ -501,10 +501,21 @@ def human(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print its table and JSON; returns the exit code."""
+    """Run the benchmark, print its table and JSON; returns the exit code.
+
+    `--hosts N` runs the cluster benchmark instead (cluster_goodput.py: N
+    daemons sharing one redis-server against N per-host daemons), with the
+    rest of the arguments passed on.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if any(a == "--hosts" or a.startswith("--hosts=") for a in args):
+        import cluster_goodput
+
+        return cluster_goodput.main(args)
     parser = argparse.ArgumentParser(
         description="Goodput of 8 agents against a rate-limiting fake Anthropic: "
-                    "argentd vs per-process rotation.")
+                    "argentd vs per-process rotation. With --hosts N: N hosts in cluster"
+                    " mode against N per-host daemons (see cluster_goodput.py --help).")
     parser.add_argument("--seconds", type=float, default=30.0, help="per shape and mode (30)")
     parser.add_argument("--shapes", default=",".join(fp.SHAPES),
                         help="comma list of " + ",".join(fp.SHAPES))
