@@ -186,6 +186,21 @@ async def test_cluster_oauth_two_hosts_one_login_only_the_owner_refreshes(
     assert f"{PID}: not refreshed here: refresh token owned by host {owner.name!r}" in caplog.text
 
 
+def owner_and_challenger(tmp_path: Path, endpoint: FakeTokenEndpoint, redis_server: RedisServer,
+                         monkeypatch: pytest.MonkeyPatch,
+                         ttl: int) -> tuple[OAuthHost, OAuthHost, str, str]:
+    """Hosts a and b with one login (access a0, refresh r0) and claims lapsing
+    `ttl` s after a host's last heartbeat: a is due in an hour, so it only
+    claims the login at connect; b's config asks for the refresh at once."""
+    monkeypatch.setattr(cluster_mod, "OWNER_TTL", ttl)
+    a0, r0 = endpoint.login()
+    later = time.time() + HOUR
+    a = OAuthHost("a", redis_server.url, tmp_path, endpoint, a0, r0, later)
+    b = OAuthHost("b", redis_server.url, tmp_path, endpoint, a0, r0, later,
+                  refresh_before=2 * HOUR)
+    return a, b, a0, r0
+
+
 @pytest.mark.trio
 async def test_cluster_oauth_owner_killed_other_takes_over_after_the_ttl(
     tmp_path: Path, endpoint: FakeTokenEndpoint, redis_server: RedisServer,
@@ -234,12 +249,7 @@ async def test_cluster_oauth_redis_lost_a_known_owner_holds_for_the_ttl_then_alo
     short_recheck: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ttl = 2
-    monkeypatch.setattr(cluster_mod, "OWNER_TTL", ttl)
-    a0, r0 = endpoint.login()
-    later = time.time() + HOUR
-    a = OAuthHost("a", redis_server.url, tmp_path, endpoint, a0, r0, later)
-    b = OAuthHost("b", redis_server.url, tmp_path, endpoint, a0, r0, later,
-                  refresh_before=2 * HOUR)
+    a, b, a0, _r0 = owner_and_challenger(tmp_path, endpoint, redis_server, monkeypatch, ttl)
     async with trio.open_nursery() as n:
         await a.start(n)
         await wait_until(lambda: a.claims == ["a"], what="a claims")

@@ -27,7 +27,16 @@ from .conftest import write_json
 from .fake_token_endpoint import FakeTokenEndpoint
 from .redis_server import RedisServer
 from .test_cluster import redis_dump
-from .test_cluster_oauth import HOUR, PID, OAuthHost, endpoint, no_secret_in, sent, short_recheck
+from .test_cluster_oauth import (
+    HOUR,
+    PID,
+    OAuthHost,
+    endpoint,
+    no_secret_in,
+    owner_and_challenger,
+    sent,
+    short_recheck,
+)
 
 __all__ = ["endpoint", "short_recheck"]  # fixtures
 
@@ -127,12 +136,7 @@ async def test_cluster_oauth_live_a_host_holding_the_live_token_takes_over_and_m
     short_recheck: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ttl = 2
-    monkeypatch.setattr(cluster_mod, "OWNER_TTL", ttl)
-    a0, r0 = endpoint.login()
-    later = time.time() + HOUR
-    a = OAuthHost("a", redis_server.url, tmp_path, endpoint, a0, r0, later)
-    b = OAuthHost("b", redis_server.url, tmp_path, endpoint, a0, r0, later,
-                  refresh_before=2 * HOUR)
+    a, b, a0, r0 = owner_and_challenger(tmp_path, endpoint, redis_server, monkeypatch, ttl)
     key = login_key(refresh_hash(r0))
     async with trio.open_nursery() as n:
         await a.start(n)
@@ -162,12 +166,7 @@ async def test_cluster_oauth_live_a_removed_profile_stops_renewing_its_claim(
     short_recheck: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ttl = 2
-    monkeypatch.setattr(cluster_mod, "OWNER_TTL", ttl)
-    a0, r0 = endpoint.login()
-    later = time.time() + HOUR
-    a = OAuthHost("a", redis_server.url, tmp_path, endpoint, a0, r0, later)
-    b = OAuthHost("b", redis_server.url, tmp_path, endpoint, a0, r0, later,
-                  refresh_before=2 * HOUR)
+    a, b, _a0, r0 = owner_and_challenger(tmp_path, endpoint, redis_server, monkeypatch, ttl)
     key = login_key(refresh_hash(r0))
     async with trio.open_nursery() as n:
         await a.start(n)
