@@ -236,7 +236,7 @@ class Daemon:
 
     def _make_gateway(self) -> Gateway | None:
         """The HTTP gateway, or None when it is off (`listen = ""`): then neither it nor
-        httpcore is imported, which saves a good part of the daemon's start-up.
+        its HTTP stack is imported, which saves a good part of the daemon's start-up.
 
         Its listen address is read once, at start; the rest of [gateway] follows reloads.
         $ARGENT_GATEWAY_LISTEN wins over it (tests and a second daemon take port 0).

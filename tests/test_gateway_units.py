@@ -7,13 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-import trio
 
 from argent_client import gateway as G
 from argent_client.protocol import Usage
 from argentd.config import parse_config
 from argentd.gateway import dialects as D
-from argentd.gateway.pool import FLUSH_AT, _Stream
 from argentd.gateway.service import parse_listen
 from argentd.gateway.swap import forward_headers, strip_key
 from argentd.gateway.upstreams import NotFound, Upstreams, path_dialect
@@ -185,41 +183,3 @@ def test_gateway_config_defaults_and_limits() -> None:
     with pytest.raises(ConfigError):
         parse_config(b"[gateway]\nnope = 1\n")
 
-
-class _Recorder(trio.abc.Stream):
-    """A trio stream that records each send and answers every read with b"answer"."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent.append(bytes(data))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        pass
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return b"answer"
-
-    async def aclose(self) -> None:
-        pass
-
-
-def test_upstream_stream_sends_a_request_head_and_body_in_one_write() -> None:
-    async def main() -> None:
-        inner = _Recorder()
-        stream = _Stream(inner)
-        await stream.write(b"POST / HTTP/1.1\r\n\r\n", timeout=5)
-        await stream.write(b"", timeout=5)
-        await stream.write(b'{"model": "m"}', timeout=5)
-        assert inner.sent == []  # held until the answer is read
-        assert await stream.read(65536, timeout=5) == b"answer"
-        assert inner.sent == [b'POST / HTTP/1.1\r\n\r\n{"model": "m"}']
-        await stream.read(65536, timeout=5)
-        assert len(inner.sent) == 1  # nothing held: no empty write
-        big = b"x" * (FLUSH_AT + 1)
-        await stream.write(b"head", timeout=5)
-        await stream.write(big, timeout=5)  # over FLUSH_AT: out at once, with the head
-        assert inner.sent[1:] == [b"head" + big]
-
-    trio.run(main)

@@ -1,6 +1,6 @@
 """The HTTP gateway: rotation inside the request path, for tools that cannot speak the socket.
 
-`service` (lifetime, token, listener), `http` (h11 on trio), `proxy` (one
+`service` (lifetime, token, listener), `http` (httptools on trio), `proxy` (one
 request: lease, forward, stream back, release or report), `leasing` (its
 calls on the engine), `pool` (upstream connections), `swap` (the header
 swap), `upstreams` (the URL space and the upstream table), `dialects`

@@ -1,30 +1,37 @@
-"""HTTP/1.1 on trio streams, framed by h11: the gateway's client side.
+"""HTTP/1.1 on trio streams, parsed by httptools: the gateway's client side.
 
-Theory of operation: one task per client connection drives an
-`h11.Connection`. For each request it hands the handler an `Exchange`: the
-request head, `body()` to read the body (bounded: over the limit raises
-`BodyTooLarge`, a declared Content-Length over it before any byte is read),
-and `start` / `send` / `end` to answer, streaming. Every write waits until
-the client has taken the bytes, within `write` seconds, so a client that
-stops reading holds one chunk and its socket buffers, never more, and is
-dropped when the time is up (`ClientGone`). Keep-alive connections wait
-`idle` seconds for the next request head; a head or body must arrive within
-`header` seconds. A connection whose request body was not read, or whose
-answer broke off, is closed after the answer instead of kept.
+Theory of operation: one task per client connection feeds what it reads to
+an `httptools.HttpRequestParser`, whose callbacks queue events (a request
+head, body parts, its end). For each request the handler gets an
+`Exchange`: the request head, `body()` to read the body (bounded: over the
+limit raises `BodyTooLarge`, a declared Content-Length over it before any
+byte is read), and `start` / `send` / `end` to answer, streaming (with the
+answer's Content-Length when it has one, else chunked; an HTTP/1.0 client
+gets the end of the connection). Every write waits until the client has
+taken the bytes, within `write` seconds, so a client that stops reading
+holds one chunk and its socket buffers, never more, and is dropped when the
+time is up (`ClientGone`). Keep-alive connections wait `idle` seconds for
+the next request head; a head or body must arrive within `header` seconds.
+A connection whose request body was not read, whose client asked to close,
+or whose answer broke off, is closed after the answer instead of kept.
 
-Measured against hypercorn's trio worker (ASGI) on this machine: an h11
-loop like this one answers a keep-alive request in ~0.42-0.69 ms p50
-where hypercorn took ~1.02-1.09 ms (docs/gateway.md, "HTTP stack").
+Why httptools (llhttp, Node.js's parser, in C) and not h11, which the
+gateway used first: h11 cost ~0.3 ms of CPU per request on this 2-core VM
+(about 220 Python calls to read a request and write its answer); the
+parsing is the kept library's either way, and what is left here is writing
+a status line, headers and chunk sizes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Final
 
-import h11
+import httptools
 import trio
 
 log = logging.getLogger("argentd.gateway")
@@ -32,6 +39,7 @@ log = logging.getLogger("argentd.gateway")
 RECV_SIZE: Final = 65536
 MAX_HEAD: Final = 64 * 1024
 """A request head (request line and headers) larger than this gets 431."""
+NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class ClientGone(Exception):
@@ -45,22 +53,97 @@ class BodyTooLarge(Exception):
 class BadRequest(Exception):
     """The request cannot be read (broken framing, too slow)."""
 
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+class _Head:
+    __slots__ = ("expect_continue", "headers", "keep_alive", "method", "target", "version")
+
+    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                 version: str) -> None:
+        self.method = method.decode("ascii", "replace")
+        self.target = target.decode("ascii", "replace")
+        self.headers = headers
+        self.version = version
+        close = keep = False
+        self.expect_continue = False
+        for name, value in headers:
+            if name == b"connection":
+                tokens = value.lower()
+                close = close or b"close" in tokens
+                keep = keep or b"keep-alive" in tokens
+            elif name == b"expect" and value.lower() == b"100-continue":
+                self.expect_continue = True
+        self.keep_alive = not close and (version == "1.1" or keep)
+
+
+_END: Final = None
+"""The event that ends a request's body."""
+
+
+class _Events:
+    """httptools callbacks: a queue of `_Head`, body parts (bytes) and `_END`."""
+
+    def __init__(self) -> None:
+        self.queue: deque[_Head | bytes | None] = deque()
+        self.parser: httptools.HttpRequestParser | None = None
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers = [], []
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value.strip()))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.in_head = False
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        self.queue.append(_Head(self.parser.get_method(), url, self._headers,
+                                self.parser.get_http_version()))
+
+    def on_body(self, body: bytes) -> None:
+        self.queue.append(body)
+
+    def on_message_complete(self) -> None:
+        self.queue.append(_END)
+
 
 class Exchange:
     """One request and its answer on a client connection."""
 
-    def __init__(self, conn: HttpConnection, request: h11.Request) -> None:
+    def __init__(self, conn: HttpConnection, head: _Head) -> None:
         self._conn = conn
-        self.method = request.method.decode("ascii", "replace")
-        self.target = request.target.decode("ascii", "replace")
-        self.headers: list[tuple[bytes, bytes]] = list(request.headers)
-        self.http_version = request.http_version
+        self.method = head.method
+        self.target = head.target
+        self.headers = head.headers
+        self.http_version = head.version.encode("ascii")
+        self._head = head
         self.started = False
         """Whether the answer has begun (after it, no other answer is possible)."""
-        self._head: bytes | None = b""
         self.finished = False
         """Whether the whole answer went out."""
         self.body_read = False
+        self.keep = head.keep_alive
+        """Whether the connection may carry the next request after this answer."""
+        self._out = b""
+        self._chunked = False
+        self._bodyless = head.method == "HEAD"
 
     def header(self, name: bytes) -> str | None:
         """The first value of header `name` (lower case), or None."""
@@ -77,27 +160,26 @@ class Exchange:
         conn = self._conn
         parts: list[bytes] = []
         size = 0
-        if conn.h11.they_are_waiting_for_100_continue:
-            await conn.write(conn.h11.send(h11.InformationalResponse(
-                status_code=100, headers=[])) or b"")
+        if self._head.expect_continue and not conn.events.queue:
+            await conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
             event = await conn.next_event(conn.timeouts_header)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
+            if event is _END:
+                self.body_read = True
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if isinstance(event, bytes):
+                size += len(event)
                 if size > limit:
                     raise BodyTooLarge
-                parts.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                self.body_read = True
-                return b"".join(parts)
+                parts.append(event)
             else:
-                raise BadRequest("the connection ended inside the request body")
+                raise BadRequest("a request head inside the request body")
 
     async def until_gone(self) -> None:
         """Return when the client closes its connection (it gave up on the answer).
 
-        Bytes it sends meanwhile (a pipelined next request) are kept for h11,
-        up to `MAX_HEAD`; past that the watch stops (and never returns).
+        Bytes it sends meanwhile (a pipelined next request) are kept for the
+        parser, up to `MAX_HEAD`; past that the watch stops (and never returns).
         """
         conn = self._conn
         kept = 0
@@ -112,64 +194,99 @@ class Exchange:
                 return
             kept += len(data)
             try:
-                conn.h11.receive_data(bytes(data))
-            except h11.RemoteProtocolError:
-                log.debug("client sent bytes h11 refuses after its request")
+                conn.feed(bytes(data))
+            except BadRequest:
+                log.debug("client sent bytes the parser refuses after its request")
+                self.keep = False
                 return
         await trio.sleep_forever()
+
+    def _head_bytes(self, status: int, headers: list[tuple[bytes, bytes]],
+                    length: int | None) -> bytes:
+        """The status line and headers; `length` None: the body's end is not known yet."""
+        parts = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", _reason(status), b"\r\n"]
+        has_length = False
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                has_length = True
+            elif low == b"transfer-encoding" or low == b"connection":
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if status in NO_BODY_STATUS or 100 <= status < 200:
+            self._bodyless = True
+        elif length is not None and not has_length:
+            parts += (b"content-length: ", str(length).encode("ascii"), b"\r\n")
+        elif length is None and not has_length and not self._bodyless:
+            if self.http_version == b"1.1":
+                self._chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep = False  # HTTP/1.0: the body ends with the connection
+        if not self.body_read:
+            self.keep = False
+        if not self.keep:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _framed(self, data: bytes) -> bytes:
+        if not data or self._bodyless:
+            return b""
+        if self._chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Begin the answer: its head goes out with the first part of the body (one
         write instead of two; the head alone is of no use to the client)."""
-        if not self.body_read:
-            headers = [*headers, (b"connection", b"close")]
         self.started = True
-        self._head = self._conn.h11.send(h11.Response(status_code=status, headers=headers))
+        self._out = self._head_bytes(status, headers, None)
 
     async def send(self, data: bytes) -> None:
         """Send part of the answer's body."""
-        if data:
-            out = self._conn.h11.send(h11.Data(data=data)) or b""
-            if self._head:
-                out, self._head = self._head + out, b""
+        framed = self._framed(data)
+        if framed:
+            out, self._out = self._out + framed, b""
             await self._conn.write(out)
 
     async def end(self, data: bytes = b"") -> None:
         """Finish the answer, after its last part `data` (one write for both)."""
         self.finished = True
-        h = self._conn.h11
-        out = (h.send(h11.Data(data=data)) or b"") if data else b""
-        out += h.send(h11.EndOfMessage()) or b""
-        if self._head:
-            out, self._head = self._head + out, b""
+        out = self._out + self._framed(data)
+        if self._chunked:
+            out += b"0\r\n\r\n"
+        self._out = b""
         await self._conn.write(out)
 
     async def answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole answer at once."""
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
-        if not self.body_read:
-            headers.append((b"connection", b"close"))
         self.started = True
         self.finished = True
-        h = self._conn.h11
-        data = h.send(h11.Response(status_code=status, headers=headers)) or b""
-        data += (h.send(h11.Data(data=body)) or b"") + (h.send(h11.EndOfMessage()) or b"")
-        await self._conn.write(data)
+        head = self._head_bytes(status, headers, len(body))
+        await self._conn.write(head + (b"" if self._bodyless else body))
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
 
 
 class HttpConnection:
-    """An h11 server connection over a trio stream."""
+    """A server-side HTTP/1.1 connection over a trio stream."""
 
     def __init__(self, stream: trio.abc.Stream, *, header: float, idle: float,
                  write: float) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.events = _Events()
+        self.parser = httptools.HttpRequestParser(self.events)
+        self.events.parser = self.parser
+        self._head_size = 0
         self.timeouts_header = header
         self.timeouts_idle = idle
         self.timeouts_write = write
+
+    def close(self) -> None:
+        """Break the parser's reference cycle (it holds its callbacks, they hold it)."""
+        self.events.parser = None
 
     async def write(self, data: bytes) -> None:
         if not data:
@@ -181,15 +298,26 @@ class HttpConnection:
                 OSError) as exc:
             raise ClientGone(type(exc).__name__) from None
 
-    async def next_event(self, timeout: float) -> h11.Event | type[h11.PAUSED]:
-        """The next h11 event, reading as needed. Raises `BadRequest` or `ClientGone`."""
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise BadRequest(str(exc)) from None
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+    def feed(self, data: bytes) -> None:
+        """Give the parser what the client sent. Raises `BadRequest`."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise BadRequest("protocol upgrades are not supported") from None
+        except httptools.HttpParserError as exc:
+            raise BadRequest(f"malformed request: {exc}") from None
+        if self.events.in_head:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                raise BadRequest("request head too large", 431)
+        else:
+            self._head_size = 0
+
+    async def next_event(self, timeout: float) -> _Head | bytes | None:
+        """The next request event, reading as needed. Raises `BadRequest`, `ClientGone`
+        or `EOFError` (the client closed between requests)."""
+        queue = self.events.queue
+        while not queue:
             try:
                 with trio.fail_after(timeout):
                     data = await self.stream.receive_some(RECV_SIZE)
@@ -197,49 +325,39 @@ class HttpConnection:
                 raise BadRequest("the client was too slow") from None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 raise ClientGone("read failed") from None
-            try:
-                self.h11.receive_data(bytes(data))
-            except h11.RemoteProtocolError as exc:
-                raise BadRequest(str(exc)) from None
+            if not data:
+                raise EOFError
+            self.feed(bytes(data))
+        return queue.popleft()
 
     async def serve(self, handler: Handler) -> None:
         """Answer requests until the client closes or the connection must end."""
         first = True
-        while True:
-            try:
-                event = await self.next_event(self.timeouts_header if first
-                                              else self.timeouts_idle)
-            except BadRequest as exc:
-                await self._refuse(exc)
-                return
-            first = False
-            if not isinstance(event, h11.Request):
-                return  # ConnectionClosed, or a client that went quiet
-            exchange = Exchange(self, event)
-            await handler(exchange)
-            if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
-                return
-            if self.h11.our_state is not h11.DONE:
-                return  # an answer that broke off: the connection cannot be reused
-            try:
-                self.h11.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
+        try:
+            while True:
+                try:
+                    event = await self.next_event(self.timeouts_header if first
+                                                  else self.timeouts_idle)
+                except BadRequest as exc:
+                    await self._refuse(exc)
+                    return
+                except EOFError:
+                    return
+                first = False
+                if not isinstance(event, _Head):
+                    return  # body bytes with no head: cannot happen, but never reuse
+                exchange = Exchange(self, event)
+                await handler(exchange)
+                if not (exchange.finished and exchange.keep and exchange.body_read):
+                    return
+        finally:
+            self.close()
 
     async def _refuse(self, exc: BadRequest) -> None:
-        """Answer a request that cannot be read, when h11 still allows an answer."""
-        if self.h11.our_state is not h11.SEND_RESPONSE and self.h11.our_state is not h11.IDLE:
-            return
-        too_big = "exceeded" in str(exc) or "maximum" in str(exc)
-        status = 431 if too_big else 400
+        """Answer a request that cannot be read."""
+        status = exc.status
         body = b"bad request\n" if status == 400 else b"request head too large\n"
-        try:
-            data = self.h11.send(h11.Response(status_code=status, headers=[
-                (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close")])) or b""
-            data += (self.h11.send(h11.Data(data=body)) or b"")
-            data += (self.h11.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError:
-            return
+        data = (b"HTTP/1.1 %d %b\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%b" % (status, _reason(status), len(body), body))
         with contextlib.suppress(ClientGone):
             await self.write(data)

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-import httpcore
 import msgspec
 import trio
 
@@ -42,7 +41,7 @@ from ..server import Server
 from . import dialects as D
 from .http import BodyTooLarge, ClientGone, Exchange
 from .leasing import Buffered, Fault, Held, Leases
-from .pool import ShardedPool
+from .pool import Pool, Response, Timeout, Timeouts, UpstreamError
 from .stats import Record, Stats
 from .swap import KEEP_BACK, forward_headers, guess_dialect, strip_key, without_length
 from .upstreams import Dialect, NotFound, Plan, Target, Upstreams
@@ -85,7 +84,7 @@ class Context:
 class Proxy:
     """The request path of the gateway, around the daemon's one engine."""
 
-    def __init__(self, server: Server, pool: ShardedPool, stats: Stats,
+    def __init__(self, server: Server, pool: Pool, stats: Stats,
                  token_ok: Callable[[Exchange, str | None], bool]) -> None:
         self.server = server
         self.engine = server.engine
@@ -267,31 +266,30 @@ class Proxy:
         body = self._body_for(ctx, held, target)
         headers = forward_headers(ex.headers, held.lease.headers)
         t = self.engine.config.gateway.timeouts
-        timeouts = {"connect": t.connect, "read": t.read, "write": t.read, "pool": t.read}
+        timeouts = Timeouts(connect=t.connect, read=t.read, write=t.read, pool=t.read)
         started = time.perf_counter()
         try:
             async with self.pool.stream(ex.method, target.url, headers=headers, content=body,
-                                        extensions={"timeout": timeouts}) as resp:
+                                        timeouts=timeouts) as resp:
                 self.stats.upstream(target.provider, time.perf_counter() - started)
                 return await self._answer(ctx, target, held, resp)
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
-                httpcore.UnsupportedProtocol) as exc:
+        except UpstreamError as exc:
             if ex.started:
                 # Mid-stream: bytes went out, the answer cannot go again.
                 self.leases.report(ctx.open, held, Fault("provider", Failure(
-                    kind="timeout" if isinstance(exc, httpcore.TimeoutException)
+                    kind="timeout" if isinstance(exc, Timeout)
                     else "server_error", message=f"upstream broke mid-answer: "
                     f"{type(exc).__name__}"), None, None), failover=False)
                 ctx.rec.note = "upstream broke mid-answer"
                 await self._break_off(ctx)
                 return None
-            timeout = isinstance(exc, httpcore.TimeoutException)
+            timeout = isinstance(exc, Timeout)
             return Fault("provider", Failure(
                 kind="timeout" if timeout else "server_error",
                 message=f"upstream {type(exc).__name__}"), None, None)
 
     async def _answer(self, ctx: Context, target: Target, held: Held,
-                      resp: httpcore.Response) -> Fault | None:
+                      resp: Response) -> Fault | None:
         ex, rec = ctx.ex, ctx.rec
         status = resp.status
         header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}

@@ -23,13 +23,11 @@ from argent_client.gateway import TokenFileError, ensure_token, read_token
 from .. import log as logmod
 from ..server import Server
 from .http import ClientGone, Exchange, HttpConnection
-from .pool import ShardedPool
+from .pool import Pool
 from .proxy import Proxy
 from .stats import Stats
 
 log = logging.getLogger("argentd.gateway")
-# httpcore's debug trace prints answer headers: the gateway logs no header value.
-logging.getLogger("httpcore").setLevel(logging.INFO)
 
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                            errno.ENOBUFS})
@@ -128,7 +126,7 @@ class Gateway:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{sockname[1]}"
         config = self.server.engine.config.gateway
-        pool = ShardedPool(config.upstream_connections)
+        pool = Pool(config.upstream_connections)
         proxy = Proxy(self.server, pool, self.stats, self._tokens.ok)
         slots = trio.Semaphore(config.max_connections)
         log.info("gateway listening on %s", self.url)
