@@ -99,20 +99,28 @@ class _Events:
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
+        self.head_size = 0
+        self.too_big = False
+        """Whether a head over `MAX_HEAD` was read (its request is never handled)."""
 
     def on_message_begin(self) -> None:
         self._url, self._headers = [], []
         self.in_head = True
+        self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value.strip()))
+        self.head_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         self.in_head = False
+        if self.head_size > MAX_HEAD:
+            self.too_big = True
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         self.queue.append(_Head(self.parser.get_method(), url, self._headers,
                                 self.parser.get_http_version()))
@@ -306,12 +314,13 @@ class HttpConnection:
             raise BadRequest("protocol upgrades are not supported") from None
         except httptools.HttpParserError as exc:
             raise BadRequest(f"malformed request: {exc}") from None
-        if self.events.in_head:
+        if self.events.in_head:  # a head still coming: count what it has taken so far
             self._head_size += len(data)
-            if self._head_size > MAX_HEAD:
-                raise BadRequest("request head too large", 431)
         else:
             self._head_size = 0
+        if self.events.too_big or self._head_size > MAX_HEAD:
+            self.events.queue.clear()
+            raise BadRequest("request head too large", 431)
 
     async def next_event(self, timeout: float) -> _Head | bytes | None:
         """The next request event, reading as needed. Raises `BadRequest`, `ClientGone`
