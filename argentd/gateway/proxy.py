@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
-import trio
 
 from argent_client import protocol as P
 from argent_client.classify import Failure, classify, parse_limits
 
 from ..server import Server
 from . import dialects as D
+from .hangups import Hangups
 from .http import BodyTooLarge, ClientGone, Exchange
 from .leasing import Buffered, Fault, Held, Leases
 from .pool import Pool, Response, Timeout, Timeouts, UpstreamError
@@ -50,9 +50,6 @@ log = logging.getLogger("argentd.gateway")
 
 LEASE_TTL: Final = 3600.0
 """A gateway lease ends with its request; the TTL only bounds a bug."""
-WATCH_AFTER: Final = 0.05
-"""Seconds into a request before its client connection is watched for a hang-up:
-most answers are done by then, and the watch costs a read and two epoll calls."""
 
 
 class _Answer:
@@ -85,8 +82,9 @@ class Proxy:
     """The request path of the gateway, around the daemon's one engine."""
 
     def __init__(self, server: Server, pool: Pool, stats: Stats,
-                 token_ok: Callable[[Exchange, str | None], bool]) -> None:
+                 token_ok: Callable[[Exchange, str | None], bool], hangups: Hangups) -> None:
         self.server = server
+        self.hangups = hangups
         self.engine = server.engine
         self.pool = pool
         self.stats = stats
@@ -171,28 +169,17 @@ class Proxy:
 
     async def _serve_while_there(self, ctx: Context) -> None:
         """`_serve`, cancelled (waiting, upstream and all) when the client hangs up
-        (noticed from `WATCH_AFTER` seconds in)."""
+        (noticed from `WATCH_AFTER` seconds in, see `hangups`)."""
+        flight = self.hangups.add(ctx.ex)
         gone = False
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal gone
-                await trio.sleep(WATCH_AFTER)
-                await ctx.ex.until_gone()
-                if ctx.ex.finished:
-                    return  # it had the whole answer: nothing left to cancel
-                gone = True
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            try:
+        try:
+            with flight.scope:
                 await self._serve(ctx)
-            except ClientGone:
-                gone = True  # a write that failed or timed out (raised here, not grouped)
-            nursery.cancel_scope.cancel()
-            if not gone:
-                return  # answered: a hang-up now (the client done with us) changes nothing
-        if gone:
+        except ClientGone:
+            gone = True  # a write that failed or timed out
+        finally:
+            await self.hangups.remove(flight)
+        if gone or flight.gone:
             raise ClientGone("the client hung up")
 
     async def _serve(self, ctx: Context) -> None:

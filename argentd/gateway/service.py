@@ -22,6 +22,7 @@ from argent_client.gateway import TokenFileError, ensure_token, read_token
 
 from .. import log as logmod
 from ..server import Server
+from .hangups import Hangups
 from .http import ClientGone, Exchange, HttpConnection
 from .pool import Pool
 from .proxy import Proxy
@@ -127,11 +128,13 @@ class Gateway:
         self.url = f"http://{shown}:{sockname[1]}"
         config = self.server.engine.config.gateway
         pool = Pool(config.upstream_connections)
-        proxy = Proxy(self.server, pool, self.stats, self._tokens.ok)
+        hangups = Hangups()
+        proxy = Proxy(self.server, pool, self.stats, self._tokens.ok, hangups)
         slots = trio.Semaphore(config.max_connections)
         log.info("gateway listening on %s", self.url)
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(hangups.run)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery, slots, proxy)
                 task_status.started()
