@@ -170,6 +170,11 @@ def _openai_reset(value: str | None, now: float) -> float | None:
     return None if seconds is None else now + seconds
 
 
+_FAMILY_OF: Final = {"anthropic-ratelimit-": "anthropic", "x-codex-": "codex",
+                     "x-ratelimit-": "openai"}
+"""A header name's first two dash-separated words (and dash) -> the family it belongs to."""
+
+
 def parse_limits(headers: Mapping[str, str] | None, now: float | None = None) -> Limits | None:
     """The rate-limit budget and windows a response's headers state, or None if none.
 
@@ -181,8 +186,17 @@ def parse_limits(headers: Mapping[str, str] | None, now: float | None = None) ->
         now = time.time()
     try:
         h = lower_headers(headers)
-        fields = (_anthropic_limits(h) | _unified_limits(h, now) | _codex_limits(h, now)
-                  | _openai_limits(h, now))
+        # Only the families whose headers are there (an absent one gives only Nones,
+        # and no two families share a field but `_openai_limits`, which drops its Nones).
+        fields: dict[str, Any] = {}
+        families = {_FAMILY_OF.get(k[:k.find("-", k.find("-") + 1) + 1]) for k in h}
+        if "anthropic" in families:
+            fields |= _anthropic_limits(h)
+            fields |= _unified_limits(h, now)
+        if "codex" in families:
+            fields |= _codex_limits(h, now)
+        if "openai" in families:
+            fields |= _openai_limits(h, now)
     except Exception:  # pragma: no cover - every parser above is already total
         return None
     fields = {k: v for k, v in fields.items() if v is not None}
