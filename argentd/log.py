@@ -33,7 +33,8 @@ from typing import Final
 
 from .model import fingerprint
 
-__all__ = ["LEVELS", "RedactingFormatter", "redact", "register_secrets", "setup_logging"]
+__all__ = ["LEVELS", "PRE_REDACTED", "RedactingFormatter", "redact", "redact_field",
+           "register_secrets", "setup_logging"]
 
 LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
@@ -84,6 +85,7 @@ def register_secrets(values: Iterable[str]) -> None:
         return
     with _lock:
         _registered.update(new)
+        _redacted.clear()
         odd = {v for v in new if _by_shape(v) != fingerprint(v)}
         if not odd:
             return
@@ -91,6 +93,26 @@ def register_secrets(values: Iterable[str]) -> None:
         # Longest first, so a secret that contains another is replaced whole.
         ordered = sorted(_odd, key=len, reverse=True)
         _registered_re = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+_redacted: dict[str, str] = {}
+_REDACTED_MAX: Final = 4096
+PRE_REDACTED: Final = "argentd_redacted"
+"""A record with this attribute true had each of its string arguments passed
+through `redact_field`: the formatter does not redact its line again."""
+
+
+def redact_field(text: str) -> str:
+    """`redact` for a short value that repeats (a path, a profile id, a method),
+    remembered until the next secret is registered: a log line built only of
+    such fields and numbers needs no redaction of its own (`PRE_REDACTED`)."""
+    done = _redacted.get(text)
+    if done is None:
+        done = redact(text)
+        if len(_redacted) >= _REDACTED_MAX:
+            _redacted.clear()
+        _redacted[text] = done
+    return done
 
 
 def _is_high_entropy(segment: str) -> bool:
@@ -193,7 +215,10 @@ class RedactingFormatter(logging.Formatter):
         return time.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
 
     def format(self, record: logging.LogRecord) -> str:
-        line = _escape_controls(redact(super().format(record)))
+        line = super().format(record)
+        if not getattr(record, PRE_REDACTED, False) or record.exc_info or record.stack_info:
+            line = redact(line)
+        line = _escape_controls(line)
         if self.journald:
             level = max((lv for lv in self._PRIORITY if lv <= record.levelno), default=0)
             line = f"<{self._PRIORITY.get(level, 7)}>{line}"

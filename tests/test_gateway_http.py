@@ -217,7 +217,7 @@ def test_pool_keeps_a_connection_alive_and_reads_chunked_and_eof_bodies() -> Non
             return (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                     b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")
         if n == 2:
-            return b"close:HTTP/1.1 201 Created\r\n\r\nto the end"  # no length: ends with the connection
+            return b"close:HTTP/1.1 201 Created\r\n\r\nto the end"  # ends with the connection
         return OK
 
     async def main() -> None:

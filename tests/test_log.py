@@ -26,8 +26,10 @@ def rand(n: int = 40) -> str:
 def clean_registry() -> Iterator[None]:
     saved = (set(logmod._registered), logmod._registered_re)
     logmod._registered.clear()
+    logmod._redacted.clear()
     logmod._registered_re = None
     yield
+    logmod._redacted.clear()
     logmod._registered.clear()
     logmod._registered.update(saved[0])
     logmod._registered_re = saved[1]
@@ -154,6 +156,28 @@ def test_formatter_redacts_traceback() -> None:
     assert secret not in line
     assert secret[-20:] not in line
     assert line.count(fingerprint(secret)) == 2  # the message and the exception
+
+
+def test_redact_field_is_remembered_until_the_next_secret_is_registered(
+        clean_registry: None) -> None:
+    odd = "hunter2-is-my-password"
+    assert logmod.redact_field(f"/p/{odd}") == f"/p/{odd}"  # remembered as harmless
+    register_secrets([odd])
+    assert logmod.redact_field(f"/p/{odd}") == f"/p/{fingerprint(odd)}"
+    secret = "sk-ant-api03-" + rand(40)
+    assert logmod.redact_field(secret) == fingerprint(secret)
+
+
+def test_formatter_trusts_a_pre_redacted_record_but_not_its_traceback() -> None:
+    secret = "sk-ant-oat01-" + rand(40)
+    record = make_record("%s and %s", logmod.redact_field(secret), "x\ny")
+    setattr(record, logmod.PRE_REDACTED, True)
+    line = RedactingFormatter().format(record)
+    assert secret not in line and fingerprint(secret) in line and line.endswith("x\\ny")
+    record = make_record("failed with %s", secret, exc=True)  # the traceback is not
+    setattr(record, logmod.PRE_REDACTED, True)              # pre-redacted: redact all
+    line = RedactingFormatter().format(record)
+    assert secret not in line and "Traceback" in line
 
 
 def test_formatter_journald_priority() -> None:

@@ -16,7 +16,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
+from ..log import PRE_REDACTED, redact_field
+
 log = logging.getLogger("argentd.gateway")
+PRE_REDACTED_EXTRA: Final = {PRE_REDACTED: True}
 
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_PATH: Final = 200
@@ -73,9 +76,13 @@ class Stats:
         self.requests[str(rec.status or 0)] += 1
         ms = (time.perf_counter() - rec.started) * 1000
         path = rec.path if len(rec.path) <= MAX_PATH else rec.path[:MAX_PATH] + "…"
-        note = f" ({rec.note})" if rec.note else ""
+        note = f" ({redact_field(rec.note)})" if rec.note else ""
+        # Each string redacted alone (and remembered: they repeat), not the whole line
+        # again: that was the dearest part of a request's log line.
         log.info("gateway %s %s profile=%s status=%d attempts=%d %.1fms%s",
-                 rec.method[:16], path, rec.profile or "-", rec.status, rec.attempts, ms, note)
+                 redact_field(rec.method[:16]), redact_field(path),
+                 redact_field(rec.profile or "-"), rec.status, rec.attempts, ms, note,
+                 extra=PRE_REDACTED_EXTRA)
 
     def metrics(self) -> str:
         """Prometheus text for the gateway's families."""
