@@ -312,6 +312,49 @@ def test_pool_limit_waits_for_a_free_connection_then_times_out() -> None:
     trio.run(main)
 
 
+def test_pool_speaks_tls_verified_and_keeps_the_connection() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    conns: list[int] = []
+
+    async def serve(tcp: trio.SocketStream) -> None:
+        conns.append(1)
+        stream = trio.SSLStream(tcp, server_ctx, server_side=True)
+        buf = b""
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buf += data
+                while b"{}" in buf:  # each request ends with its body, b"{}"
+                    _, _, buf = buf.partition(b"{}")
+                    await stream.send_all(OK)
+        except trio.BrokenResourceError:
+            return
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, serve, 0)
+            url = f"https://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1/x"
+            pool = Pool(4, tls=trusting)
+            assert await _get(pool, url) == (200, b"ok")
+            assert await _get(pool, url) == (200, b"ok")
+            assert len(conns) == 1
+            with pytest.raises(NetworkError):  # certifi's CAs do not know this one
+                await _get(Pool(4), url)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_split_url() -> None:
     origin, target = split_url("https://api.example.com/v1/m?x=1")
     assert (origin.scheme, origin.host, origin.port, target) == (

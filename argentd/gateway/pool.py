@@ -232,11 +232,13 @@ def _request_head(method: str, target: bytes, origin: Origin,
 class Pool:
     """Kept-alive upstream connections, at most `max_connections` open at once."""
 
-    def __init__(self, max_connections: int, *, keepalive_expiry: float = 30.0) -> None:
+    def __init__(self, max_connections: int, *, keepalive_expiry: float = 30.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._slots = trio.Semaphore(max_connections)
         self._idle: dict[Origin, deque[_Conn]] = {}
         self._expiry = keepalive_expiry
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
+        """How https upstreams are verified (default: certifi's CAs, as httpx does)."""
         self._closed = False
 
     def _tls_context(self) -> ssl.SSLContext:
