@@ -40,21 +40,30 @@ async def _echo(ex: Exchange) -> None:
     await ex.answer(200, [(b"content-type", b"text/plain")], ex.target.encode() + b":" + body)
 
 
-def test_http_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+def _raw(handler: Callable[[Exchange], Awaitable[None]], *requests: bytes) -> list[bytes]:
+    """Each of `requests` sent on a connection of its own; what came back, to the close."""
+    out: list[bytes] = []
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            port = await _serve_gateway(_echo, nursery)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
-                                  b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            out = await _read_until_closed(stream)
-            first, second = out.split(b"HTTP/1.1 ")[1:]
-            assert first.startswith(b"200 OK\r\n") and first.endswith(b"\r\n\r\n/a:hi")
-            assert b"connection: close" not in first
-            assert second.endswith(b"connection: close\r\n\r\n/b:")
+            port = await _serve_gateway(handler, nursery)
+            for request in requests:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(request)
+                out.append(await _read_until_closed(stream))
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    return out
+
+
+def test_http_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    [out] = _raw(_echo, b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
+                        b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    first, second = out.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK\r\n") and first.endswith(b"\r\n\r\n/a:hi")
+    assert b"connection: close" not in first
+    assert second.endswith(b"connection: close\r\n\r\n/b:")
 
 
 def test_http_streamed_answer_is_chunked_for_1_1_and_ends_the_connection_for_1_0() -> None:
@@ -64,35 +73,17 @@ def test_http_streamed_answer_is_chunked_for_1_1_and_ends_the_connection_for_1_0
         await ex.send(b"one")
         await ex.end(b"two")
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await _serve_gateway(stream_back, nursery)
-            s11 = await trio.open_tcp_stream("127.0.0.1", port)
-            await s11.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            out = await _read_until_closed(s11)
-            assert b"transfer-encoding: chunked\r\n" in out
-            assert out.endswith(b"\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
-            s10 = await trio.open_tcp_stream("127.0.0.1", port)
-            await s10.send_all(b"GET / HTTP/1.0\r\n\r\n")
-            out = await _read_until_closed(s10)
-            assert b"chunked" not in out and b"connection: close\r\n" in out
-            assert out.endswith(b"\r\n\r\nonetwo")
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    out11, out10 = _raw(stream_back, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                        b"GET / HTTP/1.0\r\n\r\n")
+    assert b"transfer-encoding: chunked\r\n" in out11
+    assert out11.endswith(b"\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+    assert b"chunked" not in out10 and b"connection: close\r\n" in out10
+    assert out10.endswith(b"\r\n\r\nonetwo")
 
 
 def test_http_head_gets_the_headers_and_no_body() -> None:
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await _serve_gateway(_echo, nursery)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(b"HEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            out = await _read_until_closed(stream)
-            assert b"content-length: 3\r\n" in out and out.endswith(b"\r\n\r\n")
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    [out] = _raw(_echo, b"HEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert b"content-length: 3\r\n" in out and out.endswith(b"\r\n\r\n")
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
@@ -109,17 +100,9 @@ def test_http_unreadable_request_gets_an_answer_and_the_connection_ends(
         seen.append(ex.target)
         await _echo(ex)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await _serve_gateway(handler, nursery)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(request_bytes)
-            out = await _read_until_closed(stream)
-            assert out.startswith(b"HTTP/1.1 " + status), out[:80]
-            assert b"connection: close\r\n" in out
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    [out] = _raw(handler, request_bytes)
+    assert out.startswith(b"HTTP/1.1 " + status), out[:80]
+    assert b"connection: close\r\n" in out
     assert seen == []
 
 
