@@ -273,7 +273,7 @@ class Proxy:
             timeout = isinstance(exc, Timeout)
             return Fault("provider", Failure(
                 kind="timeout" if timeout else "server_error",
-                message=f"upstream {type(exc).__name__}"), None, None)
+                message=f"upstream {type(exc).__name__}: {exc}"), None, None)
 
     async def _answer(self, ctx: Context, target: Target, held: Held,
                       resp: Response) -> Fault | None:
