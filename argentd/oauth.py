@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import httpx
 import msgspec
 import trio
 
@@ -65,7 +64,7 @@ from .oauth_chain import Chain, backoff, due_at, overlay, with_pair
 from .oauth_claims import ASK_POLL, RECHECK, Claims, Owners
 from .oauth_config import OAuthConfig
 from .oauth_profile import login_key, refresh_hash
-from .token_endpoint import DEFAULT_LIFETIME, Answer, refresh_call
+from .token_endpoint import DEFAULT_LIFETIME, Answer, Http, refresh_call
 
 log = logging.getLogger("argentd.oauth")
 
@@ -101,7 +100,7 @@ class Refresher:
         self._wake = trio.Event()
         self._dirty = False
         """self.logins holds what credentials.json does not yet."""
-        self._http: httpx.AsyncClient | None = None
+        self._http: Http | None = None
         self.owners = Owners(cluster, engine, after_change, clock)
 
     def _load_store(self) -> None:
@@ -183,7 +182,7 @@ class Refresher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Refresh chains when due, until cancelled."""
-        async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
+        async with Http() as http, trio.open_nursery() as nursery:
             self._http = http
             task_status.started()
             while True:

@@ -12,12 +12,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal
 
-import httpx
 import trio
 
 from .oauth_config import OAuthProvider
+
+if TYPE_CHECKING:
+    import httpx
 
 REVOKED: Final = frozenset({
     "invalid_grant",           # RFC 6749: revoked, expired or reused refresh token
@@ -99,9 +102,37 @@ def classify(status: int, content: bytes) -> Answer:
     return Answer("retry", f"the token endpoint answered {what}")
 
 
-async def refresh_call(client: httpx.AsyncClient, provider: OAuthProvider, refresh: str,
+class Http:
+    """The HTTP client `refresh_call` takes, made at its first use: importing httpx and
+    loading the CA bundle cost ~0.1 s of CPU, which a daemon that never refreshes (or
+    not yet) need not spend at start. `async with` closes it if it was made."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient()
+        return self._client
+
+    async def __aenter__(self) -> Http:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+async def refresh_call(http: Http, provider: OAuthProvider, refresh: str,
                        timeout: float) -> Answer:
     """POST the refresh grant to `provider`; never raises for a network or HTTP fault."""
+    import httpx  # loaded by http.client() at the latest
+
+    client = http.client()
     data = {"grant_type": "refresh_token", "refresh_token": refresh,
             "client_id": provider.client_id}
     if provider.client_secret:

@@ -31,6 +31,13 @@ from .redis_server import redis_server  # noqa: F401 - the cluster tests' real R
 
 SECRETS: list[str] = []
 
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Started as a background job (`pytest ... &` in a script ignores SIGINT): the
+    # children would inherit the ignore, and the tests that stop `argentctl watch` with
+    # SIGINT, as Ctrl-C would, would wait out their timeouts and fail. Run them as from
+    # a terminal instead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def make_secret(prefix: str = "sk-ant-oat01-") -> str:
     """A fresh realistic fake secret, remembered for the leak check."""

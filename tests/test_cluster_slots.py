@@ -105,6 +105,14 @@ OPS = st.lists(
 )
 
 
+async def past_every_ttl(world: World, margin: float = 0.05) -> None:
+    """Sleep until every lease out on any host, a dead host's too, is past its TTL
+    (plus `margin`): the leases' own deadline, not a fixed 'long enough'."""
+    ends = [le.expires_at for h in world.hosts for le in h.engine.leases()]
+    ends += [le.expires_at for leases in world.dead for le in leases]
+    await trio.sleep(max(0.0, max(ends, default=0.0) - time.time()) + margin)
+
+
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)
@@ -148,12 +156,12 @@ def test_cluster_slots_interleavings_never_exceed_the_limit(
                     hosts[i].stop()
                     world.dead.append(world.held[i])
                 elif op == "expire":
-                    await trio.sleep(0.45)
+                    await past_every_ttl(world)
                     for h in hosts:
                         h.engine.advance(time.time())
                         h.after_change()
             # Liveness: once everything ended, a surviving host gets a lease again.
-            await trio.sleep(0.45)
+            await past_every_ttl(world)
             survivor = next(h for h, ok in zip(hosts, world.alive, strict=True) if ok)
             assert await lease_within(survivor, 5.0, ttl=0.4) is not None
             n.cancel_scope.cancel()

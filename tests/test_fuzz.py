@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,7 @@ limits = st.fixed_dictionaries({}, optional={
 })
 
 
-def typed_params(method: str, lease_ids: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+def typed_params(method: str, lease_ids: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """Params for `method` with mostly the right names and types."""
     by_method: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "lease": {"provider": providers, "route": st.sampled_from(["default", "nope"]),
@@ -319,13 +320,13 @@ def typed_params(method: str, lease_ids: st.SearchStrategy[str]) -> st.SearchStr
                                        optional={"ttl": st.floats(0.01, 600)}),
         "release": st.fixed_dictionaries({"lease_id": lease_ids},
                                          optional={"usage": usage, "limits": limits}),
-        "report_failure": st.fixed_dictionaries(
+        "report_failure": st.tuples(st.fixed_dictionaries(
             {"kind": kinds.filter(lambda k: k != "bogus")},
             optional={"retry_after": st.floats(0, 3600), "failover": st.booleans(),
                       "status": st.integers(400, 599), "limits": limits},
-        ).flatmap(lambda d: st.one_of(
-            st.fixed_dictionaries({"lease_id": lease_ids}), st.fixed_dictionaries(
-                {"profile": profiles})).map(lambda who: {**d, **who})),
+        ), st.one_of(st.fixed_dictionaries({"lease_id": lease_ids}),
+                     st.fixed_dictionaries({"profile": profiles}))).map(
+            lambda t: {**t[0], **t[1]}),
     }.get(method)
     if good is not None:
         base = st.one_of(good, good, base)
@@ -334,13 +335,42 @@ def typed_params(method: str, lease_ids: st.SearchStrategy[str]) -> st.SearchStr
                      st.none()).map(tame)
 
 
-def requests(lease_ids: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+def requests(lease_ids: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     weighted = METHODS + ["lease"] * 3 + ["release", "report_failure", "renew"]
-    return st.sampled_from(weighted).flatmap(lambda m: st.fixed_dictionaries(
+    by_method = {m: st.fixed_dictionaries(
         {"jsonrpc": st.just("2.0"), "method": st.just(m),
          "params": typed_params(m, lease_ids)},
         optional={"id": st.integers(0, 50) | st.text(max_size=4)},
-    ))
+    ) for m in set(weighted)}
+    return st.sampled_from(weighted).flatmap(by_method.__getitem__)
+
+
+@dataclass(frozen=True)
+class LeasePick:
+    """A drawn lease id not yet known: the `index`-th (mod its length) of the pool of
+    ids a session may name (`resolve`), so one strategy serves every round."""
+
+    index: int
+
+
+KNOWN_LEASE_IDS = ("l_0000000000000000", "", "x" * 40)
+POOL_DRAW = 64
+"""More than a session's pool can hold (3 known + at most 3 rounds x 8 x 2 granted)."""
+SESSION_REQUESTS = st.lists(
+    requests(st.sampled_from(range(POOL_DRAW)).map(LeasePick)), min_size=1, max_size=8)
+"""Built once: a strategy built per draw spends most of the test's time in Hypothesis'
+own validation of the new strategy objects, not in the daemon."""
+
+
+def resolve(value: Any, pool: list[str]) -> Any:
+    """`value` with each LeasePick replaced by its id from `pool` (uniform over it)."""
+    if isinstance(value, LeasePick):
+        return pool[value.index % len(pool)]
+    if isinstance(value, dict):
+        return {k: resolve(v, pool) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, pool) for v in value]
+    return value
 
 
 def lines_of(values: list[Any]) -> bytes:
@@ -397,8 +427,8 @@ def test_fuzz_sessions_typed_params(fuzzed: Daemon, data: st.DataObject) -> None
     conn = RawConn(fuzzed.socket, timeout=REPLY_DEADLINE)
     try:
         for _ in range(data.draw(st.integers(1, 3), label="rounds")):
-            lease_ids = st.sampled_from(["l_0000000000000000", "", "x" * 40, *granted])
-            batch = data.draw(st.lists(requests(lease_ids), min_size=1, max_size=8))
+            pool = [*KNOWN_LEASE_IDS, *granted]
+            batch = resolve(data.draw(SESSION_REQUESTS, label="batch"), pool)
             for reply in exchange(fuzzed, lines_of(batch), conn):
                 result = reply.get("result")
                 if isinstance(result, dict):
