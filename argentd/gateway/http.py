@@ -59,32 +59,23 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+_REASONS: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+"""Status code -> reason phrase (an unknown code gets none)."""
 
 
 class _Head:
     __slots__ = ("expect_continue", "headers", "keep_alive", "method", "target", "version")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                 version: str) -> None:
+                 version: str, keep_alive: bool) -> None:
         self.method = method.decode("ascii", "replace")
         self.target = target.decode("ascii", "replace")
         self.headers = headers
         self.version = version
-        close = keep = False
-        self.expect_continue = False
-        for name, value in headers:
-            if name == b"connection":
-                tokens = value.lower()
-                close = close or b"close" in tokens
-                keep = keep or b"keep-alive" in tokens
-            elif name == b"expect" and value.lower() == b"100-continue":
-                self.expect_continue = True
-        self.keep_alive = not close and (version == "1.1" or keep)
+        self.keep_alive = keep_alive
+        """llhttp's verdict from the version and `Connection`, as the head ends."""
+        self.expect_continue = any(name == b"expect" and value.lower() == b"100-continue"
+                                   for name, value in headers)
 
 
 _END: Final = None
@@ -123,8 +114,9 @@ class _Events:
         if self.head_size > MAX_HEAD:
             self.too_big = True
         url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        self.queue.append(_Head(self.parser.get_method(), url, self._headers,
-                                self.parser.get_http_version()))
+        parser = self.parser
+        self.queue.append(_Head(parser.get_method(), url, self._headers,
+                                parser.get_http_version(), parser.should_keep_alive()))
 
     def on_body(self, body: bytes) -> None:
         self.queue.append(body)
@@ -213,7 +205,7 @@ class Exchange:
     def _head_bytes(self, status: int, headers: list[tuple[bytes, bytes]],
                     length: int | None) -> bytes:
         """The status line and headers; `length` None: the body's end is not known yet."""
-        parts = [b"HTTP/1.1 ", str(status).encode("ascii"), b" ", _reason(status), b"\r\n"]
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b""))]
         has_length = False
         for name, value in headers:
             low = name.lower()
@@ -388,6 +380,7 @@ class HttpConnection:
         status = exc.status
         body = b"bad request\n" if status == 400 else b"request head too large\n"
         data = (b"HTTP/1.1 %d %b\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%b" % (status, _reason(status), len(body), body))
+                b"connection: close\r\n\r\n%b" % (status, _REASONS.get(status, b""), len(body),
+                                                      body))
         with contextlib.suppress(ClientGone):
             await self.write(data)
