@@ -292,6 +292,7 @@ class Pool:
                     raise Timeout("no free upstream connection") from None
             else:
                 self._slots.acquire_nowait()
+        tcp: trio.SocketStream | None = None
         try:
             with trio.fail_after(t.connect):
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
@@ -301,14 +302,14 @@ class Pool:
                                          https_compatible=True)
                     await tls.do_handshake()
                     stream = tls
-        except trio.TooSlowError:
+        except BaseException as exc:
             self._slots.release()
-            raise Timeout("connect") from None
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            self._slots.release()
-            raise NetworkError(f"connect failed: {exc}") from None
-        except BaseException:
-            self._slots.release()
+            if tcp is not None:
+                tcp.socket.close()  # a TLS handshake that failed or timed out
+            if isinstance(exc, trio.TooSlowError):
+                raise Timeout("connect") from None
+            if isinstance(exc, OSError | trio.BrokenResourceError | ssl.SSLError):
+                raise NetworkError(f"connect failed: {exc}") from None
             raise
         return _Conn(origin, stream, tcp.socket)
 
@@ -316,8 +317,11 @@ class Pool:
         if self._closed:
             self._drop_soon(conn)
             return
-        conn.idle_since = trio.current_time()
-        self._idle.setdefault(conn.origin, deque()).append(conn)
+        now = conn.idle_since = trio.current_time()
+        idle = self._idle.setdefault(conn.origin, deque())
+        while idle and now - idle[0].idle_since >= self._expiry:
+            self._drop_soon(idle.popleft())  # the oldest, never taken again in time
+        idle.append(conn)
 
     async def _close(self, conn: _Conn) -> None:
         await conn.aclose()
