@@ -15,11 +15,14 @@ not a task, a timer and a cancellation each. A hang-up is noticed between
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Final
 
 import trio
 
 from .http import Exchange
+
+log = logging.getLogger("argentd.gateway")
 
 WATCH_AFTER: Final = 0.05
 """Seconds into a request before its client connection is watched for a hang-up."""
@@ -92,5 +95,7 @@ class Hangups:
                 if not flight.ex.finished:  # had it all: nothing left to cancel
                     flight.gone = True
                     flight.scope.cancel()
+        except Exception:  # a fault in one watch must not end the gateway's others
+            log.exception("gateway hang-up watch failed")
         finally:
             flight.watch_done.set()
