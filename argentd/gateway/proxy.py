@@ -261,19 +261,17 @@ class Proxy:
                 self.stats.upstream(target.provider, time.perf_counter() - started)
                 return await self._answer(ctx, target, held, resp)
         except UpstreamError as exc:
+            kind: P.FailureKind = "timeout" if isinstance(exc, Timeout) else "server_error"
+            what = f"{type(exc).__name__}: {exc}"
             if ex.started:
                 # Mid-stream: bytes went out, the answer cannot go again.
                 self.leases.report(ctx.open, held, Fault("provider", Failure(
-                    kind="timeout" if isinstance(exc, Timeout)
-                    else "server_error", message=f"upstream broke mid-answer: "
-                    f"{type(exc).__name__}"), None, None), failover=False)
+                    kind=kind, message=f"upstream broke mid-answer: {what}"), None, None),
+                    failover=False)
                 ctx.rec.note = "upstream broke mid-answer"
                 await self._break_off(ctx)
                 return None
-            timeout = isinstance(exc, Timeout)
-            return Fault("provider", Failure(
-                kind="timeout" if timeout else "server_error",
-                message=f"upstream {type(exc).__name__}: {exc}"), None, None)
+            return Fault("provider", Failure(kind=kind, message=f"upstream {what}"), None, None)
 
     async def _answer(self, ctx: Context, target: Target, held: Held,
                       resp: Response) -> Fault | None:
