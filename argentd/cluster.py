@@ -12,6 +12,7 @@ other hosts' (DESIGN, "Cluster"):
   per key (cluster_scripts.BOOK) that merges them and publishes the book's
   new state on `{name}:bus`; every host takes a newer state in (three-way,
   newest version only) through `engine.restore`, as a state file would be.
+  A message about a key whose ops are on their way waits for their reply.
 - **Slots** (cluster_slots.py): a secret with `max_concurrent` gets a
   `SlotGate` in its KeyState; the planner keeps the slots this host holds
   in Redis right (cluster_scripts.SLOTS).
@@ -50,7 +51,7 @@ from .books import Slot
 from .cluster_budgets import gate_of
 from .cluster_claims import Claim, Ownership
 from .cluster_inflight import InFlight
-from .cluster_link import Link, Session, SessionLost, display_url, heartbeat
+from .cluster_link import Link, Session, SessionLost, display_url, heartbeat, scripts
 from .cluster_shares import Shares
 from .cluster_slots import RENEW_EVERY, SlotGate, plan_all, took_all, update_gate
 from .cluster_views import Histogram, metrics_text
@@ -67,8 +68,6 @@ HOST_STALE: Final = 10.0
 """A host without a heartbeat this long is no longer listed."""
 OWNER_TTL: Final = 300
 """Seconds a refresh-token claim outlives its host's last heartbeat."""
-BATCH: Final = 256
-"""Scripts per pipeline round trip."""
 
 _MESSAGE = msgspec.json.Decoder(dict[str, Any])
 
@@ -117,6 +116,9 @@ class Cluster:
         self._force: set[str] = set()
         self._slots_dirty: set[str] = set()
         self._later: set[str] = set()
+        self._flying: set[str] = set()
+        """Keys whose book ops are on their way: a message about one waits in `_held`."""
+        self._held: dict[str, B.Fields] = {}
         self._stale = True
         self._wake = trio.Event()
         self._session: Session | None = None
@@ -227,7 +229,9 @@ class Cluster:
         for gate in self.gates.values():
             gate.planned = False
         for book in self.books.values():
-            book.version = 0
+            # The next session's merge starts knowing nothing of Redis (it may
+            # come back empty): whatever it hears is taken against an empty base.
+            book.version, book.synced, book.reading = 0, {}, ()
         if was:
             log.warning("cluster: lost Redis at %s (%s); going on alone, retrying", self.url,
                         error)
@@ -253,9 +257,6 @@ class Cluster:
                 self._reindex()
             # The merge: every book pushed and read again (the remote side may be
             # empty after a restart, or newer after our absence).
-            for book in self.books.values():
-                book.synced = {}
-                book.reading = ()
             self._force |= self._index.keys()
             await self._flush_books(session)
             await self._plan_slots(session, list(self.gates))
@@ -323,19 +324,8 @@ class Cluster:
 
     async def _scripts(self, session: Session,
                        calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
-        """Run (script, keys, args) calls in pipelines of BATCH; their replies in order."""
-        out: list[Any] = []
-        client = session.client
-        for i in range(0, len(calls), BATCH):
-            chunk = calls[i : i + BATCH]
-
-            async def run(chunk: list[tuple[str, list[str], list[str]]] = chunk) -> list[Any]:
-                async with client.pipeline(transaction=False) as pipe:
-                    pending = [pipe.evalsha(self._shas[s], keys=k, args=a) for s, k, a in chunk]
-                return [await p for p in pending]
-
-            out.extend(await session.call(run))
-        return out
+        """Run (script, keys, args) calls (cluster_link.scripts); their replies in order."""
+        return await scripts(session, self._shas, calls)
 
     async def _heartbeat(self, session: Session) -> None:
         self.hosts, self.latency, self.skew = await heartbeat(
@@ -371,10 +361,16 @@ class Cluster:
             sent_ops.append((key, sent))
         if not calls:
             return
-        replies = await self._scripts(session, calls)
+        self._flying = {key for key, _ in sent_ops}
+        try:
+            replies = await self._scripts(session, calls)
+        finally:
+            self._flying, held, self._held = set(), self._held, {}
         changed = False
         for (key, sent), reply in zip(sent_ops, replies, strict=True):
             changed |= self._take(key, B.pairs(reply), sent)
+        for key, fields in held.items():  # heard meanwhile: newer than the reply, or dropped
+            changed |= self._take(key, fields, None)
         if changed:
             self._deliver()
 
@@ -384,13 +380,11 @@ class Cluster:
         ks = self._ks(key)
         if book is None or ks is None:
             return False
-        version = int(B._num(fields.pop("_v", "0")))
-        if version and version <= book.version:
-            return False  # an older state overtaken by one already taken
         now = self.clock()
         local = B.local_fields(ks, book, self._disabled(key), now)
-        base = B.expected(book.synced, sent) if sent is not None else book.synced
-        new = B.three_way(local, base, fields)
+        new = B.take(book, local, fields, sent)
+        if new is None:
+            return False  # an older state overtaken by one already taken
         changed = False
         shared = {k: v for k, v in local.items() if k not in B.READINGS}
         if new != shared:
@@ -406,8 +400,6 @@ class Cluster:
         if B.apply_reading(ks, book, fields, self.host, now):
             changed = True
             self.budgets.known(key, ks)
-        book.synced = fields
-        book.version = version
         return changed
 
     async def _plan_slots(self, session: Session, keys: list[str]) -> None:
@@ -469,6 +461,9 @@ class Cluster:
             sent_at = msg.get("t")
             if isinstance(sent_at, int | float):
                 self.lag.observe(max(0.0, self.clock() - float(sent_at)))
+            if key in self._flying:  # taken after the reply (cluster_books.py, `take`)
+                self._held[key] = B.pairs(msg["v"])  # pub/sub keeps Redis' order: the newest
+                return
             if self._take(key, B.pairs(msg["v"]), None):
                 self._deliver()
             return

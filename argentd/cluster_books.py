@@ -24,10 +24,17 @@ not monotone: a success clears streaks and errors, a reset clears all.
 A host keeps, per key, `synced`: the last state it took from Redis (a
 reply or a pub/sub message, newest version only). Its own changes are the
 fields where the engine's view (`local_fields`) differs from `synced`
-(`ops`). A newer remote state is taken in three-way (`three_way`): a field
+(`ops`). A newer remote state is taken in three-way (`take`): a field
 the host changed and has not yet seen come back keeps the local value,
 every other field takes the remote one, so a reset on another host clears
-a cooldown here too. Budget readings are not merged field by field: a
+a cooldown here too. The reply to a host's own ops is taken against
+`synced` with those ops applied (`expected`), even at the version already
+held: ops that changed nothing met values as large or larger, which must
+win here too. A message heard while the host's ops are on their way is
+taken after their reply (cluster.py holds it): taken before, against a
+base without those ops, it would keep the local values they carried
+over the other host's larger ones, and the reply, older or no newer, would
+then be dropped. Budget readings are not merged field by field: a
 newer reading from another host lowers the local prediction (the smaller
 remaining wins, `apply_reading`), and each reading taken here is lowered by
 the other hosts' leases in flight (cluster_inflight.py).
@@ -171,6 +178,22 @@ def three_way(local: Fields, base: Fields, remote: Fields) -> Fields:
         if value is not None:
             out[name] = value
     return out
+
+
+def take(book: KeyBook, local: Fields, remote: Fields, sent: Iterable[Op] | None) -> Fields | None:
+    """Take `remote` (a book as Redis holds it, with its `_v`) into `book`: the new
+    shared fields (`three_way` of the engine's view `local`), or None when a
+    state as new (for a message) or newer (for a reply) was already taken.
+    `sent`: the ops whose reply `remote` is, or None for a message. Sets
+    `book.synced` and `book.version`."""
+    fields = dict(remote)
+    version = int(_num(fields.pop("_v", "0")))
+    if version and (version < book.version or (version == book.version and sent is None)):
+        return None
+    base = expected(book.synced, sent) if sent is not None else book.synced
+    new = three_way(local, base, fields)
+    book.synced, book.version = fields, version
+    return new
 
 
 def expected(base: Fields, sent: Iterable[Op]) -> Fields:

@@ -27,6 +27,8 @@ log = logging.getLogger("argentd")
 
 OP_TIMEOUT: Final = 1.0
 """Seconds any one Redis call may take before the session is declared lost."""
+BATCH: Final = 256
+"""Scripts per pipeline round trip."""
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 """Seconds between connection attempts: doubling from MIN to MAX, jittered."""
@@ -164,3 +166,21 @@ async def heartbeat(session: Session, sha: str, hosts_key: str, host: str,
     redis_now = int(secs) + int(usecs) / 1e6
     names = sorted(h.decode() if isinstance(h, bytes) else str(h) for h in hosts)
     return names, after - before, redis_now - (before + after) / 2
+
+
+async def scripts(session: Session, shas: dict[str, str],
+                  calls: list[tuple[str, list[str], list[str]]]) -> list[Any]:
+    """Run (script name, keys, args) calls (`shas`: each name's loaded SHA) in
+    pipelines of BATCH; their replies in order. Raises SessionLost."""
+    out: list[Any] = []
+    client = session.client
+    for i in range(0, len(calls), BATCH):
+        chunk = calls[i : i + BATCH]
+
+        async def run(chunk: list[tuple[str, list[str], list[str]]] = chunk) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                pending = [pipe.evalsha(shas[s], keys=k, args=a) for s, k, a in chunk]
+            return [await p for p in pending]
+
+        out.extend(await session.call(run))
+    return out

@@ -1,4 +1,5 @@
-"""The cluster's books between in-process hosts over a real redis-server."""
+"""The cluster's books between in-process hosts over a real redis-server (and over
+a fake of the BOOK script, for orderings a real server shows only by chance)."""
 
 from __future__ import annotations
 
@@ -139,6 +140,54 @@ async def test_cluster_redis_lost_and_back_merges_books(redis_server: RedisServe
                          what="the larger count wins")
         assert b.engine.key_state("anthropic:y").error_count == 3
         n.cancel_scope.cancel()
+
+
+def book_script(book: dict[str, str], flat: list[str]) -> list[str]:
+    """cluster_scripts.BOOK over a dict: (op, field, value) triples merged, the book's reply."""
+    from argentd.cluster_books import _num
+
+    changed = False
+    for op, name, value in zip(flat[::3], flat[1::3], flat[2::3], strict=True):
+        if op == "del":
+            changed |= book.pop(name, None) is not None
+        elif name not in book or _num(book[name]) < _num(value):
+            book[name], changed = value, True
+    if changed:
+        book["_v"] = str(int(book.get("_v", "0")) + 1)
+    return [x for item in book.items() for x in item]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("heard", ["before_the_push", "before_the_reply"])
+async def test_cluster_merge_takes_a_larger_count_heard_around_its_own_push(heard: str) -> None:
+    # Redis came back empty; b pushes its count 3, a (count 2) its merge push. b's
+    # message reaches a before a pushes (b's script first), or between a's script
+    # and its reply (a's first): either way a ends at 3, as the test above waits for.
+    (s1,) = same_keys()[:1]
+    a = Host("a", "unix:///nonexistent/redis.sock", [prof("anthropic:y", s1)])
+    for _ in range(2):
+        a.report(profile="anthropic:y", kind="timeout")
+    key = a.engine.profile("anthropic:y").secret.key
+    redis: dict[str, str] = {}
+
+    def b_pushes() -> None:
+        book = book_script(redis, ["max", "e", "3"])
+        a.cluster._message({"h": "b", "k": key, "t": time.time(), "v": book})
+
+    async def scripts(session: object, calls: list[tuple[str, list[str], list[str]]]
+                      ) -> list[list[str]]:
+        replies = [book_script(redis, args[4:]) for name, _, args in calls if name == "book"]
+        if heard == "before_the_reply":
+            b_pushes()
+        return replies
+
+    a.cluster._scripts = scripts  # type: ignore[method-assign,assignment]
+    if heard == "before_the_push":
+        b_pushes()
+    a.cluster._force.add(key)
+    await a.cluster._flush_books(None)  # type: ignore[arg-type]
+    assert redis["e"] == "3"
+    assert a.engine.key_state("anthropic:y").error_count == 3
 
 
 async def redis_dump(url: str) -> list[bytes]:

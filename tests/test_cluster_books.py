@@ -35,6 +35,27 @@ def test_books_three_way_keeps_pending_local_changes_and_takes_the_rest() -> Non
     assert B.three_way(local, base, remote) == {"e": "2", "i": "1"}
 
 
+def test_books_take_a_reply_that_changed_nothing_brings_the_larger_count() -> None:
+    # The merge after Redis came back empty: b pushed its 3 first and a heard it
+    # (against the merge's empty base a's 2 stands), then a's push of 2 changed
+    # nothing: its reply, at the version already held, must bring the 3.
+    book = B.KeyBook()
+    assert B.take(book, {"e": "2"}, {"e": "3", "_v": "1"}, None) == {"e": "2"}
+    assert B.take(book, {"e": "2"}, {"e": "3", "_v": "1"}, [("max", "e", "2")]) == {"e": "3"}
+    assert (book.synced, book.version) == ({"e": "3"}, 1)
+    assert B.take(book, {"e": "3"}, {"e": "3", "_v": "1"}, None) is None  # heard again: once
+    assert B.take(book, {"e": "3"}, {"e": "2", "_v": "0"}, [("max", "e", "3")]) == {"e": "2"}
+    book.version = 5
+    assert B.take(book, {"e": "3"}, {"e": "2", "_v": "4"}, []) is None  # an older reply
+
+
+def test_books_take_a_message_after_the_reply_of_the_ops_it_includes() -> None:
+    # a's 2 landed first (v1), b's 3 next (v2): heard in that order, a ends at 3.
+    book = B.KeyBook()
+    assert B.take(book, {"e": "2"}, {"e": "2", "_v": "1"}, [("max", "e", "2")]) == {"e": "2"}
+    assert B.take(book, {"e": "2"}, {"e": "3", "_v": "2"}, None) == {"e": "3"}
+
+
 def test_books_expected_applies_sent_ops() -> None:
     assert B.expected({"a": "1", "b": "2"}, [("max", "a", "3"), ("del", "b", "")]) == {"a": "3"}
 
