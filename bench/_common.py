@@ -108,7 +108,9 @@ class Proc:
         self.sock_dir = Path(tempfile.mkdtemp(prefix="ab-", dir="/tmp"))
         self.socket = self.sock_dir / "s.sock"
         self.home = self.root / "home"
-        self.profiles = self.root / "auth-profiles.json"
+        self.profiles = self.root / "agent" / "auth-profiles.json"
+        """In a folder of its own, as a user's is: argentd watches that folder, and a
+        log written beside it would wake the watch on every line."""
         self.log_path = self.root / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_seconds: float | None = None
