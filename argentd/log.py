@@ -209,10 +209,19 @@ class RedactingFormatter(logging.Formatter):
             fmt = "%(asctime)s " + fmt
         super().__init__(fmt)
         self.journald = journald
+        self._second = -1
+        self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """UTC, ISO 8601, to the second: `2026-11-26T23:00:00Z`."""
-        return time.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        """UTC, ISO 8601, to the second: `2026-11-26T23:00:00Z` (remembered for the
+        second: a busy gateway logs hundreds of lines in it)."""
+        second = int(record.created)
+        if datefmt is None and second == self._second:
+            return self._stamp
+        stamp = time.strftime(datefmt or "%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        if datefmt is None:
+            self._second, self._stamp = second, stamp
+        return stamp
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -258,6 +267,10 @@ def setup_logging(level: str) -> None:
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(name.upper())
+    # No line shows them: not worth a stack walk, a getpid() and a thread lookup per
+    # record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     logging.captureWarnings(True)
     log = logging.getLogger("argentd")
 

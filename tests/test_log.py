@@ -147,6 +147,17 @@ def test_formatter_one_line_with_timestamp() -> None:
     ), line
 
 
+def test_formatter_timestamp_follows_each_records_second() -> None:
+    formatter = RedactingFormatter()
+    stamps = []
+    for created in (1795734000.2, 1795734000.9, 1795734001.0, 1795734000.5):
+        record = make_record("x")
+        record.created = created
+        stamps.append(formatter.format(record).split()[0])
+    assert stamps == ["2026-11-26T23:00:00Z", "2026-11-26T23:00:00Z", "2026-11-26T23:00:01Z",
+                      "2026-11-26T23:00:00Z"]
+
+
 def test_formatter_redacts_traceback() -> None:
     secret = "sk-ant-oat01-" + rand(40)
     line = RedactingFormatter().format(make_record("failed with %s", secret, exc=True))

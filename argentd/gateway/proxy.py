@@ -34,7 +34,8 @@ from typing import Final
 import msgspec
 
 from argent_client import protocol as P
-from argent_client.classify import Failure, classify, parse_limits
+from argent_client.classify import Failure, classify
+from argent_client.headers import limits_of
 
 from ..server import Server
 from . import dialects as D
@@ -277,11 +278,13 @@ class Proxy:
                       resp: Response) -> Fault | None:
         ex, rec = ctx.ex, ctx.rec
         status = resp.status
-        header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
+        # As `lower_headers` has them (the pool strips values): the first of a name wins.
+        header_map = {k.decode("latin-1").lower(): v.decode("latin-1")
+                      for k, v in reversed(resp.headers)}
         back = [(k, v) for k, v in resp.headers if k.lower() not in KEEP_BACK]
         now = self.server.now()
         if status >= 400:
-            limits = parse_limits(header_map, now=now)
+            limits = limits_of(header_map, now)
             watch = D.BodyWatch()
             async for chunk in resp.aiter_stream():
                 watch.feed(chunk)
@@ -317,7 +320,7 @@ class Proxy:
             await ex.send(chunk)
         await ex.end(last)
         # Read after the answer went out (as of its head): the client does not wait for it.
-        limits = parse_limits(header_map, now=now)
+        limits = limits_of(header_map, now)
         usage = sse.usage if sse is not None else D.usage_of(whole.json() if whole else None)
         if sse is not None and sse.error is not None:
             failure = classify(_Answer(200, header_map, {"error": sse.error}), now=now)

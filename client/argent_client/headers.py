@@ -37,6 +37,7 @@ out for good. The rule, applied to every window field:
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import re
 import time
@@ -104,6 +105,17 @@ def _timestamp(value: str | None) -> float | None:
     """Unix seconds of an RFC 3339 timestamp, or of a plain number of Unix seconds."""
     if value is None:
         return None
+    return _remembered_timestamp(value) if len(value) <= 40 else _parse_timestamp(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_timestamp(value: str) -> float | None:
+    """`_parse_timestamp`, remembered (a reset repeats in every answer until it passes;
+    `fromisoformat` was the dearest part of reading an answer's limits)."""
+    return _parse_timestamp(value)
+
+
+def _parse_timestamp(value: str) -> float | None:
     number = _float(value)
     if number is not None:
         # Large numbers are Unix times; milliseconds when absurdly large.
@@ -170,9 +182,12 @@ def _openai_reset(value: str | None, now: float) -> float | None:
     return None if seconds is None else now + seconds
 
 
+_UNIFIED: Final = "anthropic-ratelimit-unified-"
+"""The subscription windows' headers (a part of the `anthropic` family)."""
 _FAMILY_OF: Final = {"anthropic-ratelimit-": "anthropic", "x-codex-": "codex",
                      "x-ratelimit-": "openai"}
 """A header name's first two dash-separated words (and dash) -> the family it belongs to."""
+_FAMILY_INITIALS: Final = frozenset(name[0] for name in _FAMILY_OF)
 
 
 def parse_limits(headers: Mapping[str, str] | None, now: float | None = None) -> Limits | None:
@@ -182,17 +197,22 @@ def parse_limits(headers: Mapping[str, str] | None, now: float | None = None) ->
     bounds window resets (module docstring). Lookup is case-insensitive; a
     malformed value leaves its field unset. Never raises.
     """
-    if now is None:
-        now = time.time()
+    return limits_of(lower_headers(headers), time.time() if now is None else now)
+
+
+def limits_of(h: dict[str, str], now: float) -> Limits | None:
+    """`parse_limits` of headers already as `lower_headers` gives them (lowercase
+    names, stripped values): the gateway has them so for every answer."""
     try:
-        h = lower_headers(headers)
         # Only the families whose headers are there (an absent one gives only Nones,
         # and no two families share a field but `_openai_limits`, which drops its Nones).
         fields: dict[str, Any] = {}
-        families = {_FAMILY_OF.get(k[:k.find("-", k.find("-") + 1) + 1]) for k in h}
+        families = {_FAMILY_OF.get(k[:k.find("-", k.find("-") + 1) + 1]) for k in h
+                    if k[:1] in _FAMILY_INITIALS}
         if "anthropic" in families:
             fields |= _anthropic_limits(h)
-            fields |= _unified_limits(h, now)
+            if any(k.startswith(_UNIFIED) for k in h):
+                fields |= _unified_limits(h, now)
         if "codex" in families:
             fields |= _codex_limits(h, now)
         if "openai" in families:
@@ -237,7 +257,7 @@ def _unified_limits(h: dict[str, str], now: float) -> dict[str, Any]:
     Without a combined `-reset`, `unified_reset` is the latest reset of a
     rejected window, else the sooner window reset.
     """
-    pre = "anthropic-ratelimit-unified-"
+    pre = _UNIFIED
     out: dict[str, Any] = {
         "unified_status": _token(h.get(pre + "status")),
         "unified_representative_claim": _token(h.get(pre + "representative-claim")),
