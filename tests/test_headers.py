@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from argent_client import Client
-from argent_client import headers as headers_mod
-from argent_client.headers import limits_of, lower_headers
 from argent_client import headers as H
+from argent_client import headers as headers_mod
 from argent_client._core import LeaseBase
 from argent_client.classify import parse_duration, parse_limits, retry_after
+from argent_client.headers import limits_of, lower_headers
 from argent_client.protocol import LeaseResult, Limits
 
 from .conftest import make_secret
