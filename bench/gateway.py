@@ -15,6 +15,10 @@ every key answering at once), one argentd with two API-key profiles whose
 - 256 streams held open at once (the fake holds each after its first event
   for `--hold` seconds): the daemon's RSS before and at the peak.
 
+- the floor of a hop: the same round trips and first events through
+  `bench/relay.py`, a trio byte relay that reads nothing (what any proxy
+  pays for one more process on the path);
+
 - goodput (`--goodput SECONDS`, 0 to skip): `bench/fake_provider.py` with
   three rate-limited keys (shape `steady`: burst 5, 20 req/s each) behind
   a second argentd; 8 threads, each an `anthropic.Anthropic` with SDK
@@ -289,12 +293,24 @@ def us(ns: float) -> float:
     return round(ns / 1000, 1)
 
 
+def start_relay(fake_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`relay.py` in front of the fake: the floor of any hop (it reads nothing)."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "relay.py"),
+                             fake_url.removeprefix("http://")], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().decode().strip()
+    if not url.startswith("http://"):
+        raise RuntimeError("the relay did not start")
+    return proc, url
+
+
 async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespace,
-                  pid: int) -> dict[str, Any]:
+                  pid: int, relay_url: str) -> dict[str, Any]:
     key = "sk-ant-api03-direct" + "x" * 60
     out: dict[str, Any] = {}
     for clients in (1, 32):
         direct = latency_summary(await round_trips(fake_url, key, clients, args.requests))
+        relay = latency_summary(await round_trips(relay_url, key, clients, args.requests))
         cpu = cpu_seconds(pid)
         samples = await round_trips(gw_url + "/anthropic", token, clients, args.requests)
         cpu = cpu_seconds(pid) - cpu
@@ -303,14 +319,18 @@ async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespa
             "direct": direct, "gateway": via,
             "added_p50_us": round(via["p50_us"] - direct["p50_us"], 1),
             "added_p99_us": round(via["p99_us"] - direct["p99_us"], 1),
+            "relay": relay,
+            "relay_added_p50_us": round(relay["p50_us"] - direct["p50_us"], 1),
             # the daemon's CPU per request (warm-up ones included): what the gateway
             # costs, less swayed by what else runs than the latencies are
             "daemon_cpu_us": round(cpu / (len(samples) + WARM_UP) * 1e6, 1),
         }
     d = latency_summary(await first_chunks(fake_url, key, args.requests // 4))
+    r = latency_summary(await first_chunks(relay_url, key, args.requests // 4))
     g = latency_summary(await first_chunks(gw_url + "/anthropic", token, args.requests // 4))
     out["first_chunk"] = {"direct": d, "gateway": g,
-                          "added_p50_us": round(g["p50_us"] - d["p50_us"], 1)}
+                          "added_p50_us": round(g["p50_us"] - d["p50_us"], 1), "relay": r,
+                          "relay_added_p50_us": round(r["p50_us"] - d["p50_us"], 1)}
     out["streams"] = await many_streams(gw_url + "/anthropic", token, args.streams, pid)
     return out
 
@@ -328,13 +348,15 @@ def main() -> None:
     args = parser.parse_args()
     result: dict[str, Any] = {"machine": machine()}
     fake, fake_url = start_fake(args.hold)
+    relay, relay_url = start_relay(fake_url)
     try:
         with Proc("gateway") as proc:
             gw_url, token = start_argentd(proc, fake_url)
-            result |= asyncio.run(measure(fake_url, gw_url, token, args, proc.pid))
+            result |= asyncio.run(measure(fake_url, gw_url, token, args, proc.pid, relay_url))
     finally:
-        fake.terminate()
-        fake.wait(10)
+        for server in (relay, fake):
+            server.terminate()
+            server.wait(10)
     if args.goodput > 0:
         result["goodput"] = goodput(args.goodput)
     if args.litellm:
@@ -360,6 +382,10 @@ def main() -> None:
                  round(fc["gateway"]["p99_us"] - fc["direct"]["p99_us"], 1)))
     human = table(("µs", "direct p50", "gateway p50", "added p50", "direct p99",
                    "gateway p99", "added p99"), rows)
+    human += ("\nthe floor of a hop (bench/relay.py, a byte relay that reads nothing) adds, "
+              f"at p50: {result['c1']['relay_added_p50_us']} µs at 1 client, "
+              f"{result['c32']['relay_added_p50_us']} at 32, "
+              f"{fc['relay_added_p50_us']} to the first event")
     human += (f"\ndaemon CPU per request (user+system, µs): {result['c1']['daemon_cpu_us']}"
               f" at 1 client, {result['c32']['daemon_cpu_us']} at 32")
     s = result["streams"]
