@@ -31,6 +31,12 @@ from .redis_server import redis_server  # noqa: F401 - the cluster tests' real R
 
 SECRETS: list[str] = []
 
+# pytest keeps each test module's assert-rewritten code in tests/__pycache__ only when
+# bytecode may be written. Where PYTHONDONTWRITEBYTECODE is set (container images set
+# it), every worker of every run would rewrite all of tests/ again: about 5 s of CPU
+# per worker. The tests' own cache is worth keeping whatever the shell says.
+sys.dont_write_bytecode = False
+
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     # Started as a background job (`pytest ... &` in a script ignores SIGINT): the
     # children would inherit the ignore, and the tests that stop `argentctl watch` with
