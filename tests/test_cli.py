@@ -1,4 +1,8 @@
-"""argentctl against a real argentd (the `daemon` fixture), as a subprocess.
+"""argentctl against a real argentd, as a subprocess.
+
+The `daemon` fixture is the worker's shared argentd with conftest's
+`default_profiles()`, its state made fresh and checked after each test
+(conftest `SharedDaemon`); a test marked `own_daemon` gets a process of its own.
 
 Every command, its `--json` shape and its exit code; `exec` propagating the
 command's status, handing it the secret and releasing the lease; `watch`
@@ -26,9 +30,14 @@ import pytest
 from argent_client.cli import split_exec_argv
 from argent_client.commands import ExitCode
 
-from .conftest import Daemon, make_secret
+from .conftest import Daemon, make_secret, shared_or_own
 
 ARGENTCTL = [sys.executable, "-m", "argent_client.cli"]
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest) -> Daemon:
+    return shared_or_own(request)
 
 
 def run(
@@ -609,6 +618,7 @@ def test_split_exec_argv() -> None:
 # ---------------------------------------------------------------- watch
 
 
+@pytest.mark.own_daemon
 def test_cli_watch_prints_events_until_sigint(daemon: Daemon) -> None:
     proc = subprocess.Popen(
         [*ARGENTCTL, "watch", "--json"], env=daemon.env, stdout=subprocess.PIPE,
