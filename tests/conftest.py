@@ -31,6 +31,12 @@ from .redis_server import redis_server  # noqa: F401 - the cluster tests' real R
 
 SECRETS: list[str] = []
 
+# pytest keeps each test module's assert-rewritten code in tests/__pycache__ only when
+# bytecode may be written. Where PYTHONDONTWRITEBYTECODE is set (container images set
+# it), every worker of every run would rewrite all of tests/ again: about 5 s of CPU
+# per worker. The tests' own cache is worth keeping whatever the shell says.
+sys.dont_write_bytecode = False
+
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     # Started as a background job (`pytest ... &` in a script ignores SIGINT): the
     # children would inherit the ignore, and the tests that stop `argentctl watch` with
@@ -234,8 +240,13 @@ class Daemon:
         self.proc = None
         return rc
 
-    def check_no_secret_leaked(self) -> None:
-        texts = [("stderr", self.stderr())]
+    def check_no_secret_leaked(self, stderr_from: int = 0) -> int:
+        """Assert no secret made with `make_secret` is in the state dir, or in the
+        daemon's stderr from character `stderr_from` on; returns the length of the
+        stderr read, where the next check of the same process may start."""
+        log = self.stderr()
+        # A secret written across the point where the last check stopped is still seen.
+        texts = [("stderr", log[max(0, stderr_from - 256):])]
         if self.state_dir.exists():
             for f in self.state_dir.rglob("*"):
                 # credentials.json is the one file argentd writes secrets to (OAuth).
@@ -245,6 +256,7 @@ class Daemon:
             for value in SECRETS:
                 assert value not in text, f"a secret leaked into {name}"
                 assert value[-24:] not in text, f"part of a secret leaked into {name}"
+        return len(log)
 
 
 @pytest.fixture
@@ -272,20 +284,138 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         shutil.rmtree(s, ignore_errors=True)
 
 
+def default_profiles() -> dict[str, Any]:
+    """Two Anthropic profiles and one OpenAI profile (max_concurrent 1), fresh secrets."""
+    return {
+        "anthropic:one": {"provider": "anthropic", "type": "setup-token",
+                          "token": make_secret(), "label": "One"},
+        "anthropic:two": {"provider": "anthropic", "type": "api-key",
+                          "token": make_secret("sk-ant-api03-"), "label": "Two"},
+        "openai:main": {"provider": "openai", "type": "api-key",
+                        "token": make_secret("sk-proj-"), "label": "Main",
+                        "max_concurrent": 1},
+    }
+
+
 @pytest.fixture
 def daemon(daemon_factory: Any) -> Daemon:
-    """Started, with two Anthropic profiles and one OpenAI profile (max_concurrent 1)."""
+    """Started, with `default_profiles()`: a process of the test's own."""
     d: Daemon = daemon_factory()
-    d.write_profiles(
-        {
-            "anthropic:one": {"provider": "anthropic", "type": "setup-token",
-                              "token": make_secret(), "label": "One"},
-            "anthropic:two": {"provider": "anthropic", "type": "api-key",
-                              "token": make_secret("sk-ant-api03-"), "label": "Two"},
-            "openai:main": {"provider": "openai", "type": "api-key",
-                            "token": make_secret("sk-proj-"), "label": "Main",
-                            "max_concurrent": 1},
-        }
-    )
+    d.write_profiles(default_profiles())
+    d.start()
+    return d
+
+
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+    """`status` without what differs between two fresh starts: fingerprints, load time."""
+    profiles = [{k: v for k, v in p.items() if k != "fingerprint"} for p in status["profiles"]]
+    config = {k: v for k, v in status["config"].items() if k != "loaded_at"}
+    return {**status, "profiles": profiles, "config": config}
+
+
+class SharedDaemon:
+    """One `argentd` per test worker, for tests that only lease, report and read
+    against `default_profiles()`: starting a process costs about 0.3 s of CPU, most
+    of what such a test costs.
+
+    After each test `reset` gives the process the state of a new one, and checks
+    that it did: the leases still out are released; the profiles file is written
+    again with new secrets and reloaded, so each profile's state (cooldowns, counts,
+    budgets, whether it ever succeeded, a disable) starts from nothing, as for a
+    secret argentd never saw; then `status` must equal what the new process said,
+    fingerprints aside. A test that stops or restarts argentd, or gives it a config,
+    takes the `daemon` fixture (a process of its own) instead.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.daemon: Daemon | None = None
+        self.pristine: dict[str, Any] | None = None
+        self.checked = 0
+        self.sock_dirs: list[str] = []
+
+    def get(self) -> Daemon:
+        """The running process; a new one if there is none (the first test, or the
+        last reset failed)."""
+        if self.daemon is None:
+            sock_dir = tempfile.mkdtemp(prefix="ad-", dir="/tmp")
+            self.sock_dirs.append(sock_dir)
+            d = Daemon(self.root / f"d{len(self.sock_dirs)}", Path(sock_dir))
+            d.write_profiles(default_profiles())
+            d.start()
+            self.daemon, self.checked = d, 0
+            self.pristine = _comparable(d.call("status"))
+        return self.daemon
+
+    def reset(self, timeout: float = 10.0) -> None:
+        """After a test: leak-check its log lines, then bring back the fresh state and
+        check it. Raises (and retires the process) when the state cannot be had."""
+        d = self.daemon
+        assert d is not None and self.pristine is not None
+        try:
+            for c in d.conns:
+                c.close()
+            d.conns.clear()
+            if d.proc is None or d.proc.poll() is not None:
+                raise AssertionError("the shared argentd stopped: a test that stops it "
+                                     "takes the `daemon` fixture")
+            self.checked = d.check_no_secret_leaked(self.checked)
+            assert not d.config.exists(), "a test gave the shared argentd a config file"
+            conn = RawConn(d.socket)
+            try:
+                for lease in conn.call("status")["leases"]:
+                    # An attached lease may end on its own as argentd sees its client
+                    # leave: lease_not_found is then the answer.
+                    conn.request("release", {"lease_id": lease["lease_id"]})
+                d.write_profiles(default_profiles())
+                assert conn.call("reload") == {"profiles": 3}
+                deadline = time.monotonic() + timeout
+                while (now := _comparable(conn.call("status"))) != self.pristine:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"the shared argentd's state is not fresh: {now} != {self.pristine}")
+                    time.sleep(0.02)
+            finally:
+                conn.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        d, self.daemon = self.daemon, None
+        if d is None:
+            return
+        for c in d.conns:
+            c.close()
+        d.stop()
+        d.close_notify()
+        d.check_no_secret_leaked(self.checked)
+
+
+@pytest.fixture(scope="session")
+def _shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDaemon]:
+    shared = SharedDaemon(tmp_path_factory.mktemp("shared-daemon"))
+    yield shared
+    shared.close()
+    for s in shared.sock_dirs:
+        shutil.rmtree(s, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_daemon(_shared_daemon: SharedDaemon) -> Iterator[Daemon]:
+    """Like `daemon`, but the worker's one process, its state made fresh after each
+    test and checked (`SharedDaemon`); for tests that never stop or reconfigure it."""
+    yield _shared_daemon.get()
+    _shared_daemon.reset()
+
+
+def shared_or_own(request: pytest.FixtureRequest) -> Daemon:
+    """For a module's `daemon` fixture: the worker's shared argentd (`shared_daemon`),
+    or for a test marked `own_daemon` a new process, as conftest's `daemon` gives."""
+    if request.node.get_closest_marker("own_daemon") is None:
+        shared: Daemon = request.getfixturevalue("shared_daemon")
+        return shared
+    d: Daemon = request.getfixturevalue("daemon_factory")()
+    d.write_profiles(default_profiles())
     d.start()
     return d

@@ -1,4 +1,9 @@
-"""argentctl against a real argentd (the `daemon` fixture), as a subprocess.
+"""argentctl against a real argentd: its `main` in this process (`run`), and the
+real executable (`run_process`) wherever the process itself is what is tested.
+
+The `daemon` fixture is the worker's shared argentd with conftest's
+`default_profiles()`, its state made fresh and checked after each test
+(conftest `SharedDaemon`); a test marked `own_daemon` gets a process of its own.
 
 Every command, its `--json` shape and its exit code; `exec` propagating the
 command's status, handing it the secret and releasing the lease; `watch`
@@ -8,7 +13,9 @@ printing events; `status` showing subscription windows as bars.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import queue
 import re
@@ -23,26 +30,72 @@ from typing import Any
 
 import pytest
 
+from argent_client import cli
 from argent_client.cli import split_exec_argv
 from argent_client.commands import ExitCode
 
-from .conftest import Daemon, make_secret
+from .conftest import Daemon, make_secret, shared_or_own
 
 ARGENTCTL = [sys.executable, "-m", "argent_client.cli"]
 
 
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest) -> Daemon:
+    return shared_or_own(request)
+
+
 def run(
+    d: Daemon, *args: str, stdin: str = "", env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """argentctl's `main(args)` in this process, as the command would run: with
+    `d.env` (and `env`) as the whole environment, `stdin` as its input, stdout and
+    stderr captured, a warning of the client library printed to stderr as Python's
+    last-resort handler prints it, and argparse's exits turned into the exit code.
+    Tests of what only a process shows (exit status of the executable, signals,
+    the environment a child gets, a detached lease outliving argentctl) use
+    `run_process`."""
+    saved_env = dict(os.environ)
+    saved_std = sys.stdin, sys.stdout, sys.stderr
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("argent_client")
+    propagate = logger.propagate
+    os.environ.clear()
+    os.environ.update({**d.env, **(env or {})})
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # as exiting.exit_after ends the command
+            if isinstance(exc.code, str):
+                sys.stderr.write(exc.code + "\n")
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        sys.stdin, sys.stdout, sys.stderr = saved_std
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["argentctl", *args], code, out.getvalue(),
+                                       err.getvalue())
+
+
+def run_process(
     d: Daemon, *args: str, stdin: str = "", env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
+    """The real `argentctl` executable, with `d.env` (and `env`) as its environment."""
     return subprocess.run(
         [*ARGENTCTL, *args], input=stdin, capture_output=True, text=True,
         env={**d.env, **(env or {})}, timeout=timeout, check=False,
     )
 
 
-def run_json(d: Daemon, *args: str, code: int = 0) -> Any:
-    r = run(d, *args, "--json")
+def run_json(d: Daemon, *args: str, code: int = 0, process: bool = False) -> Any:
+    r = (run_process if process else run)(d, *args, "--json")
     assert r.returncode == code, (r.stdout, r.stderr)
     return json.loads(r.stdout)
 
@@ -182,7 +235,7 @@ def test_cli_status_marks_a_window_at_the_global_cap(daemon_factory: Any) -> Non
 
 
 def test_cli_lease_prints_id_and_release_ends_it(daemon: Daemon) -> None:
-    r = run(daemon, "lease", "openai")
+    r = run_process(daemon, "lease", "openai")
     assert r.returncode == 0, r.stderr
     lease_id = r.stdout.strip()
     assert "leased openai:main" in r.stderr
@@ -289,7 +342,7 @@ def test_cli_report_puts_profile_into_cooldown(daemon: Daemon) -> None:
 
 def test_cli_report_failover_prints_next_lease(daemon: Daemon) -> None:
     lease_id = run(daemon, "lease", "anthropic").stdout.strip()
-    result = run_json(daemon, "report", lease_id, "--kind", "quota", "--failover")
+    result = run_json(daemon, "report", lease_id, "--kind", "quota", "--failover", process=True)
     assert result["profile_state"] == "cooldown"
     assert result["next"]["profile"] == "anthropic:two"
     # the next lease is detached like the first: it outlives argentctl
@@ -432,9 +485,9 @@ def test_cli_untrusted_socket_says_its_own_fix(daemon_factory: Any, tmp_path: Pa
 
 def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()  # never started
-    err = run_json(d, "status", code=ExitCode.UNAVAILABLE)
+    err = run_json(d, "status", code=ExitCode.UNAVAILABLE, process=True)
     assert err["error"]["code"] == "daemon_unavailable"
-    r = run(d, "exec", "openai", "--", "true")
+    r = run_process(d, "exec", "openai", "--", "true")
     assert r.returncode == 3
     assert "start the daemon" in r.stderr
 
@@ -443,12 +496,12 @@ def test_cli_without_daemon_exits_3(daemon_factory: Any) -> None:
 
 
 def test_cli_exec_propagates_exit_code_and_releases(daemon: Daemon) -> None:
-    r = run(daemon, "exec", "openai", "--", "sh", "-c", "exit 7")
+    r = run_process(daemon, "exec", "openai", "--", "sh", "-c", "exit 7")
     assert r.returncode == 7, r.stderr
     assert active_leases(daemon) == []
-    r = run(daemon, "exec", "openai", "--", "sh", "-c", "kill -TERM $$")
+    r = run_process(daemon, "exec", "openai", "--", "sh", "-c", "kill -TERM $$")
     assert r.returncode == 128 + signal.SIGTERM
-    r = run(daemon, "exec", "openai", "--", "/nonexistent/tool")
+    r = run_process(daemon, "exec", "openai", "--", "/nonexistent/tool")
     assert r.returncode == 127
     assert "command not found" in r.stderr
     assert active_leases(daemon) == []
@@ -462,8 +515,8 @@ def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> Non
     )
     names = ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN",
              "ARGENT_LEASE_ID", "ARGENT_PROFILE"]
-    r = run(daemon, "exec", "anthropic", "--json", "--", sys.executable, "-c", code, *names,
-            env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
+    r = run_process(daemon, "exec", "anthropic", "--json", "--", sys.executable, "-c", code, *names,
+                    env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
     assert r.returncode == 0, r.stderr
     got = json.loads(out.read_text())
     tokens = secrets_of(daemon)
@@ -478,8 +531,8 @@ def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> Non
 
     # an API-key profile goes to ANTHROPIC_API_KEY, and the token variables are cleared
     run_json(daemon, "disable", "anthropic:one")
-    r = run(daemon, "exec", "anthropic", "--", sys.executable, "-c", code, *names,
-            env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
+    r = run_process(daemon, "exec", "anthropic", "--", sys.executable, "-c", code, *names,
+                    env={"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-inherited"})
     got = json.loads(out.read_text())
     assert got["ANTHROPIC_API_KEY"] == tokens["anthropic:two"]
     assert got["CLAUDE_CODE_OAUTH_TOKEN"] is None
@@ -487,7 +540,7 @@ def test_cli_exec_gives_the_child_its_env(daemon: Daemon, tmp_path: Path) -> Non
 
 
 def test_cli_exec_renews_while_the_command_runs(daemon: Daemon) -> None:
-    r = run(daemon, "exec", "openai", "--ttl", "1.5", "--", "sleep", "2.5")
+    r = run_process(daemon, "exec", "openai", "--ttl", "1.5", "--", "sleep", "2.5")
     assert r.returncode == 0
     # a lease that expired mid-run could not be released: that is reported
     assert "could not release" not in r.stderr, r.stderr
@@ -532,14 +585,14 @@ def test_cli_exec_without_dashes_says_where_the_command_goes(daemon: Daemon) -> 
 
 def test_cli_usage_error_with_json_prints_json(daemon_factory: Any) -> None:
     d: Daemon = daemon_factory()
-    r = run(d, "lease", "openai", "--ttl", "soon", "--json")
+    r = run_process(d, "lease", "openai", "--ttl", "soon", "--json")
     assert r.returncode == ExitCode.USAGE
     assert json.loads(r.stdout) == {
         "error": {"code": "usage", "message": "argument --ttl: invalid float value: 'soon'",
                   "fix": "see `argentctl lease --help`"},
         "exit_code": 2,
     }
-    r = run(d, "lease", "openai", "--ttl", "soon")
+    r = run_process(d, "lease", "openai", "--ttl", "soon")
     assert r.returncode == ExitCode.USAGE
     assert r.stdout == ""
     assert r.stderr.endswith(
@@ -609,6 +662,7 @@ def test_split_exec_argv() -> None:
 # ---------------------------------------------------------------- watch
 
 
+@pytest.mark.own_daemon
 def test_cli_watch_prints_events_until_sigint(daemon: Daemon) -> None:
     proc = subprocess.Popen(
         [*ARGENTCTL, "watch", "--json"], env=daemon.env, stdout=subprocess.PIPE,

@@ -1,8 +1,11 @@
 """`Client` and `AsyncClient` (asyncio and trio) against the real argentd.
 
-The `daemon` fixture (conftest) runs argentd on a socket in a temp dir with
+The `daemon` fixture runs argentd on a socket in a temp dir with
 `anthropic:one` (setup token), `anthropic:two` (API key) and `openai:main`
-(API key, max_concurrent 1). Provider failures are real httpx exceptions.
+(API key, max_concurrent 1): the worker's shared process, its state made
+fresh and checked after each test (conftest `SharedDaemon`), or for a test
+marked `own_daemon` (it stops, restarts or watches argentd) a process of its
+own. Provider failures are real httpx exceptions.
 The env-fallback tests need no daemon: nothing listens at their socket.
 """
 
@@ -42,7 +45,7 @@ from argent_client.aio import _Conn
 from argent_client.protocol import Limits, Usage
 from argent_client.providers import FALLBACK_ENV
 
-from .conftest import Daemon, make_secret
+from .conftest import Daemon, make_secret, shared_or_own
 
 REQ = httpx.Request("POST", "https://api.example.test/v1/messages")
 
@@ -55,6 +58,11 @@ def http_error(status: int, headers: dict[str, str] | None = None,
 
 def profile(client: Client, pid: str) -> Any:
     return next(p for p in client.status().profiles if p.id == pid)
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest) -> Daemon:
+    return shared_or_own(request)
 
 
 @pytest.fixture
@@ -318,6 +326,7 @@ def test_client_call_with_failover_follows_route(daemon_factory: Any) -> None:
         assert profile(c, "anthropic:one").state == "ready"  # overloaded blames the provider
 
 
+@pytest.mark.own_daemon
 def test_client_subscribe_sees_events_and_ends_with_the_daemon(
     client: Client, daemon: Daemon
 ) -> None:
@@ -338,6 +347,7 @@ def test_client_subscribe_sees_events_and_ends_with_the_daemon(
         assert [e.type for e in events if e.type == "lease"] == []  # iteration ends
 
 
+@pytest.mark.own_daemon
 def test_client_reconnects_after_daemon_restart(client: Client, daemon: Daemon) -> None:
     first = client.hello().pid
     with client.lease("anthropic") as lease:
@@ -564,6 +574,7 @@ async def test_async_call_with_failover(aclient_factory: Any) -> None:
         assert (await client.status()).leases == []
 
 
+@pytest.mark.own_daemon
 @pytest.mark.anyio
 async def test_async_subscribe(aclient_factory: Any, daemon: Daemon) -> None:
     async with aclient_factory() as client, client.subscribe() as events:
@@ -583,6 +594,7 @@ async def test_async_subscribe(aclient_factory: Any, daemon: Daemon) -> None:
         assert all(e.type != "lease" for e in rest)
 
 
+@pytest.mark.own_daemon
 @pytest.mark.anyio
 async def test_async_subscribe_plain_iteration_and_unreachable(
     aclient_factory: Any, tmp_path: Path
@@ -600,6 +612,7 @@ async def test_async_subscribe_plain_iteration_and_unreachable(
             pass
 
 
+@pytest.mark.own_daemon
 @pytest.mark.anyio
 async def test_async_reconnects_after_daemon_restart(
     aclient_factory: Any, daemon: Daemon

@@ -125,6 +125,13 @@ STALE = {"ANTHROPIC_API_KEY": "sk-ant-api03-stale" + "s" * 40,
 """What a user's shell may still export; a child under exec must never see it."""
 
 
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The worker's shared argentd, its state made fresh after each test (conftest
+    `SharedDaemon`): these tests lease through `argentctl exec` and disable."""
+    return shared_daemon
+
+
 def argentctl(d: Daemon, *args: str, env: dict[str, str] | None = None,
               timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ARGENTCTL, *args], capture_output=True, text=True, timeout=timeout,

@@ -23,6 +23,13 @@ def block(marker: str) -> str:
     return m.group(1)
 
 
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The worker's shared argentd, its state made fresh after each test (conftest
+    `SharedDaemon`): the example only says hello, leases and reads the status."""
+    return shared_daemon
+
+
 def test_readme_socket_example_leases_with_socat_and_python(daemon: Daemon) -> None:
     if shutil.which("socat") is None:
         if os.environ.get("CI"):

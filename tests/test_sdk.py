@@ -1,8 +1,8 @@
 """`argent_client.sdk`: the real anthropic and openai SDKs, built from real leases.
 
-Leases come from the real argentd (conftest's `daemon`: `anthropic:one` is a
-setup token, `anthropic:two` an API key, `openai:main` an API key); the
-provider is a local fake (`header_recorder`, port 0) that records what the
+Leases come from the real argentd (the worker's shared one, `daemon` below:
+`anthropic:one` is a setup token, `anthropic:two` an API key, `openai:main` an
+API key); the provider is a local fake (`header_recorder`, port 0) that records what the
 SDK sent. Stale credentials in the environment must never reach it.
 """
 
@@ -35,6 +35,13 @@ STALE = {"ANTHROPIC_API_KEY": "sk-ant-api03-stale" + "s" * 40,
 MESSAGE: dict[str, Any] = {"model": "claude-x", "max_tokens": 8,
                            "messages": [{"role": "user", "content": "hi"}]}
 CHAT: dict[str, Any] = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The worker's shared argentd, its state made fresh after each test (conftest
+    `SharedDaemon`): these tests only lease, report and disable."""
+    return shared_daemon
 
 
 @pytest.fixture
