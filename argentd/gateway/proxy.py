@@ -34,8 +34,7 @@ from typing import Final
 import msgspec
 
 from argent_client import protocol as P
-from argent_client.classify import Failure, classify
-from argent_client.headers import limits_of
+from argent_client.classify import Failure, classify, limits_of
 
 from ..server import Server
 from . import dialects as D

@@ -18,7 +18,7 @@ failure kind in a fixed order:
 Anything else (an ordinary 400, a ValueError in the agent's own code) is
 not a credential or provider fault and classifies as None.
 
-`parse_limits`, `parse_duration` and `retry_after` live in `headers.py`
+`parse_limits` (and `limits_of`), `parse_duration` and `retry_after` live in `headers.py`
 (response headers into `protocol.Limits`) and are re-exported here.
 """
 
@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .headers import limits_of as limits_of
 from .headers import parse_duration as parse_duration
 from .headers import parse_limits as parse_limits
 from .headers import retry_after
