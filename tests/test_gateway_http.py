@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -349,3 +350,76 @@ def test_split_url() -> None:
     for bad in ("ftp://x/", "http:///x", "nothing"):
         with pytest.raises(ValueError):
             split_url(bad)
+
+
+def test_reads_that_find_data_at_once_still_let_other_tasks_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads go straight to the socket while it has data (no scheduler pass each):
+    # a body that keeps coming must not keep every other task of the daemon waiting.
+    from argentd.gateway import http as http_mod
+    from argentd.gateway import pool as pool_mod
+
+    monkeypatch.setattr(http_mod, "RECV_SIZE", 1)
+    monkeypatch.setattr(pool_mod, "RECV_SIZE", 1)
+    reads = 64
+    ran: dict[str, int] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = (await nursery.start(trio.serve_tcp, _hold, 0))[0].socket.getsockname()[1]
+            for side in ("client", "upstream"):
+                a = await trio.open_tcp_stream("127.0.0.1", port)
+                await a.send_all(b"x" * reads)
+                # All of the echo in this socket's buffer first: then no read waits.
+                while len(await a.socket.recv(reads, socket.MSG_PEEK)) < reads:
+                    await trio.sleep(0.001)
+                others = 0
+
+                async def other() -> None:
+                    nonlocal others
+                    while True:
+                        others += 1
+                        await trio.lowlevel.checkpoint()
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(other)
+                    await trio.lowlevel.checkpoint()  # `other` has run once
+                    others = 0
+                    got = await _read_n(side, a, reads)
+                    inner.cancel_scope.cancel()
+                assert got == b"x" * reads
+                ran[side] = others
+                await a.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    for side, mod in (("client", http_mod), ("upstream", pool_mod)):
+        assert mod.UNYIELDED_READS <= 16  # a yield at least every 16 reads
+        assert ran[side] >= reads // mod.UNYIELDED_READS - 1, ran
+
+
+_HELD: list[trio.SocketStream] = []
+
+
+async def _hold(stream: trio.SocketStream) -> None:
+    """Echo what arrives, then keep the connection open."""
+    _HELD.append(stream)
+    while data := await stream.receive_some(65536):
+        await stream.send_all(data)
+
+
+async def _read_n(side: str, stream: trio.SocketStream, n: int) -> bytes:
+    """`n` one-byte reads of the echo, through the gateway's client-side or upstream read."""
+    from argentd.gateway import pool as pool_mod
+
+    out = b""
+    if side == "client":
+        conn = HttpConnection(stream, header=5, idle=5, write=5)
+        while len(out) < n:
+            out += await conn._read_socket(5)
+    else:
+        c = pool_mod._Conn(pool_mod.Origin("http", "127.0.0.1", 1), stream,
+                           stream.socket)
+        while len(out) < n:
+            out += await pool_mod._receive(c, 5)
+    return out
