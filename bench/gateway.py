@@ -9,7 +9,9 @@ every key answering at once), one argentd with two API-key profiles whose
 
 - non-streaming `messages.create`, 1 and 32 clients at once: p50 and p99
   of the round trip, direct and through the gateway; *added* is the
-  difference of the two percentiles;
+  difference of the two percentiles. The paths (direct, the relay below, the
+  gateway) take turns in 8 slices of each measurement, so what drifts over
+  a run meets all three alike;
 - streaming: time to the first event (`message_start`) at 1 client, each
   stream read to its end (so its connections are kept for the next);
 - 256 streams held open at once (the fake holds each after its first event
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -304,33 +306,80 @@ def start_relay(fake_url: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+ROUNDS: Final = 8
+"""Slices each path's requests are cut into, the paths taking turns: whatever
+drifts over a run (the VM, the SDK process warming up) meets all three alike."""
+
+
+async def interleaved(paths: dict[str, tuple[str, str]], clients: int, total: int,
+                      pid: int, *, stream: bool = False) -> dict[str, Any]:
+    """Round trips (or first stream events) on each path (name -> base URL, key), the
+    paths taking turns in `ROUNDS` slices; the samples of each, and the daemon's CPU
+    spent in the gateway's slices."""
+    import anthropic
+
+    sdks = {name: anthropic.AsyncAnthropic(base_url=url, api_key=key, max_retries=0)
+            for name, (url, key) in paths.items()}
+    samples: dict[str, list[int]] = {name: [] for name in paths}
+    per_round = max(1, total // ROUNDS // clients)
+    messages: Any = [{"role": "user", "content": "hi"}]
+
+    async def one(sdk: anthropic.AsyncAnthropic, out: list[int]) -> None:
+        t = time.perf_counter_ns()
+        if not stream:
+            await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                      messages=messages)
+            out.append(time.perf_counter_ns() - t)
+            return
+        first: int | None = None
+        events = await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                           stream=True, messages=messages)
+        async for _event in events:  # read to the end, as a client does: the
+            if first is None:         # connections stay open for the next stream
+                first = time.perf_counter_ns() - t
+        assert first is not None
+        out.append(first)
+
+    async def worker(sdk: anthropic.AsyncAnthropic, out: list[int]) -> None:
+        for _ in range(per_round):
+            await one(sdk, out)
+
+    for sdk in sdks.values():
+        for _ in range(WARM_UP):  # warm the connections up
+            await one(sdk, [])
+    cpu = 0.0
+    for _ in range(ROUNDS):
+        for name, sdk in sdks.items():
+            before = cpu_seconds(pid)
+            await asyncio.gather(*(worker(sdk, samples[name]) for _ in range(clients)))
+            if name == "gateway":
+                cpu += cpu_seconds(pid) - before
+    for sdk in sdks.values():
+        await sdk.close()
+    return {"samples": samples, "gateway_cpu": cpu}
+
+
 async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespace,
                   pid: int, relay_url: str) -> dict[str, Any]:
     key = "sk-ant-api03-direct" + "x" * 60
+    paths = {"direct": (fake_url, key), "relay": (relay_url, key),
+             "gateway": (gw_url + "/anthropic", token)}
     out: dict[str, Any] = {}
-    for clients in (1, 32):
-        direct = latency_summary(await round_trips(fake_url, key, clients, args.requests))
-        relay = latency_summary(await round_trips(relay_url, key, clients, args.requests))
-        cpu = cpu_seconds(pid)
-        samples = await round_trips(gw_url + "/anthropic", token, clients, args.requests)
-        cpu = cpu_seconds(pid) - cpu
-        via = latency_summary(samples)
-        out[f"c{clients}"] = {
-            "direct": direct, "gateway": via,
-            "added_p50_us": round(via["p50_us"] - direct["p50_us"], 1),
-            "added_p99_us": round(via["p99_us"] - direct["p99_us"], 1),
-            "relay": relay,
-            "relay_added_p50_us": round(relay["p50_us"] - direct["p50_us"], 1),
-            # the daemon's CPU per request (warm-up ones included): what the gateway
-            # costs, less swayed by what else runs than the latencies are
-            "daemon_cpu_us": round(cpu / (len(samples) + WARM_UP) * 1e6, 1),
+    for name, clients, total, stream in (("c1", 1, args.requests, False),
+                                         ("c32", 32, args.requests, False),
+                                         ("first_chunk", 1, args.requests // 4, True)):
+        got = await interleaved(paths, clients, total, pid, stream=stream)
+        d, r, g = (latency_summary(got["samples"][p]) for p in ("direct", "relay", "gateway"))
+        out[name] = {
+            "direct": d, "gateway": g, "relay": r,
+            "added_p50_us": round(g["p50_us"] - d["p50_us"], 1),
+            "added_p99_us": round(g["p99_us"] - d["p99_us"], 1),
+            "relay_added_p50_us": round(r["p50_us"] - d["p50_us"], 1),
+            # the daemon's CPU per request: what the gateway costs, less swayed by
+            # what else runs than the latencies are
+            "daemon_cpu_us": round(got["gateway_cpu"] / len(got["samples"]["gateway"]) * 1e6,
+                                   1),
         }
-    d = latency_summary(await first_chunks(fake_url, key, args.requests // 4))
-    r = latency_summary(await first_chunks(relay_url, key, args.requests // 4))
-    g = latency_summary(await first_chunks(gw_url + "/anthropic", token, args.requests // 4))
-    out["first_chunk"] = {"direct": d, "gateway": g,
-                          "added_p50_us": round(g["p50_us"] - d["p50_us"], 1), "relay": r,
-                          "relay_added_p50_us": round(r["p50_us"] - d["p50_us"], 1)}
     out["streams"] = await many_streams(gw_url + "/anthropic", token, args.streams, pid)
     return out
 
