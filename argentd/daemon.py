@@ -452,7 +452,22 @@ class Daemon:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """SIGHUP reloads (in a task of its own: a slow load must not keep this loop
-        from hearing SIGTERM); SIGTERM/SIGINT stop the daemon."""
+        from hearing SIGTERM); SIGTERM/SIGINT stop the daemon.
+
+        A SIGHUP or SIGTERM the receiver has not handed out when it closes (one
+        behind the SIGTERM that stops the daemon) is raised again by trio with the
+        handlers from before the receiver: those are "ignore" here, so it cannot
+        end a stopping daemon before its state is saved."""
+        before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP,
+                                                                      signal.SIGTERM)}
+        try:
+            await self._signal_loop(scope, stop, task_status)
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    async def _signal_loop(self, scope: trio.CancelScope, stop: trio.Event,
+                           task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
             async with trio.open_nursery() as reloads:
                 task_status.started()

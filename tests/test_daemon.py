@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from .conftest import Daemon, RawConn, make_secret, write_json
 
 
@@ -405,6 +407,41 @@ def test_daemon_sigterm_stops_promptly_during_a_slow_load(daemon_factory: Any) -
     assert d.stop(timeout=20) == 0
     assert time.monotonic() - start < 4, "SIGTERM waited for the load"
     assert "stopped" in d.stderr()
+
+
+def test_daemon_signal_left_unread_at_stop_is_not_raised_at_its_default() -> None:
+    # trio raises again what its receiver had not handed out when it closed, with
+    # the handlers from before it: a SIGHUP right behind the stopping SIGTERM, at
+    # its default action, ended the daemon before its state was saved (exit -1).
+    import functools
+    import types
+
+    from argentd.daemon import Daemon as ArgentDaemon
+
+    heard: list[int] = []
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: heard.append(signum))
+
+    async def reload(why: str) -> None:
+        pass
+
+    standin = object.__new__(ArgentDaemon)  # its signal handling only
+    standin.reload = reload  # type: ignore[method-assign]
+    standin.notifier = types.SimpleNamespace(stopping=lambda: None)  # type: ignore[assignment]
+
+    async def main() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(standin._signals, nursery.cancel_scope, stop))
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGHUP)  # pending behind it when the loop stops
+        assert stop.is_set()
+
+    try:
+        trio.run(main)
+        assert signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN  # handlers restored
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert heard == []
 
 
 def test_daemon_load_bug_is_a_file_fault_and_ready_follows(
