@@ -35,11 +35,10 @@ from typing import Final
 import httptools
 import trio
 
+from .sockread import RECV_SIZE, ReadTimeout, SocketReader
+
 log = logging.getLogger("argentd.gateway")
 
-RECV_SIZE: Final = 65536
-UNYIELDED_READS: Final = 8
-"""Reads in a row that may find data at once before one yields to the other tasks."""
 MAX_HEAD: Final = 64 * 1024
 """A request head (request line and headers) larger than this gets 431."""
 NO_BODY_STATUS: Final = frozenset({204, 304})
@@ -279,13 +278,12 @@ class HttpConnection:
     def __init__(self, stream: trio.abc.Stream, *, header: float, idle: float,
                  write: float) -> None:
         self.stream = stream
-        sock = getattr(stream, "socket", None)
-        self._fd: int | None = sock.fileno() if isinstance(stream, trio.SocketStream) \
-            and sock is not None else None
+        self._reader = SocketReader(stream.socket) if isinstance(stream, trio.SocketStream) \
+            else None
+        """Reads straight from the socket (`sockread`); None on another stream."""
+        self._fd = self._reader.fd if self._reader is not None else None
         """The socket's descriptor, for a send without a trip through trio's scheduler
         (a trio `send_all` that succeeds at once still yields: one more epoll pass)."""
-        self._unyielded = 0
-        """Reads in a row that found data at once, without a scheduler pass."""
         self.events = _Events()
         self.parser = httptools.HttpRequestParser(self.events)
         self.events.parser = self.parser
@@ -343,7 +341,7 @@ class HttpConnection:
         or `EOFError` (the client closed between requests)."""
         queue = self.events.queue
         while not queue:
-            data = await (self._read_socket(timeout) if self._fd is not None
+            data = await (self._read_socket(timeout) if self._reader is not None
                           else self._read_stream(timeout))
             if not data:
                 raise EOFError
@@ -351,34 +349,14 @@ class HttpConnection:
         return queue.popleft()
 
     async def _read_socket(self, timeout: float) -> bytes:
-        """One read straight from the socket once it is readable (trio's `receive_some`
-        costs a failed `recv` first and a scheduler pass after); every
-        `UNYIELDED_READS`-th read in a row that found data at once yields to the others."""
-        assert self._fd is not None
+        """One read straight from the socket (`sockread`)."""
+        assert self._reader is not None
         try:
-            data = os.read(self._fd, RECV_SIZE)  # a body right behind its head, pipelining
-        except BlockingIOError:
-            pass
-        except OSError:
+            return await self._reader.read(timeout)
+        except ReadTimeout:
+            raise BadRequest("the client was too slow") from None
+        except (trio.ClosedResourceError, OSError):
             raise ClientGone("read failed") from None
-        else:
-            self._unyielded += 1
-            if self._unyielded >= UNYIELDED_READS:
-                self._unyielded = 0
-                await trio.lowlevel.checkpoint()
-            return data
-        self._unyielded = 0
-        sock = self.stream.socket  # type: ignore[attr-defined]
-        with trio.CancelScope(deadline=trio.current_time() + timeout):
-            while True:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                    return os.read(self._fd, RECV_SIZE)
-                except BlockingIOError:
-                    continue
-                except (trio.ClosedResourceError, OSError):
-                    raise ClientGone("read failed") from None
-        raise BadRequest("the client was too slow")
 
     async def _read_stream(self, timeout: float) -> bytes:
         data = b""

@@ -35,9 +35,8 @@ from typing import Final
 import httptools
 import trio
 
-UNYIELDED_READS: Final = 8
-"""Reads in a row that may find data at once before one yields to the other tasks."""
-RECV_SIZE: Final = 65536
+from .sockread import RECV_SIZE, ReadTimeout, SocketReader
+
 MAX_HEAD: Final = 256 * 1024
 """An answer head (status line and headers) larger than this is a protocol error."""
 
@@ -142,8 +141,8 @@ class _Conn:
         """No TLS: a send may go straight to the socket (`Pool._send`)."""
         self.idle_since = 0.0
         self.reused = False
-        self.unyielded = 0
-        """Reads in a row that found data at once, without a scheduler pass."""
+        self.reader = SocketReader(sock) if self.plain else None
+        """Reads straight from the socket (`sockread`); None with TLS."""
 
     def looks_closed(self) -> bool:
         """Whether an idle connection has something to read (EOF, a reset, garbage)."""
@@ -200,35 +199,16 @@ class Response:
 
 
 async def _receive(conn: _Conn, timeout: float) -> bytes:
-    """One read, within `timeout` seconds. Without TLS, straight from the socket once
-    it is readable: trio's `receive_some` costs a failed `recv` first and a scheduler
-    pass after (a bare cancel scope for the timeout: `fail_after` costs more still)."""
-    if not conn.plain:
+    """One read, within `timeout` seconds: without TLS straight from the socket
+    (`sockread`), else through trio's `SSLStream`."""
+    if conn.reader is None:
         return await _receive_tls(conn, timeout)
     try:
-        data = os.read(conn.fd, RECV_SIZE)  # an answer already there (the rest of a body)
-    except BlockingIOError:
-        pass
-    except OSError as exc:
+        return await conn.reader.read(timeout)
+    except ReadTimeout:
+        raise Timeout("read") from None
+    except (trio.ClosedResourceError, OSError) as exc:
         raise NetworkError(f"read failed: {type(exc).__name__}") from None
-    else:
-        conn.unyielded += 1
-        if conn.unyielded >= UNYIELDED_READS:  # a body that keeps coming: let others run
-            conn.unyielded = 0
-            await trio.lowlevel.checkpoint()
-        return data
-    conn.unyielded = 0
-    with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(conn.sock)
-                return os.read(conn.fd, RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except (trio.ClosedResourceError, OSError) as exc:
-                raise NetworkError(f"read failed: {type(exc).__name__}") from None
-    assert scope.cancelled_caught
-    raise Timeout("read")
 
 
 async def _receive_tls(conn: _Conn, timeout: float) -> bytes:
