@@ -86,46 +86,6 @@ def start_argentd(proc: Proc, fake_url: str) -> tuple[str, str]:
     return gw.url, token.strip()
 
 
-async def round_trips(base_url: str, key: str, clients: int, total: int) -> list[int]:
-    import anthropic
-
-    sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
-    samples: list[int] = []
-    per = max(1, total // clients)
-
-    async def worker() -> None:
-        for _ in range(per):
-            t = time.perf_counter_ns()
-            await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8,
-                                      messages=[{"role": "user", "content": "hi"}])
-            samples.append(time.perf_counter_ns() - t)
-
-    for _ in range(WARM_UP):  # warm the connections up
-        await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[])
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    await sdk.close()
-    return samples
-
-
-async def first_chunks(base_url: str, key: str, total: int) -> list[int]:
-    import anthropic
-
-    sdk = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
-    samples = []
-    for _ in range(total):
-        t = time.perf_counter_ns()
-        stream = await sdk.messages.create(model="claude-sonnet-4-5", max_tokens=8, stream=True,
-                                           messages=[{"role": "user", "content": "hi"}])
-        first: int | None = None
-        async for _event in stream:  # read to the end, as a client does: the
-            if first is None:         # connections stay open for the next stream
-                first = time.perf_counter_ns() - t
-        assert first is not None
-        samples.append(first)
-    await sdk.close()
-    return samples
-
-
 async def many_streams(base_url: str, key: str, count: int, pid: int) -> dict[str, float]:
     import anthropic
     import httpx2  # what anthropic 2.x is built on
@@ -273,11 +233,10 @@ litellm_settings:
                             + (folder / "log").read_text()[-500:]}
                 await asyncio.sleep(0.5)
         out: dict[str, Any] = {}
-        for clients in (1, 32):
-            out[f"c{clients}"] = latency_summary(await round_trips(
-                base, "sk-bench-master", clients, args.requests))
-        out["first_chunk"] = latency_summary(await first_chunks(base, "sk-bench-master",
-                                                                args.requests // 4))
+        path = {"litellm": (base, "sk-bench-master")}
+        for name, clients, total, stream in measurements(args):
+            got = await interleaved(path, clients, total, proxy.pid, stream=stream)
+            out[name] = latency_summary(got["samples"]["litellm"])
         out["streams"] = await many_streams(base, "sk-bench-master", args.streams, proxy.pid)
         return out
     finally:
@@ -304,6 +263,12 @@ def start_relay(fake_url: str) -> tuple[subprocess.Popen[bytes], str]:
     if not url.startswith("http://"):
         raise RuntimeError("the relay did not start")
     return proc, url
+
+
+def measurements(args: argparse.Namespace) -> list[tuple[str, int, int, bool]]:
+    """(name, clients, requests, streaming) of each latency measurement."""
+    return [("c1", 1, args.requests, False), ("c32", 32, args.requests, False),
+            ("first_chunk", 1, args.requests // 4, True)]
 
 
 ROUNDS: Final = 8
@@ -365,9 +330,7 @@ async def measure(fake_url: str, gw_url: str, token: str, args: argparse.Namespa
     paths = {"direct": (fake_url, key), "relay": (relay_url, key),
              "gateway": (gw_url + "/anthropic", token)}
     out: dict[str, Any] = {}
-    for name, clients, total, stream in (("c1", 1, args.requests, False),
-                                         ("c32", 32, args.requests, False),
-                                         ("first_chunk", 1, args.requests // 4, True)):
+    for name, clients, total, stream in measurements(args):
         got = await interleaved(paths, clients, total, pid, stream=stream)
         d, r, g = (latency_summary(got["samples"][p]) for p in ("direct", "relay", "gateway"))
         out[name] = {
