@@ -14,10 +14,8 @@ from hypothesis import strategies as st
 
 from argent_client import Client
 from argent_client import headers as H
-from argent_client import headers as headers_mod
 from argent_client._core import LeaseBase
 from argent_client.classify import parse_duration, parse_limits, retry_after
-from argent_client.headers import limits_of, lower_headers
 from argent_client.protocol import LeaseResult, Limits
 
 from .conftest import make_secret
@@ -331,13 +329,13 @@ def test_parse_limits_table(headers: Any, expected: Limits | None) -> None:
 def test_limits_of_lowered_headers_equals_parse_limits(headers: Any) -> None:
     # The gateway's path: its headers already lowered; twice, as the second meets
     # every reset remembered by the first.
-    lowered = lower_headers(headers)
+    lowered = H.lower_headers(headers)
     for _ in range(2):
-        assert limits_of(lowered, NOW) == parse_limits(headers, now=NOW)
+        assert H.limits_of(lowered, NOW) == parse_limits(headers, now=NOW)
 
 
 def test_parse_limits_remembers_short_timestamps_only() -> None:
-    remembered = headers_mod._remembered_timestamp
+    remembered = H._remembered_timestamp
     remembered.cache_clear()
     long = "2026-11-26T23:00:00Z" + "0" * 40  # what a broken upstream might send
     assert parse_limits({"anthropic-ratelimit-requests-reset": long}, now=NOW) is None
