@@ -297,13 +297,18 @@ def default_profiles() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def daemon(daemon_factory: Any) -> Daemon:
-    """Started, with `default_profiles()`: a process of the test's own."""
+def own_daemon(daemon_factory: Any) -> Daemon:
+    """A new `argentd` from `daemon_factory`, started with `default_profiles()`."""
     d: Daemon = daemon_factory()
     d.write_profiles(default_profiles())
     d.start()
     return d
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    """Started, with `default_profiles()`: a process of the test's own."""
+    return own_daemon(daemon_factory)
 
 
 def _comparable(status: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +420,4 @@ def shared_or_own(request: pytest.FixtureRequest) -> Daemon:
     if request.node.get_closest_marker("own_daemon") is None:
         shared: Daemon = request.getfixturevalue("shared_daemon")
         return shared
-    d: Daemon = request.getfixturevalue("daemon_factory")()
-    d.write_profiles(default_profiles())
-    d.start()
-    return d
+    return own_daemon(request.getfixturevalue("daemon_factory"))
