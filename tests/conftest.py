@@ -26,10 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from .redis_server import redis_server  # noqa: F401 - the cluster tests' real Redis
 
 SECRETS: list[str] = []
+
+# Hypothesis' two wall-clock guards (an example within 200 ms, inputs drawn without a
+# pause) measure the machine, not the code: with four workers on two cores a worker
+# can stall for seconds (one draw "took" 2.8 s in a clean-clone CI run). The number of
+# examples and every property stay as each test sets them.
+settings.register_profile("argentd", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("argentd")
 
 # pytest keeps each test module's assert-rewritten code in tests/__pycache__ only when
 # bytecode may be written. Where PYTHONDONTWRITEBYTECODE is set (container images set
